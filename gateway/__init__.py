@@ -1,0 +1,1 @@
+"""smsgw's HTTP facade."""

@@ -1,0 +1,76 @@
+"""``smsgw run`` / ``make run``: the whole gateway on one machine with embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from workers.redis_server import RedisServer
+
+LOCAL_API_KEY = "local-dev-key-change-me-0123456789"
+
+
+def run_local(*, api_port: int, simulator_port: int) -> None:
+    root = Path.cwd() / ".run"
+    root.mkdir(exist_ok=True)
+    redis_server = RedisServer(str(root / "redis")).start()
+    children: list[subprocess.Popen[bytes]] = []
+    sim_url = f"http://127.0.0.1:{simulator_port}"
+    env = {
+        **os.environ,
+        "SMSGW_REDIS_URL": redis_server.url,
+        "SMSGW_PROVIDER_URL": os.environ.get(
+            "SMSGW_PROVIDER_URL", f"{sim_url}/smsmarketing/wwwroot/api/"
+        ),
+        "SMSGW_PROVIDER_UID": os.environ.get("SMSGW_PROVIDER_UID", "test"),
+        "SMSGW_PROVIDER_PASSWORD": os.environ.get("SMSGW_PROVIDER_PASSWORD", "secret"),
+        "SMSGW_API_KEYS": os.environ.get("SMSGW_API_KEYS", f"local:{LOCAL_API_KEY}"),
+    }
+    py = sys.executable
+    try:
+        children.append(
+            subprocess.Popen(
+                [py, "-m", "workers.simulator", "--port", str(simulator_port),
+                 "--uid", env["SMSGW_PROVIDER_UID"], "--password", env["SMSGW_PROVIDER_PASSWORD"]],
+                env=env,
+            )
+        )  # fmt: skip
+        _wait_http(f"{sim_url}/_sim/state")
+        print(f"redis      {redis_server.url}", flush=True)  # noqa: T201
+        print(f"simulator  {sim_url}  (submissions: {sim_url}/_sim/submissions)", flush=True)  # noqa: T201
+        _serve_forever(children)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        redis_server.stop()
+
+
+def _wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def _serve_forever(children: list[subprocess.Popen[bytes]]) -> None:
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping…", flush=True)  # noqa: T201

@@ -1,0 +1,253 @@
+"""smsgw's configuration: the one place that reads the environment.
+
+Every process (API, worker, CLI) builds one frozen :class:`Settings` from ``SMSGW_*`` at start
+and passes it down; nothing reads ``os.environ`` anywhere else or at import time. A bad value
+fails at once with a message naming the variable, so a misconfigured deployment never starts
+half-working.
+
+Provider accounts: the default account comes from ``SMSGW_PROVIDER_*``. More named accounts
+(``SMSGW_ACCOUNTS=verification,marketing``) read ``SMSGW_ACCOUNT_<NAME>_<FIELD>`` and fall back
+to the default account's value for any field they do not set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+REAL_PROVIDER_URL = "http://www.smsadmin.cn/smsmarketing/wwwroot/api/"
+CHARSETS = ("gb2312", "gbk", "gb18030")
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str``, f-strings or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    """One provider account: its credentials and the limits of its channel."""
+
+    name: str
+    url: str
+    uid: str
+    password: Secret = field(repr=False)
+    variant: Literal["md5", "urldecode"] = "md5"
+    charset: str = "gb2312"
+    max_chars: int = 70
+    chunk_size: int = 1000
+    rate_per_second: int = 10
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API client: its name (recorded on its messages) and the SHA-256 of its key."""
+
+    name: str
+    key_sha256: bytes = field(repr=False)
+    # Used to sign callbacks to this client (delivery-report issue); derived, never logged.
+    callback_secret: Secret = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    accounts: Mapping[str, AccountSettings]
+    default_account: str = "default"
+    api_keys: tuple[ApiKey, ...] = ()
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_recipients: int = 100_000
+    send_at_max_days: int = 30
+    idempotency_ttl: int = 24 * 3600
+    retry_max_attempts: int = 6
+    retry_base_seconds: float = 5.0
+    retry_max_seconds: float = 600.0
+    ambiguous_wait_seconds: int = 900
+    hold_max_age_seconds: int = 24 * 3600
+    balance_check_seconds: int = 60
+    sweep_seconds: int = 15
+    job_grace_seconds: int = 60
+    redis_durability: Literal["warn", "refuse", "ignore"] = "warn"
+    alert_webhook_url: str = ""
+    alert_webhook_format: Literal["json", "dingtalk", "wecom"] = "json"
+    retention_seconds: int = 7 * 24 * 3600
+    callback_secret: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    operator_password: Secret = field(default_factory=lambda: Secret(""), repr=False)
+
+    @property
+    def account(self) -> AccountSettings:
+        return self.accounts[self.default_account]
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} is below the minimum {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not value > minimum:
+        raise SettingsError(f"{name}={value} must be above {minimum}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in choices:
+        raise SettingsError(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _account(
+    env: Mapping[str, str], name: str, prefix: str, base: AccountSettings | None
+) -> AccountSettings:
+    def get(field_name: str, fallback: str) -> str:
+        return env.get(prefix + field_name) or fallback
+
+    url = get("URL", base.url if base else REAL_PROVIDER_URL)
+    if not url.startswith(("http://", "https://")):
+        raise SettingsError(f"{prefix}URL={url!r} must be an http:// or https:// URL")
+    if not url.endswith("/"):
+        url += "/"
+    chunk_size = _int(env, prefix + "CHUNK_SIZE", base.chunk_size if base else 1000, 1)
+    if chunk_size > 1000:
+        raise SettingsError(f"{prefix}CHUNK_SIZE={chunk_size}: the provider takes at most 1000")
+    password = env.get(prefix + "PASSWORD")
+    return AccountSettings(
+        name=name,
+        url=url,
+        uid=get("UID", base.uid if base else ""),
+        password=Secret(password)
+        if password is not None
+        else (base.password if base else Secret("")),
+        variant=_choice(
+            env, prefix + "VARIANT", base.variant if base else "md5", ("md5", "urldecode")
+        ),  # type: ignore[arg-type]
+        charset=_choice(env, prefix + "CHARSET", base.charset if base else "gb2312", CHARSETS),
+        max_chars=_int(env, prefix + "MAX_CHARS", base.max_chars if base else 70, 1),
+        chunk_size=chunk_size,
+        rate_per_second=_int(env, prefix + "RATE", base.rate_per_second if base else 10, 1),
+        connect_timeout=_float(
+            env, prefix + "CONNECT_TIMEOUT", base.connect_timeout if base else 3.0
+        ),
+        read_timeout=_float(env, prefix + "TIMEOUT", base.read_timeout if base else 10.0),
+    )
+
+
+def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
+    """``name:key,name2:key2`` → keys stored hashed; the clear key is not kept."""
+    keys: list[ApiKey] = []
+    seen: set[str] = set()
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, key = item.partition(":")
+        if not sep or not name or len(key) < 16:
+            raise SettingsError(
+                "SMSGW_API_KEYS must be name:key pairs joined by commas, each key at least "
+                f"16 characters (entry {len(keys) + 1} is not)"
+            )
+        if name in seen:
+            raise SettingsError(f"SMSGW_API_KEYS names {name!r} twice")
+        seen.add(name)
+        digest = hashlib.sha256(key.encode()).digest()
+        secret = hashlib.sha256(b"smsgw-callback:" + key.encode()).hexdigest()
+        keys.append(ApiKey(name=name, key_sha256=digest, callback_secret=Secret(secret)))
+    return tuple(keys)
+
+
+def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -> Settings:
+    """Build the settings from ``SMSGW_*`` variables; raise :class:`SettingsError` on a bad one.
+
+    ``redis_url`` overrides ``SMSGW_REDIS_URL`` (``smsgw run`` passes the embedded server's).
+    """
+    url = redis_url or env.get("SMSGW_REDIS_URL", "")
+    if not url:
+        raise SettingsError(
+            "SMSGW_REDIS_URL is not set (e.g. redis://localhost:6379/0); "
+            "`make run` starts a private Redis for you"
+        )
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(
+            f"SMSGW_REDIS_URL={url!r} must start with redis://, rediss:// or unix://"
+        )
+
+    default = _account(env, "default", "SMSGW_PROVIDER_", None)
+    accounts = {"default": default}
+    for name in filter(None, (n.strip() for n in env.get("SMSGW_ACCOUNTS", "").split(","))):
+        if not name.isidentifier():
+            raise SettingsError(f"SMSGW_ACCOUNTS: {name!r} is not a valid account name")
+        accounts[name] = _account(env, name, f"SMSGW_ACCOUNT_{name.upper()}_", default)
+    default_name = env.get("SMSGW_DEFAULT_ACCOUNT") or "default"
+    if default_name not in accounts:
+        raise SettingsError(f"SMSGW_DEFAULT_ACCOUNT={default_name!r} is not a configured account")
+
+    return Settings(
+        redis_url=url,
+        accounts=accounts,
+        default_account=default_name,
+        api_keys=parse_api_keys(env.get("SMSGW_API_KEYS", "")),
+        max_body_bytes=_int(env, "SMSGW_MAX_BODY_BYTES", 8 * 1024 * 1024, 1024),
+        max_recipients=_int(env, "SMSGW_MAX_RECIPIENTS", 100_000, 1),
+        send_at_max_days=_int(env, "SMSGW_SEND_AT_MAX_DAYS", 30, 0),
+        idempotency_ttl=_int(env, "SMSGW_IDEMPOTENCY_TTL", 24 * 3600, 1),
+        retry_max_attempts=_int(env, "SMSGW_RETRY_MAX_ATTEMPTS", 6, 1),
+        retry_base_seconds=_float(env, "SMSGW_RETRY_BASE_SECONDS", 5.0),
+        retry_max_seconds=_float(env, "SMSGW_RETRY_MAX_SECONDS", 600.0),
+        ambiguous_wait_seconds=_int(env, "SMSGW_AMBIGUOUS_WAIT_SECONDS", 900, 0),
+        hold_max_age_seconds=_int(env, "SMSGW_HOLD_MAX_AGE_SECONDS", 24 * 3600, 1),
+        balance_check_seconds=_int(env, "SMSGW_BALANCE_CHECK_SECONDS", 60, 1),
+        sweep_seconds=_int(env, "SMSGW_SWEEP_SECONDS", 15, 1),
+        job_grace_seconds=_int(env, "SMSGW_JOB_GRACE_SECONDS", 60, 1),
+        redis_durability=_choice(
+            env, "SMSGW_REDIS_DURABILITY", "warn", ("warn", "refuse", "ignore")
+        ),  # type: ignore[arg-type]
+        alert_webhook_url=env.get("SMSGW_ALERT_WEBHOOK_URL", ""),
+        alert_webhook_format=_choice(
+            env, "SMSGW_ALERT_WEBHOOK_FORMAT", "json", ("json", "dingtalk", "wecom")
+        ),  # type: ignore[arg-type]
+        retention_seconds=_int(env, "SMSGW_RETENTION_SECONDS", 7 * 24 * 3600, 60),
+        callback_secret=Secret(env.get("SMSGW_CALLBACK_SECRET", "")),
+        operator_password=Secret(env.get("SMSGW_OPERATOR_PASSWORD", "")),
+    )
