@@ -1,1 +1,33 @@
-"""smsgw's HTTP facade."""
+"""smsgw's HTTP facade: an app factory, one blueprint per concern."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from flask import Flask, Response
+
+from workers.runtime import Runtime
+from workers.settings import Settings, settings_from_env
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app. Without ``settings``, they come from ``SMSGW_*`` (gunicorn's entry)."""
+    settings = settings or settings_from_env(os.environ)
+    app = Flask(__name__)
+    # Flask has no body limit by default; a problem+json 413 comes from gateway.problems.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["smsgw"] = Runtime.from_settings(settings)
+
+    from gateway import api, health, openapi, problems
+
+    problems.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
+
+    @app.errorhandler(redis.RedisError)
+    def redis_down(e: redis.RedisError) -> Response:
+        return problems.Problem(503, "Service Unavailable", "storage is unreachable; retry later").response()
+
+    return app

@@ -35,6 +35,49 @@ def run(api_port: int, simulator_port: int) -> None:
     run_local(api_port=api_port, simulator_port=simulator_port)
 
 
+@cli.command()
+@click.option("--bind", default=None, help="host:port (default: SMSGW_BIND or 0.0.0.0:8080)")
+@click.option("--workers", default=None, type=int, help="gunicorn worker processes (default 2)")
+def api(bind: str | None, workers: int | None) -> None:
+    """The HTTP API under gunicorn, configured by the SMSGW_* environment."""
+    import redis
+
+    from workers.runtime import NotDurable, check_durability
+
+    settings = load_settings()
+    try:
+        check_durability(redis.Redis.from_url(settings.redis_url), settings.redis_durability)
+    except NotDurable as e:
+        raise click.ClickException(f"refusing to start (SMSGW_REDIS_DURABILITY=refuse): {e}") from None
+    except redis.RedisError as e:
+        raise click.ClickException(f"Redis at SMSGW_REDIS_URL is unreachable: {type(e).__name__}") from None
+    conf = os.path.join(os.path.dirname(__file__), "gunicorn_conf.py")
+    args = [sys.executable, "-m", "gunicorn", "-c", conf]
+    if bind:
+        args += ["--bind", bind]
+    if workers:
+        args += ["--workers", str(workers)]
+    os.execv(sys.executable, [*args, "gateway:create_app()"])
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="stop when the queues are empty")
+@click.option("--name", default=None, help="worker name (default: RQ's)")
+def worker(burst: bool, name: str | None) -> None:
+    """An RQ worker on smsgw's queues (high, normal, bulk), with the scheduler and sweeper."""
+    import logging
+
+    from workers.runtime import NotDurable
+    from workers.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    try:
+        run_worker(load_settings(), burst=burst, name=name)
+    except NotDurable as e:
+        raise click.ClickException(f"refusing to start (SMSGW_REDIS_DURABILITY=refuse): {e}") from None
+
+
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def simulator(ctx: click.Context) -> None:
@@ -49,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

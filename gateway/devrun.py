@@ -25,9 +25,7 @@ def run_local(*, api_port: int, simulator_port: int) -> None:
     env = {
         **os.environ,
         "SMSGW_REDIS_URL": redis_server.url,
-        "SMSGW_PROVIDER_URL": os.environ.get(
-            "SMSGW_PROVIDER_URL", f"{sim_url}/smsmarketing/wwwroot/api/"
-        ),
+        "SMSGW_PROVIDER_URL": os.environ.get("SMSGW_PROVIDER_URL", f"{sim_url}/smsmarketing/wwwroot/api/"),
         "SMSGW_PROVIDER_UID": os.environ.get("SMSGW_PROVIDER_UID", "test"),
         "SMSGW_PROVIDER_PASSWORD": os.environ.get("SMSGW_PROVIDER_PASSWORD", "secret"),
         "SMSGW_API_KEYS": os.environ.get("SMSGW_API_KEYS", f"local:{LOCAL_API_KEY}"),

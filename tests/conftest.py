@@ -6,12 +6,23 @@ cannot resolve, and the only server flushed is the one this suite started.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+from rq import Queue, SimpleWorker
+from rq.registry import ScheduledJobRegistry
+from rq.scheduler import RQScheduler
 
+from gateway import create_app
+from workers.queues import WORKER_QUEUES
 from workers.redis_server import RedisServer
+from workers.runtime import Runtime, install
 from workers.settings import Settings, settings_from_env
 from workers.simulator import SimState, SimulatorServer
 
@@ -53,3 +64,84 @@ def make_settings(redis_url: str = FORGOT_REDIS, **env: str) -> Settings:
     }
     base.update(env)
     return settings_from_env(base, redis_url=redis_url)
+
+
+@pytest.fixture
+def settings_env(redis_server: RedisServer, simulator: SimulatorServer) -> dict[str, str]:
+    """The environment a real worker process gets: our Redis, our simulator."""
+    return {
+        "SMSGW_REDIS_URL": redis_server.url,
+        "SMSGW_PROVIDER_URL": simulator.api_url,
+        "SMSGW_PROVIDER_UID": "test",
+        "SMSGW_PROVIDER_PASSWORD": "s3cret+%pass",
+        "SMSGW_PROVIDER_TIMEOUT": "2",
+        "SMSGW_API_KEYS": f"tester:{API_KEY}",
+        "SMSGW_RETRY_BASE_SECONDS": "0.2",
+        "SMSGW_RETRY_MAX_SECONDS": "1",
+        "SMSGW_SWEEP_SECONDS": "1",
+        "SMSGW_JOB_GRACE_SECONDS": "2",
+        "SMSGW_BALANCE_CHECK_SECONDS": "1",
+    }
+
+
+@pytest.fixture
+def settings(settings_env: dict[str, str], redis_conn: redis.Redis) -> Settings:
+    return settings_from_env(settings_env)
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = Runtime.from_settings(settings)
+    install(rt)
+    yield rt
+    install(None)
+
+
+@pytest.fixture
+def app(settings: Settings, runtime: Runtime) -> Flask:
+    app = create_app(settings)
+    app.testing = True
+    return app
+
+
+@pytest.fixture
+def api(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def drain(rt: Runtime, *, timeout: float = 20.0, until: Callable[[], bool] | None = None) -> None:
+    """Run every due job in this process (RQ's SimpleWorker, no fork), including scheduled ones
+    as they come due, until nothing is left to do (or ``until()`` holds)."""
+    queues = [Queue(q, connection=rt.conn) for q in WORKER_QUEUES]
+    scheduler = RQScheduler(queues, connection=rt.conn)
+    scheduler.acquire_locks()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            scheduler.enqueue_scheduled_jobs()
+            SimpleWorker(queues, connection=rt.conn).work(burst=True, logging_level="WARNING")
+            if until is not None and until():
+                return
+            if until is None and not any(q.count for q in queues) and not _scheduled(rt):
+                return
+            time.sleep(0.05)
+    finally:
+        scheduler.release_locks()
+    raise AssertionError("jobs did not finish in time")
+
+
+def _scheduled(rt: Runtime) -> int:
+    return sum(ScheduledJobRegistry(q, connection=rt.conn).count for q in WORKER_QUEUES)
+
+
+def sim_submissions(sim: SimulatorServer) -> list[dict[str, Any]]:
+    return requests.get(f"{sim.url}/_sim/submissions", timeout=5).json()
+
+
+def sim_admin(sim: SimulatorServer, path: str, **body: Any) -> dict[str, Any]:
+    response = requests.post(f"{sim.url}/_sim/{path}", json=body, timeout=5)
+    response.raise_for_status()
+    return response.json()

@@ -49,9 +49,7 @@ def test_dedupe_keeps_first_and_order_and_reports_invalid_as_given():
 
 
 mobile = st.from_regex(r"1[3-9]\d{9}", fullmatch=True)
-decorated = st.builds(
-    lambda p, m: p + m, st.sampled_from(["", "+86", "86", "0086", "+86 "]), mobile
-)
+decorated = st.builds(lambda p, m: p + m, st.sampled_from(["", "+86", "86", "0086", "+86 "]), mobile)
 
 
 @given(st.lists(st.one_of(decorated, st.text(max_size=14)), max_size=300), st.integers(1, 1000))

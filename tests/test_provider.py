@@ -49,11 +49,7 @@ def test_send_reaches_the_provider_exactly(simulator, variant):
 
 def test_single_encoding_would_corrupt_plus_and_percent(simulator):
     """The simulator decodes urldecode fields twice, as PHP does: sending once-encoded breaks."""
-    raw = (
-        "uid=test&pwd="
-        + requests.utils.quote(PASSWORD)
-        + "&mobile=13800138000&linkid=x1&msg=1%2B1%3D2"
-    )
+    raw = "uid=test&pwd=" + requests.utils.quote(PASSWORD) + "&mobile=13800138000&linkid=x1&msg=1%2B1%3D2"
     requests.post(
         simulator.api_url + "post_send_urldecode/",
         data=raw,

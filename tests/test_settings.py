@@ -28,9 +28,7 @@ def test_test_default_fails_loudly():
     ],
 )
 def test_bad_values_fail_fast_naming_the_variable(env, message):
-    full = (
-        {"SMSGW_REDIS_URL": "redis://x:1/0", **env} if "SMSGW_REDIS_URL" not in env and env else env
-    )
+    full = {"SMSGW_REDIS_URL": "redis://x:1/0", **env} if "SMSGW_REDIS_URL" not in env and env else env
     with pytest.raises(SettingsError, match=message):
         settings_from_env(full)
 
@@ -52,9 +50,5 @@ def test_named_accounts_inherit_the_default():
 
 def test_secrets_do_not_show():
     s = make_settings()
-    assert (
-        "s3cret" not in repr(s)
-        and "s3cret" not in repr(s.account)
-        and "s3cret" not in str(s.account.password)
-    )
+    assert "s3cret" not in repr(s) and "s3cret" not in repr(s.account) and "s3cret" not in str(s.account.password)
     assert "test-key" not in repr(s.api_keys)

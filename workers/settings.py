@@ -141,9 +141,7 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
-def _account(
-    env: Mapping[str, str], name: str, prefix: str, base: AccountSettings | None
-) -> AccountSettings:
+def _account(env: Mapping[str, str], name: str, prefix: str, base: AccountSettings | None) -> AccountSettings:
     def get(field_name: str, fallback: str) -> str:
         return env.get(prefix + field_name) or fallback
 
@@ -160,19 +158,13 @@ def _account(
         name=name,
         url=url,
         uid=get("UID", base.uid if base else ""),
-        password=Secret(password)
-        if password is not None
-        else (base.password if base else Secret("")),
-        variant=_choice(
-            env, prefix + "VARIANT", base.variant if base else "md5", ("md5", "urldecode")
-        ),  # type: ignore[arg-type]
+        password=Secret(password) if password is not None else (base.password if base else Secret("")),
+        variant=_choice(env, prefix + "VARIANT", base.variant if base else "md5", ("md5", "urldecode")),  # type: ignore[arg-type]
         charset=_choice(env, prefix + "CHARSET", base.charset if base else "gb2312", CHARSETS),
         max_chars=_int(env, prefix + "MAX_CHARS", base.max_chars if base else 70, 1),
         chunk_size=chunk_size,
         rate_per_second=_int(env, prefix + "RATE", base.rate_per_second if base else 10, 1),
-        connect_timeout=_float(
-            env, prefix + "CONNECT_TIMEOUT", base.connect_timeout if base else 3.0
-        ),
+        connect_timeout=_float(env, prefix + "CONNECT_TIMEOUT", base.connect_timeout if base else 3.0),
         read_timeout=_float(env, prefix + "TIMEOUT", base.read_timeout if base else 10.0),
     )
 
@@ -205,13 +197,10 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
     url = redis_url or env.get("SMSGW_REDIS_URL", "")
     if not url:
         raise SettingsError(
-            "SMSGW_REDIS_URL is not set (e.g. redis://localhost:6379/0); "
-            "`make run` starts a private Redis for you"
+            "SMSGW_REDIS_URL is not set (e.g. redis://localhost:6379/0); `make run` starts a private Redis for you"
         )
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError(
-            f"SMSGW_REDIS_URL={url!r} must start with redis://, rediss:// or unix://"
-        )
+        raise SettingsError(f"SMSGW_REDIS_URL={url!r} must start with redis://, rediss:// or unix://")
 
     default = _account(env, "default", "SMSGW_PROVIDER_", None)
     accounts = {"default": default}
@@ -240,13 +229,9 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         balance_check_seconds=_int(env, "SMSGW_BALANCE_CHECK_SECONDS", 60, 1),
         sweep_seconds=_int(env, "SMSGW_SWEEP_SECONDS", 15, 1),
         job_grace_seconds=_int(env, "SMSGW_JOB_GRACE_SECONDS", 60, 1),
-        redis_durability=_choice(
-            env, "SMSGW_REDIS_DURABILITY", "warn", ("warn", "refuse", "ignore")
-        ),  # type: ignore[arg-type]
+        redis_durability=_choice(env, "SMSGW_REDIS_DURABILITY", "warn", ("warn", "refuse", "ignore")),  # type: ignore[arg-type]
         alert_webhook_url=env.get("SMSGW_ALERT_WEBHOOK_URL", ""),
-        alert_webhook_format=_choice(
-            env, "SMSGW_ALERT_WEBHOOK_FORMAT", "json", ("json", "dingtalk", "wecom")
-        ),  # type: ignore[arg-type]
+        alert_webhook_format=_choice(env, "SMSGW_ALERT_WEBHOOK_FORMAT", "json", ("json", "dingtalk", "wecom")),  # type: ignore[arg-type]
         retention_seconds=_int(env, "SMSGW_RETENTION_SECONDS", 7 * 24 * 3600, 60),
         callback_secret=Secret(env.get("SMSGW_CALLBACK_SECRET", "")),
         operator_password=Secret(env.get("SMSGW_OPERATOR_PASSWORD", "")),

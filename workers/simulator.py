@@ -132,9 +132,7 @@ def parse_form(raw: bytes) -> dict[str, bytes]:
         if not pair:
             continue
         key, _, value = pair.partition(b"=")
-        out[unquote_to_bytes(key.replace(b"+", b" ")).decode("latin-1")] = unquote_to_bytes(
-            value.replace(b"+", b" ")
-        )
+        out[unquote_to_bytes(key.replace(b"+", b" ")).decode("latin-1")] = unquote_to_bytes(value.replace(b"+", b" "))
     return out
 
 
@@ -154,9 +152,7 @@ def create_simulator_app(state: SimState) -> Flask:
     app = Flask("smsgw-simulator")
 
     def answer(text: str, status: int = 200) -> Response:
-        return Response(
-            text.encode("gb2312"), status=status, content_type="text/html; charset=gb2312"
-        )
+        return Response(text.encode("gb2312"), status=status, content_type="text/html; charset=gb2312")
 
     def code(n: int, **fmt: Any) -> Response:
         return answer(f"{n} {CODES[n].format(**fmt)}")
@@ -208,11 +204,7 @@ def create_simulator_app(state: SimState) -> Flask:
     def check_auth(raw: dict[str, bytes], auth: str, twice: tuple[str, ...]) -> bool:
         uid = text_of(raw, "uid", "uid" in twice)
         pwd = text_of(raw, "pwd")
-        expected = (
-            hashlib.md5(state.password.encode("gb2312")).hexdigest()
-            if auth == "md5"
-            else state.password
-        )
+        expected = hashlib.md5(state.password.encode("gb2312")).hexdigest() if auth == "md5" else state.password
         return uid == state.uid and pwd == expected
 
     @app.errorhandler(BadRequest)
@@ -327,9 +319,7 @@ def create_simulator_app(state: SimState) -> Flask:
         lines = []
         for item in items:
             if name == "report":
-                lines.append(
-                    f"{item['Mobile']}/{item['ReportTime']}/{item['LinkId']}/{item['Report']}/"
-                )
+                lines.append(f"{item['Mobile']}/{item['ReportTime']}/{item['LinkId']}/{item['Report']}/")
             else:
                 content = item["Message"]
                 if name == "reve_urlencode":
@@ -344,11 +334,7 @@ def create_simulator_app(state: SimState) -> Flask:
         for group in params.split(";"):
             values = group.split(",")
             # Groups of the wrong shape are silently dropped, as the real service does.
-            if (
-                len(values) != n_vars + 1
-                or normalise(values[0]) != values[0]
-                or values[0] in mobiles
-            ):
+            if len(values) != n_vars + 1 or normalise(values[0]) != values[0] or values[0] in mobiles:
                 continue
             mobiles.append(values[0])
             texts.append(_render(template, values[1:]))
@@ -381,9 +367,7 @@ def create_simulator_app(state: SimState) -> Flask:
     def sim_script() -> Response:
         body = request.get_json(force=True)
         with state.lock:
-            state.scripts[body.get("endpoint", "post_send_md5")] = deque(
-                int(c) for c in body["codes"]
-            )
+            state.scripts[body.get("endpoint", "post_send_md5")] = deque(int(c) for c in body["codes"])
         return jsonify(ok=True)
 
     @app.post("/_sim/config")
@@ -459,17 +443,13 @@ def push_loop(state: SimState, stop: threading.Event) -> None:
             try:
                 session.get(url + "?" + urlencode(item, encoding="gb2312"), timeout=5)
             except requests.RequestException:
-                log.warning(
-                    "push to the registered URL failed; the item is lost, as with the real one"
-                )
+                log.warning("push to the registered URL failed; the item is lost, as with the real one")
 
 
 class SimulatorServer:
     """The simulator on a real socket in a background thread (``port=0``: a free port)."""
 
-    def __init__(
-        self, state: SimState | None = None, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
+    def __init__(self, state: SimState | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self.state = state or SimState()
         self.app = create_simulator_app(self.state)
         self._server: BaseWSGIServer = make_server(host, port, self.app, threaded=True)
@@ -513,15 +493,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--password", default="secret")
     parser.add_argument("--balance", default="1000000", help="in recipients (one per mobile)")
     parser.add_argument("--max-chars", type=int, default=70, help="the channel's length limit (XX)")
-    parser.add_argument(
-        "--report-delay", type=float, default=0.0, help="seconds until a report is ready"
-    )
-    parser.add_argument(
-        "--undelivered-share", type=float, default=0.0, help="share of UNDELIV reports"
-    )
-    parser.add_argument(
-        "--push-url", default="", help="push reports and replies here instead of pull"
-    )
+    parser.add_argument("--report-delay", type=float, default=0.0, help="seconds until a report is ready")
+    parser.add_argument("--undelivered-share", type=float, default=0.0, help="share of UNDELIV reports")
+    parser.add_argument("--push-url", default="", help="push reports and replies here instead of pull")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     state = SimState(

@@ -96,9 +96,7 @@ class Template:
 def check_vars(template: Template, values: dict[str, str]) -> list[str]:
     """Problems with one recipient's variables: missing ones, extra ones."""
     problems = [f"variable {n!r} is missing" for n in template.names if n not in values]
-    problems += [
-        f"variable {n!r} is not in the template" for n in values if n not in template.names
-    ]
+    problems += [f"variable {n!r} is not in the template" for n in values if n not in template.names]
     return problems
 
 

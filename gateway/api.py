@@ -1,0 +1,189 @@
+"""The JSON API under ``/v1``: send, look up, cancel, balance, sensitive words."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request, url_for
+
+from gateway import messages
+from gateway.auth import authenticate
+from gateway.problems import Problem
+from gateway.validation import (
+    MessageRequest,
+    SensitiveWordsRequest,
+    check_message,
+    parse_json,
+    parse_model,
+)
+from workers import accounts, store
+from workers import provider as p
+from workers.runtime import Runtime
+
+bp = Blueprint("api", __name__, url_prefix="/v1")
+
+IDEMPOTENCY_WAIT = 5.0
+BALANCE_CACHE_SECONDS = 30
+WORDS_CACHE_SECONDS = 300
+
+
+def runtime() -> Runtime:
+    return current_app.extensions["smsgw"]  # type: ignore[no-any-return]
+
+
+@bp.before_request
+def require_key() -> None:
+    g.api_key = authenticate(runtime().settings)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json")
+    response.headers.update(headers or {})
+    return response
+
+
+def request_json() -> Any:
+    if request.mimetype != "application/json":
+        raise Problem(415, "Unsupported Media Type", "send Content-Type: application/json")
+    return parse_json(request.get_data(cache=False))
+
+
+@bp.post("/messages")
+def create_message() -> Response:
+    rt = runtime()
+    conn, settings = rt.conn, rt.settings
+    raw = request.get_data(cache=True)
+    idem = request.headers.get("Idempotency-Key")
+    idem_key = fingerprint = None
+    if idem is not None:
+        if not 0 < len(idem) <= 255:
+            raise Problem(400, "Bad Idempotency-Key", "1 to 255 characters")
+        idem_key = f"sg:idem:{g.api_key.name}:{hashlib.sha256(idem.encode()).hexdigest()}"
+        fingerprint = hashlib.sha256(raw).hexdigest()
+        existing = conn.get(idem_key)
+        if existing is not None:
+            return _replay(idem_key, existing, fingerprint)
+
+    req = parse_model(MessageRequest, request_json())
+    accepted = check_message(req, settings)
+    mid = store.new_message_id()
+    if idem_key is not None and fingerprint is not None:
+        claim = json.dumps({"fp": fingerprint, "id": mid})
+        if not conn.set(idem_key, claim, nx=True, ex=settings.idempotency_ttl):
+            return _replay(idem_key, conn.get(idem_key) or b"{}", fingerprint)
+    try:
+        body = messages.accept(
+            conn, settings, mid, accepted,
+            priority=req.priority, reference=req.reference, callback_url=req.callback_url,
+            key_name=g.api_key.name,
+            chunk_size=accounts.chunk_size(conn, settings, accepted.account),
+            idempotency=(idem_key, fingerprint) if idem_key and fingerprint else None,
+        )  # fmt: skip
+    except Exception:
+        if idem_key is not None:
+            conn.delete(idem_key)
+        raise
+    location = url_for("api.get_message", mid=mid)
+    return json_response(body, 202, {"Location": location})
+
+
+def _replay(idem_key: str, existing: bytes, fingerprint: str) -> Response:
+    """Same key: same body gets the first answer, a different body 409. A first request still
+    in flight is waited for briefly."""
+    conn = runtime().conn
+    deadline = time.monotonic() + IDEMPOTENCY_WAIT
+    while True:
+        record = json.loads(existing) if existing else {}
+        if record.get("fp") != fingerprint:
+            raise Problem(409, "Idempotency-Key reused", "this key was used with a different body")
+        if "body" in record:
+            location = url_for("api.get_message", mid=record["id"])
+            return json_response(record["body"], 202, {"Location": location, "Idempotent-Replayed": "true"})
+        if time.monotonic() > deadline:
+            raise Problem(409, "Request in progress", "a request with this key is still being accepted")
+        time.sleep(0.02)
+        existing = conn.get(idem_key) or b""
+        if not existing:  # the first request failed and released the key
+            raise Problem(409, "Request in progress", "retry: the first request with this key failed")
+
+
+def _own_message(mid: str) -> dict[str, str]:
+    msg = store.load_message(runtime().conn, mid)
+    if not msg or msg.get("key") != g.api_key.name:
+        raise Problem(404, "Not Found", f"no message {mid}")
+    return msg
+
+
+@bp.get("/messages/<mid>")
+def get_message(mid: str) -> Response:
+    _own_message(mid)
+    return json_response(messages.view(runtime().conn, mid))
+
+
+@bp.get("/messages/<mid>/recipients")
+def get_recipients(mid: str) -> Response:
+    _own_message(mid)
+    try:
+        cursor = int(request.args.get("cursor", "0"))
+        limit = min(int(request.args.get("limit", "100")), 1000)
+        if cursor < 0 or limit < 1:
+            raise ValueError
+    except ValueError:
+        raise Problem(400, "Bad paging", "cursor ≥ 0 and 1 ≤ limit ≤ 1000") from None
+    items, nxt = messages.recipients(runtime().conn, mid, cursor, limit)
+    return json_response({"items": items, "next_cursor": nxt})
+
+
+@bp.delete("/messages/<mid>")
+def cancel_message(mid: str) -> Response:
+    _own_message(mid)
+    result = messages.cancel(runtime().conn, runtime().settings, mid)
+    if result is None:
+        raise Problem(409, "Nothing to cancel", "every part of this message is already submitted or final")
+    return json_response({"id": mid, "cancelled": result, "status": messages.view(runtime().conn, mid)["status"]})  # type: ignore[index]
+
+
+def _account_arg(name: str | None) -> str:
+    settings = runtime().settings
+    name = name or settings.default_account
+    if name not in settings.accounts:
+        raise Problem(404, "Not Found", f"unknown account {name!r}")
+    return name
+
+
+@bp.get("/balance")
+def balance() -> Response:
+    rt = runtime()
+    name = _account_arg(request.args.get("account"))
+    cache = f"sg:cache:bal:{name}"
+    cached = rt.conn.get(cache)
+    if cached is None:
+        try:
+            value = str(rt.client(name).balance())
+        except p.ProviderError as e:
+            raise Problem(502, "Provider error", f"{type(e).__name__}: {e.text}") from None
+        rt.conn.set(cache, value, ex=BALANCE_CACHE_SECONDS)
+        rt.conn.hset(store.account_key(name), mapping={"balance": value, "balance_at": f"{time.time():.0f}"})
+        cached = value.encode()
+    return json_response({"account": name, "balance": cached.decode()})
+
+
+@bp.post("/sensitive-words")
+def sensitive_words() -> Response:
+    rt = runtime()
+    req = parse_model(SensitiveWordsRequest, request_json())
+    name = _account_arg(req.account)
+    cache = f"sg:cache:mgz:{name}:{hashlib.sha256(req.text.encode()).hexdigest()}"
+    cached = rt.conn.get(cache)
+    if cached is None:
+        try:
+            words = rt.client(name).sensitive_words(req.text)
+        except p.ProviderError as e:
+            raise Problem(502, "Provider error", f"{type(e).__name__}: {e.text}") from None
+        rt.conn.set(cache, json.dumps(words, ensure_ascii=False), ex=WORDS_CACHE_SECONDS)
+    else:
+        words = json.loads(cached)
+    return json_response({"account": name, "words": words})

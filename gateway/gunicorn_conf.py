@@ -1,0 +1,22 @@
+"""gunicorn's configuration for ``smsgw api`` and the container (``-c`` this file).
+
+Values can be overridden on the command line (``smsgw api --bind --workers``) or by gunicorn's
+own ``GUNICORN_CMD_ARGS``.
+"""
+
+import os
+
+bind = os.environ.get("SMSGW_BIND", "0.0.0.0:8080")
+workers = int(os.environ.get("SMSGW_API_WORKERS", "2"))
+worker_class = "sync"
+# A request does validation and one Redis round trip; 30 s means something is stuck.
+timeout = 30
+# SIGTERM: stop accepting, let requests in flight finish for up to this long.
+graceful_timeout = 30
+keepalive = 5
+# Recycle workers now and then so a slow leak never becomes an outage.
+max_requests = 10000
+max_requests_jitter = 1000
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"

@@ -1,0 +1,191 @@
+"""``GET /openapi.json``: the API described from the same pydantic models that validate it."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from gateway.validation import MessageRequest, SensitiveWordsRequest
+
+bp = Blueprint("openapi", __name__)
+
+PROBLEM = {"$ref": "#/components/schemas/Problem"}
+
+
+def _problems(*codes: int) -> dict[str, Any]:
+    return {
+        str(c): {
+            "description": "a problem",
+            "content": {"application/problem+json": {"schema": PROBLEM}},
+        }
+        for c in codes
+    }
+
+
+def _ok(schema: dict[str, Any], code: str = "200", description: str = "ok") -> dict[str, Any]:
+    return {code: {"description": description, "content": {"application/json": {"schema": schema}}}}
+
+
+MID = {"name": "mid", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+@cache
+def document() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for model in (MessageRequest, SensitiveWordsRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    schemas["Problem"] = {
+        "type": "object",
+        "required": ["title", "status"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"pointer": {"type": "string"}, "detail": {"type": "string"}},
+                },
+            },
+        },
+    }
+    schemas["Accepted"] = {
+        "type": "object",
+        "required": ["id", "status", "recipients", "chunks_planned"],
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"type": "string", "enum": ["accepted", "scheduled"]},
+            "account": {"type": "string"},
+            "priority": {"type": "string"},
+            "reference": {"type": ["string", "null"]},
+            "recipients": {"type": "object"},
+            "chunks_planned": {"type": "integer"},
+            "send_at": {"type": ["string", "null"]},
+        },
+    }
+    schemas["Message"] = {"type": "object", "required": ["id", "status", "chunks"]}
+    auth_problems = _problems(401)
+    body = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageRequest"}}},
+    }
+    words_body = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SensitiveWordsRequest"}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "smsgw",
+            "version": "1",
+            "description": "Outbound SMS for mainland China",
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/messages": {
+                "post": {
+                    "summary": "Send a plain or personalised message",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "maxLength": 255},
+                        }
+                    ],
+                    "requestBody": body,
+                    "responses": {
+                        **_ok({"$ref": "#/components/schemas/Accepted"}, "202", "accepted"),
+                        **auth_problems,
+                        **_problems(400, 409, 413, 415, 422, 503),
+                    },
+                }
+            },
+            "/v1/messages/{mid}": {
+                "parameters": [MID],
+                "get": {
+                    "summary": "A message, its chunks and their history",
+                    "responses": {
+                        **_ok({"$ref": "#/components/schemas/Message"}),
+                        **auth_problems,
+                        **_problems(404),
+                    },
+                },
+                "delete": {
+                    "summary": "Cancel what is not yet submitted",
+                    "responses": {
+                        **_ok({"type": "object"}),
+                        **auth_problems,
+                        **_problems(404, 409),
+                    },
+                },
+            },
+            "/v1/messages/{mid}/recipients": {
+                "parameters": [MID],
+                "get": {
+                    "summary": "Recipients, paged",
+                    "parameters": [
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                    ],
+                    "responses": {
+                        **_ok({"type": "object"}),
+                        **auth_problems,
+                        **_problems(400, 404),
+                    },
+                },
+            },
+            "/v1/balance": {
+                "get": {
+                    "summary": "The provider account's balance (cached 30 s)",
+                    "parameters": [{"name": "account", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {
+                        **_ok({"type": "object"}),
+                        **auth_problems,
+                        **_problems(404, 502),
+                    },
+                }
+            },
+            "/v1/sensitive-words": {
+                "post": {
+                    "summary": "Words the provider would refuse (cached 5 min)",
+                    "requestBody": words_body,
+                    "responses": {
+                        **_ok({"type": "object"}),
+                        **auth_problems,
+                        **_problems(400, 404, 415, 422, 502),
+                    },
+                }
+            },
+            "/healthz": {"get": {"security": [], "responses": _ok({"type": "object"})}},
+            "/readyz": {
+                "get": {
+                    "security": [],
+                    "responses": {**_ok({"type": "object"}), "503": {"description": "Redis down"}},
+                }
+            },
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(document())

@@ -1,0 +1,176 @@
+"""The API's door: every bad request is a problem+json 4xx and nothing is queued."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import AUTH
+
+
+def post(api, body, headers=None, raw=None):
+    data = raw if raw is not None else json.dumps(body, ensure_ascii=False).encode()
+    return api.post("/v1/messages", data=data, headers={**AUTH, "Content-Type": "application/json", **(headers or {})})
+
+
+def nothing_queued(redis_conn):
+    keys = [k.decode() for k in redis_conn.keys("*")]
+    return not any(k.startswith(("sg:m:", "rq:job:", "rq:queue:")) for k in keys)
+
+
+def assert_problem(response, status, pointer=None, contains=None):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json(force=True)
+    assert body["status"] == status and body["title"]
+    if pointer is not None:
+        pointers = [e["pointer"] for e in body.get("errors", [])]
+        assert pointer in pointers, body
+    if contains is not None:
+        assert contains in json.dumps(body, ensure_ascii=False), body
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "pointer", "contains"),
+    [
+        ({"to": ["13800138000"], "text": "hi", "colour": "red"}, 422, "/colour", "unknown field"),
+        ({"to": "13800138000", "text": "hi"}, 422, "/to", None),
+        ({"to": [13800138000], "text": "hi"}, 422, "/to/0", None),
+        ({"to": [], "text": "hi"}, 422, "/to", None),
+        ({"to": ["13800138000"]}, 422, "", "both 'to' and 'text'"),
+        ({"to": ["13800138000"], "text": "体验體验"}, 422, "/text", "'體' (U+9AD4) at index 2"),
+        ({"to": ["13800138000"], "text": "字" * 71}, 422, "/text", "71 characters"),
+        ({"to": ["13800138000", "12345"], "text": "hi"}, 422, "/to/1", "'12345'"),
+        ({"to": ["13800138000"], "text": "hi", "priority": "urgent"}, 422, "/priority", None),
+        ({"to": ["13800138000"], "text": "hi", "send_at": "2000-01-01T00:00:00+08:00"}, 422, "/send_at", "past"),
+        ({"to": ["13800138000"], "text": "hi", "send_at": "2999-01-01T00:00:00+08:00"}, 422, "/send_at", "days ahead"),
+        ({"to": ["13800138000"], "text": "hi", "send_at": "2030-01-01T00:00:00"}, 422, "/send_at", "offset"),
+        ({"to": ["13800138000"], "text": "hi", "account": "nope"}, 422, "/account", None),
+        ({"to": ["13800138000"], "text": "hi", "callback_url": "ftp://x/"}, 422, "/callback_url", None),
+        (
+            {"template": "{name}好", "recipients": [{"to": "13800138000", "vars": {"name": "王,伟"}}]},
+            422,
+            "/recipients/0/vars/name",
+            "13800138000",
+        ),
+        (
+            {"template": "{name}好", "recipients": [{"to": "13800138000", "vars": {"name": "王堃"}}]},
+            422,
+            "/recipients/0/vars/name",
+            "'堃'",
+        ),
+        (
+            {"template": "{name}好{code}", "recipients": [{"to": "13800138000", "vars": {"name": "x"}}]},
+            422,
+            "/recipients/0/vars",
+            "'code' is missing",
+        ),
+        (
+            {"template": "{name}好", "recipients": [{"to": "13800138000", "vars": {"name": "x", "y": "1"}}]},
+            422,
+            "/recipients/0/vars",
+            "'y' is not in the template",
+        ),
+        (
+            {"template": "{n}" + "字" * 60, "recipients": [{"to": "13800138000", "vars": {"n": "长" * 20}}]},
+            422,
+            "/recipients/0",
+            "80 characters",
+        ),
+        ({"template": "no vars", "recipients": [{"to": "13800138000", "vars": {}}]}, 422, "/template", None),
+        ({"to": ["13800138000"], "text": "hi", "template": "{a}"}, 422, "", "not both"),
+    ],
+)
+def test_invalid_requests(api, redis_conn, body, status, pointer, contains):
+    assert_problem(post(api, body), status, pointer, contains)
+    assert nothing_queued(redis_conn)
+
+
+@pytest.mark.parametrize(
+    ("raw", "contains"),
+    [
+        (b"{not json", "Malformed"),
+        (b'{"to": ["13800138000"], "text": "a", "text": "b"}', "duplicate key"),
+        (b'{"to": ["13800138000"], "text": NaN}', "NaN"),
+        (b"[" * 100000 + b"]" * 100000, "nested"),
+        (b"\xff\xfe", "UTF-8"),
+    ],
+)
+def test_malformed_json_is_400(api, redis_conn, raw, contains):
+    assert_problem(post(api, None, raw=raw), 400, contains=contains)
+    assert nothing_queued(redis_conn)
+
+
+def test_wrong_content_type_is_415(api, redis_conn):
+    r = api.post("/v1/messages", data="to=1", headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"})
+    assert_problem(r, 415)
+    assert nothing_queued(redis_conn)
+
+
+def test_body_over_limit_is_413(api, app, redis_conn):
+    big = b'{"to": ["13800138000"], "text": "' + b"a" * (app.config["MAX_CONTENT_LENGTH"] + 10) + b'"}'
+    assert_problem(post(api, None, raw=big), 413)
+    assert nothing_queued(redis_conn)
+
+
+def test_too_many_recipients(api, redis_conn, runtime):
+    limit = runtime.settings.max_recipients
+    body = {"to": [f"138{i:08d}" for i in range(limit + 1)], "text": "hi"}
+    assert_problem(post(api, body), 422, "/to", "at most")
+    assert nothing_queued(redis_conn)
+
+
+def test_auth(api, redis_conn):
+    assert_problem(api.post("/v1/messages", json={"to": ["13800138000"], "text": "x"}), 401)
+    r = api.post("/v1/messages", json={"to": ["13800138000"], "text": "x"}, headers={"Authorization": "Bearer wrong"})
+    assert_problem(r, 401)
+    assert nothing_queued(redis_conn)
+
+
+def test_unknown_route_and_method_are_problems(api):
+    assert_problem(api.get("/nope", headers=AUTH), 404)
+    assert_problem(api.put("/v1/messages", headers=AUTH), 405)
+
+
+def test_accept_answers_202_with_counts_and_location(api, redis_conn):
+    r = post(api, {"to": ["13800138000", "+86 138 0013 8000", "bad", "13900139000"], "text": "hi",
+                   "on_invalid": "skip", "reference": "order-1"})  # fmt: skip
+    assert r.status_code == 202, r.get_json()
+    body = r.get_json()
+    assert body["recipients"] == {"accepted": 2, "duplicates_removed": 1, "invalid": [{"index": 2, "value": "bad"}]}
+    assert body["chunks_planned"] == 1 and body["status"] == "accepted" and body["reference"] == "order-1"
+    assert r.headers["Location"] == f"/v1/messages/{body['id']}"
+    got = api.get(r.headers["Location"], headers=AUTH).get_json()
+    assert got["status"] == "accepted" and got["recipients"]["by_state"] == {"pending": 2}
+
+
+def test_idempotency_same_body_replays_different_body_conflicts(api, redis_conn):
+    body = {"to": ["13800138000"], "text": "hi"}
+    first = post(api, body, {"Idempotency-Key": "k1"})
+    again = post(api, body, {"Idempotency-Key": "k1"})
+    assert first.status_code == again.status_code == 202
+    assert first.get_json() == again.get_json() and again.headers["Idempotent-Replayed"] == "true"
+    assert len(redis_conn.keys("sg:m:*")) == 1
+    assert_problem(post(api, {**body, "text": "other"}, {"Idempotency-Key": "k1"}), 409)
+
+
+def test_cancel_before_planning_and_404_for_other_keys(api, redis_conn):
+    mid = post(api, {"to": ["13800138000"], "text": "hi"}).get_json()["id"]
+    r = api.delete(f"/v1/messages/{mid}", headers=AUTH)
+    assert r.status_code == 200 and r.get_json()["status"] == "cancelled"
+    assert_problem(api.delete(f"/v1/messages/{mid}", headers=AUTH), 409)
+    assert_problem(api.get("/v1/messages/doesnotexist", headers=AUTH), 404)
+
+
+def test_openapi_describes_the_routes(api):
+    doc = api.get("/openapi.json").get_json()
+    assert {"/v1/messages", "/v1/messages/{mid}", "/v1/balance"} <= set(doc["paths"])
+    assert "MessageRequest" in doc["components"]["schemas"]
+
+
+def test_balance_and_sensitive_words_pass_through(api):
+    assert api.get("/v1/balance", headers=AUTH).get_json()["balance"] == "1000000"
+    r = api.post("/v1/sensitive-words", json={"text": "开发票"}, headers=AUTH)
+    assert r.get_json()["words"] == ["发票"]

@@ -1,0 +1,138 @@
+"""The send pipeline end to end in one process: API → Redis → jobs → simulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from rq import SimpleWorker
+
+from tests.conftest import AUTH, drain, sim_admin, sim_submissions
+from workers import store
+
+
+def send(api, body, headers=None):
+    r = api.post("/v1/messages", data=json.dumps(body, ensure_ascii=False),
+                 headers={**AUTH, "Content-Type": "application/json", **(headers or {})})  # fmt: skip
+    assert r.status_code == 202, r.get_json()
+    return r.get_json()["id"]
+
+
+def status(api, mid):
+    return api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()
+
+
+def test_2500_mobiles_with_duplicates_and_invalid(api, runtime, simulator):
+    mobiles = [f"139{i:08d}" for i in range(2250)]
+    to = mobiles + mobiles[:250] + ["123", "abc", "+1 555 0100"]
+    mid = send(api, {"to": to, "text": "验证码 1+1", "on_invalid": "skip"})
+    drain(runtime)
+    subs = sim_submissions(simulator)
+    assert len(subs) == 3
+    assert [m for s in subs for m in s["mobiles"]] == mobiles
+    assert len({s["linkid"] for s in subs}) == 3
+    view = status(api, mid)
+    assert view["status"] == "submitted"
+    assert view["recipients"]["by_state"] == {"submitted": 2250}
+    assert [c["state"] for c in view["chunks"]] == ["submitted"] * 3
+
+
+def test_3000_personalised_recipients(api, runtime, simulator):
+    recipients = [{"to": f"137{i:08d}", "vars": {"name": f"王{i}", "code": f"{i}+%{i} x"}} for i in range(3000)]
+    send(api, {"template": "{name}您好，验证码{code}，{name}", "recipients": recipients})
+    drain(runtime)
+    subs = sim_submissions(simulator)
+    assert len(subs) == 3 and all(s["endpoint"] == "post_send_ddt" for s in subs)
+    texts = [t for s in subs for t in s["texts"]]
+    assert texts == [f"王{i}您好，验证码{i}+%{i} x，王{i}" for i in range(3000)]
+
+
+def test_replace_separators_opt_in(api, runtime, simulator):
+    send(api, {"template": "{a}!", "recipients": [{"to": "13800138000", "vars": {"a": "x,y;z"}}],
+               "replace_separators": True})  # fmt: skip
+    drain(runtime)
+    assert sim_submissions(simulator)[0]["texts"] == ["x，y；z!"]
+
+
+def test_transient_errors_retry_with_the_same_linkid(api, runtime, simulator):
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="http", status=503, times=2)
+    mid = send(api, {"to": ["13800138000"], "text": "hi"})
+    drain(runtime)
+    view = status(api, mid)
+    [chunk] = view["chunks"]
+    assert chunk["state"] == "submitted" and chunk["attempts"] == 3
+    assert [s["linkid"] for s in sim_submissions(simulator)] == [chunk["linkid"]]
+    assert [h["event"] for h in chunk["history"]].count("retry") == 2
+
+
+def test_garbage_then_budget_exhausted_fails_with_last_error(api, runtime, simulator):
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="garbage")
+    mid = send(api, {"to": ["13800138000"], "text": "hi"})
+    drain(runtime)
+    view = status(api, mid)
+    assert view["status"] == "failed"
+    [chunk] = view["chunks"]
+    assert chunk["state"] == "failed" and chunk["attempts"] == runtime.settings.retry_max_attempts
+    assert chunk["error"] == "UnknownAnswer" and "gave up" in chunk["reason"]
+    assert sim_submissions(simulator) == []
+
+
+def test_code_3_splits_in_halves_with_new_linkids_and_lowers_chunk_size(api, runtime, simulator):
+    sim_admin(simulator, "script", endpoint="post_send_md5", codes=[3])
+    mid = send(api, {"to": [f"138{i:08d}" for i in range(10)], "text": "hi"})
+    drain(runtime)
+    view = status(api, mid)
+    assert view["status"] == "submitted"
+    states = Counter(c["state"] for c in view["chunks"])
+    assert states == {"split": 1, "submitted": 2}
+    subs = sim_submissions(simulator)
+    assert sorted(len(s["mobiles"]) for s in subs) == [5, 5]
+    assert len({s["linkid"] for s in subs} | {view["chunks"][0]["linkid"]}) == 3
+    assert runtime.conn.hget(store.account_key("default"), "chunk_size") == b"5"
+
+
+def test_codes_5_and_7_fail_permanently(api, runtime, simulator):
+    sim_admin(simulator, "script", endpoint="post_send_md5", codes=[7])
+    mid = send(api, {"to": ["13800138000"], "text": "hi"})
+    drain(runtime)
+    [chunk] = status(api, mid)["chunks"]
+    assert (chunk["state"], chunk["provider_code"], chunk["attempts"]) == ("failed", 7, 1)
+    assert runtime.conn.hget("sg:alerts", "validation_defect") == b"1"
+
+
+def test_cancel_stops_what_is_not_submitted(api, runtime, simulator):
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="http", status=500)
+    mid = send(api, {"to": ["13800138000"], "text": "hi"})
+    drain(runtime, until=lambda: status(api, mid)["chunks"][0]["state"] == "retry")
+    r = api.delete(f"/v1/messages/{mid}", headers=AUTH)
+    assert r.status_code == 200 and r.get_json()["cancelled"]["recipients"] == 1
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="none")
+    drain(runtime)
+    assert status(api, mid)["status"] == "cancelled"
+    assert sim_submissions(simulator) == []
+
+
+def test_send_at_holds_the_message_until_then(api, runtime, simulator):
+    from datetime import UTC, datetime, timedelta
+
+    at = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    mid = send(api, {"to": ["13800138000"], "text": "later", "send_at": at})
+    assert status(api, mid)["status"] == "scheduled"
+    queues = [runtime.queue(p) for p in ("high", "normal", "bulk")]
+    SimpleWorker(queues, connection=runtime.conn).work(burst=True)  # nothing is due yet
+    assert sim_submissions(simulator) == []
+    drain(runtime, timeout=10)
+    assert status(api, mid)["status"] == "submitted"
+    assert len(sim_submissions(simulator)) == 1
+
+
+def test_requeued_job_of_a_submitted_chunk_sends_nothing(api, runtime, simulator):
+    from rq.job import Job
+
+    mid = send(api, {"to": ["13800138000"], "text": "once"})
+    drain(runtime)
+    chunk = store.load_chunk(runtime.conn, mid, 0)
+    job = Job.fetch(chunk["job"], connection=runtime.conn)
+    runtime.queue("normal").enqueue_job(job)  # what an operator's requeue does
+    drain(runtime)
+    assert len(sim_submissions(simulator)) == 1

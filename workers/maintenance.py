@@ -1,0 +1,90 @@
+"""Periodic work that must happen once across the whole fleet, not once per worker.
+
+Each ``smsgw worker`` runs :func:`loop` in a thread; a lease in Redis (``SET NX PX``) lets one
+of them do each round. Rounds: the sweeper, the balance check that resumes accounts held for
+insufficient balance, and failing chunks held longer than allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+import redis
+
+from workers import accounts, store
+from workers import provider as p
+from workers.jobs import fail
+from workers.runtime import Runtime
+from workers.sweeper import sweep
+
+log = logging.getLogger("smsgw.maintenance")
+LEASE = "sg:lease:maintenance"
+
+
+def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
+    now = time.time() if now is None else now
+    out = {"revived": sweep(rt, now), "resumed": 0, "expired_holds": 0}
+    for name in rt.settings.accounts:
+        out["resumed"] += _balance_check(rt, name, now)
+        out["expired_holds"] += _expire_holds(rt, name, now)
+    return out
+
+
+def _balance_check(rt: Runtime, name: str, now: float) -> int:
+    """An account held for balance (2) resumes by itself once the balance is positive."""
+    conn = rt.conn
+    state = accounts.state(conn, name)
+    if state["st"] != accounts.HELD or state.get("code") != "2":
+        return 0
+    if now - float(state.get("checked", "0")) < rt.settings.balance_check_seconds:
+        return 0
+    conn.hset(store.account_key(name), "checked", f"{now:.0f}")
+    try:
+        balance = rt.client(name).balance()
+    except p.ProviderError as e:
+        log.warning("balance check of %s failed: %s", name, e, extra={"account": name})
+        return 0
+    conn.hset(store.account_key(name), mapping={"balance": str(balance), "balance_at": f"{now:.0f}"})
+    if balance > 0:
+        return accounts.resume(rt.settings, conn, name, by="balance check")
+    return 0
+
+
+def _expire_holds(rt: Runtime, name: str, now: float) -> int:
+    conn = rt.conn
+    cutoff = now - rt.settings.hold_max_age_seconds
+    expired = 0
+    for raw in conn.zrangebyscore(store.held_key(name), "-inf", cutoff):
+        _, mid, n = store.parse_ref(raw.decode())
+        chunk = store.load_chunk(conn, mid, n)
+        if chunk.get("st") == store.HELD:
+            reason = f"held longer than {rt.settings.hold_max_age_seconds} s: {chunk.get('hr', '')}"
+            fail(rt, mid, n, chunk, reason, {})
+            expired += 1
+        conn.zrem(store.held_key(name), raw)
+    return expired
+
+
+def loop(rt: Runtime, stop: threading.Event) -> None:
+    me = uuid.uuid4().hex
+    interval = rt.settings.sweep_seconds
+    while not stop.wait(interval):
+        try:
+            if rt.conn.set(LEASE, me, nx=True, px=int(interval * 1000 * 0.9)):
+                result = run_once(rt)
+                if any(result.values()):
+                    log.info("maintenance: %s", result)
+        except redis.RedisError as e:
+            log.warning("maintenance round skipped: %s", type(e).__name__)
+        except Exception:  # the thread must outlive one bad round; the next one retries
+            log.exception("maintenance round failed")
+
+
+def start(rt: Runtime) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=loop, args=(rt, stop), name="smsgw-maintenance", daemon=True)
+    thread.start()
+    return thread, stop

@@ -1,0 +1,29 @@
+"""``smsgw worker``: an RQ worker on smsgw's queues in priority order, with RQ's scheduler
+(retries and ``send_at`` are ``enqueue_at``) and smsgw's maintenance thread."""
+
+from __future__ import annotations
+
+import logging
+
+from rq import Queue, Worker
+
+from workers import maintenance
+from workers.queues import WORKER_QUEUES
+from workers.runtime import Runtime, check_durability, install
+from workers.settings import Settings
+
+log = logging.getLogger("smsgw.worker")
+
+
+def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
+    runtime = Runtime.from_settings(settings)
+    check_durability(runtime.conn, settings.redis_durability)
+    install(runtime)  # before RQ forks: every work horse inherits it
+    queues = [Queue(q, connection=runtime.conn) for q in WORKER_QUEUES]
+    worker = Worker(queues, connection=runtime.conn, name=name)
+    thread, stop = maintenance.start(runtime)
+    try:
+        return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+    finally:
+        stop.set()
+        thread.join(timeout=5)
