@@ -14,9 +14,24 @@ import requests
 from workers.redis_server import RedisServer
 
 LOCAL_API_KEY = "local-dev-key-change-me-0123456789"
+BANNER = """
+smsgw is running (Ctrl-C stops everything):
+  redis      {redis}
+  simulator  {sim}   (what reached the provider: {sim}/_sim/submissions)
+  api        {api}   (spec: {api}/openapi.json)
+
+Send a message end to end:
+  curl -s -X POST {api}/v1/messages -H 'Authorization: Bearer {key}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"to": ["13800138000"], "text": "您好，验证码 123456"}}'
+Then look it up with the Location it returns:
+  curl -s {api}/v1/messages/<id> -H 'Authorization: Bearer {key}'
+"""
 
 
 def run_local(*, api_port: int, simulator_port: int) -> None:
+    # SIGTERM (e.g. from a supervisor) stops everything the same way Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     root = Path.cwd() / ".run"
     root.mkdir(exist_ok=True)
     redis_server = RedisServer(str(root / "redis")).start()
@@ -40,8 +55,16 @@ def run_local(*, api_port: int, simulator_port: int) -> None:
             )
         )  # fmt: skip
         _wait_http(f"{sim_url}/_sim/state")
-        print(f"redis      {redis_server.url}", flush=True)  # noqa: T201
-        print(f"simulator  {sim_url}  (submissions: {sim_url}/_sim/submissions)", flush=True)  # noqa: T201
+        api_url = f"http://127.0.0.1:{api_port}"
+        children.append(
+            subprocess.Popen(
+                [py, "-m", "gateway.cli", "api", "--bind", f"127.0.0.1:{api_port}", "--workers", "2"], env=env
+            )
+        )
+        children.append(subprocess.Popen([py, "-m", "gateway.cli", "worker", "--name", "local-worker"], env=env))
+        _wait_http(f"{api_url}/readyz")
+        key = env["SMSGW_API_KEYS"].split(",")[0].partition(":")[2]
+        print(BANNER.format(redis=redis_server.url, sim=sim_url, api=api_url, key=key), flush=True)  # noqa: T201
         _serve_forever(children)
     finally:
         for child in children:

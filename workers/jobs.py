@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline
-from rq import Queue
+from rq import Queue, get_current_job
 
 from workers import accounts, store
 from workers import provider as p
@@ -227,9 +227,12 @@ def send(rt: Runtime, mid: str, n: int) -> str:
     a = settings.accounts[account]
     deadline = time.time() + a.connect_timeout + a.read_timeout + 2
 
+    job = get_current_job()
+    worker = job.worker_name if job is not None else ""
+
     def watch(pipe: Pipeline, before: dict[str, str]) -> None:
         pipe.zadd(store.WATCH, {store.chunk_ref(mid, n): deadline + settings.job_grace_seconds})
-        record(pipe, mid, n, "submitting", linkid=linkid, attempt=attempt)
+        record(pipe, mid, n, "submitting", linkid=linkid, attempt=attempt, worker=worker)
 
     moved = store.transition(
         conn, mid, n, store.SENDABLE, store.SUBMITTING, {"att": attempt, "dl": f"{deadline:.3f}"},

@@ -13,24 +13,57 @@ import time
 import uuid
 
 import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
 
 from workers import accounts, store
 from workers import provider as p
 from workers.jobs import fail
+from workers.queues import WORKER_QUEUES
 from workers.runtime import Runtime
 from workers.sweeper import sweep
 
 log = logging.getLogger("smsgw.maintenance")
 LEASE = "sg:lease:maintenance"
+OVERDUE_LAG = 10.0
 
 
 def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
-    out = {"revived": sweep(rt, now), "resumed": 0, "expired_holds": 0}
+    out = {"revived": sweep(rt, now), "resumed": 0, "expired_holds": 0, "overdue": rescue_overdue(rt, now)}
     for name in rt.settings.accounts:
         out["resumed"] += _balance_check(rt, name, now)
         out["expired_holds"] += _expire_holds(rt, name, now)
     return out
+
+
+def rescue_overdue(rt: Runtime, now: float, lag: float = OVERDUE_LAG) -> int:
+    """Enqueue scheduled jobs more than ``lag`` seconds overdue.
+
+    RQ's scheduler runs in one worker under a lock that outlives a crashed holder by 61 s and
+    is re-taken only in worker maintenance (every 10 minutes by default): retries, ``send_at``
+    and ambiguous checks would stall that long. Taking a job out of the registry with ZREM
+    means only one rescuer enqueues it; if RQ's scheduler enqueues it too, the job finds its
+    chunk already moved on and does nothing.
+    """
+    rescued = 0
+    for name in WORKER_QUEUES:
+        queue = Queue(name, connection=rt.conn)
+        registry = ScheduledJobRegistry(queue=queue)
+        for job_id in registry.get_jobs_to_schedule(timestamp=int(now - lag)):
+            if not rt.conn.zrem(registry.key, job_id):
+                continue
+            try:
+                job = Job.fetch(job_id, connection=rt.conn)
+            except NoSuchJobError:
+                continue
+            queue.enqueue_job(job)
+            rescued += 1
+    if rescued:
+        log.warning("enqueued %d overdue scheduled jobs (is RQ's scheduler running?)", rescued)
+    return rescued
 
 
 def _balance_check(rt: Runtime, name: str, now: float) -> int:

@@ -20,7 +20,8 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     check_durability(runtime.conn, settings.redis_durability)
     install(runtime)  # before RQ forks: every work horse inherits it
     queues = [Queue(q, connection=runtime.conn) for q in WORKER_QUEUES]
-    worker = Worker(queues, connection=runtime.conn, name=name)
+    # Maintenance also re-takes a dead scheduler's lock: every minute, not RQ's default ten.
+    worker = Worker(queues, connection=runtime.conn, name=name, maintenance_interval=60)
     thread, stop = maintenance.start(runtime)
     try:
         return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")

@@ -1,0 +1,161 @@
+"""Each row of the error policy table, driven by the simulator's fault injection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import AUTH, drain, sim_admin, sim_submissions
+from workers import accounts, maintenance, store
+from workers import provider as p
+from workers.jobs import report_seen_key
+from workers.policy import POLICY, Action, backoff, classify
+
+
+@pytest.mark.parametrize(
+    ("error", "action"),
+    [
+        (None, Action.SUBMITTED),
+        (p.ConnectError("x"), Action.RETRY),
+        (p.HTTPStatusError("x", status=502), Action.RETRY),
+        (p.UnknownAnswer("x"), Action.RETRY),
+        (p.ReadTimeout("x"), Action.AMBIGUOUS),
+        (p.InsufficientBalance("x"), Action.HOLD),
+        (p.AccountFrozen("x"), Action.HOLD),
+        (p.BadCredentials("x"), Action.HOLD),
+        (p.NotAllowed("x"), Action.HOLD),
+        (p.TooManyRecipients("x"), Action.SPLIT),
+        (p.EmptyMessage("x"), Action.FAIL),
+        (p.TextTooLong("x"), Action.FAIL),
+    ],
+)
+def test_policy_table(error, action):
+    assert classify(error) is action
+
+
+def test_every_exception_class_has_a_row():
+    def leaves(cls):
+        subs = cls.__subclasses__()
+        return [cls] if not subs else [leaf for s in subs for leaf in leaves(s)]
+
+    assert all(any(c in POLICY for c in leaf.__mro__) for leaf in leaves(p.ProviderError))
+
+
+def test_backoff_grows_is_capped_and_jittered():
+    delays = [backoff(a, 1.0, 10.0) for a in range(1, 8)]
+    assert all(0.5 <= d <= 10 for d in delays) and delays[-1] >= 5
+    assert len({backoff(3, 1.0, 10.0) for _ in range(20)}) > 1
+
+
+def send(api, body):
+    r = api.post("/v1/messages", data=json.dumps(body), headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 202
+    return r.get_json()["id"]
+
+
+def view(api, mid):
+    return api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()
+
+
+@pytest.mark.parametrize(("code", "reason"), [(8, "account frozen"), (1, "wrong uid"), (4, "not allowed")])
+def test_hold_codes_hold_the_account_and_burn_nothing(api, runtime, simulator, code, reason):
+    sim_admin(simulator, "script", endpoint="post_send_md5", codes=[code])
+    first = send(api, {"to": ["13800138000"], "text": "a"})
+    drain(runtime)
+    second = send(api, {"to": ["13900139000"], "text": "b"})
+    drain(runtime)
+    state = accounts.state(runtime.conn, "default")
+    assert state["st"] == "held" and reason in state["reason"]
+    for mid in (first, second):
+        [chunk] = view(api, mid)["chunks"]
+        assert chunk["state"] == "held" and chunk["attempts"] == 0
+    assert sim_submissions(simulator) == []
+    assert runtime.conn.hget("sg:alerts", "account_held") == b"1"  # one alert per state change
+    assert accounts.resume(runtime.settings, runtime.conn, "default", by="test") == 2
+    drain(runtime)
+    assert [view(api, m)["status"] for m in (first, second)] == ["submitted", "submitted"]
+    assert len(sim_submissions(simulator)) == 2
+    assert sim_admin(simulator, "config")["repeated_linkids"] == {}
+
+
+def test_balance_hold_resumes_by_itself_when_topped_up(api, runtime, simulator):
+    sim_admin(simulator, "config", balance=0)
+    mids = [send(api, {"to": [f"1380000000{i}"], "text": "x"}) for i in range(3)]
+    drain(runtime)
+    assert accounts.state(runtime.conn, "default")["code"] == "2"
+    assert maintenance.run_once(runtime)["resumed"] == 0  # still no money
+    sim_admin(simulator, "config", balance=100)
+    runtime.conn.hset(store.account_key("default"), "checked", 0)
+    assert maintenance.run_once(runtime)["resumed"] == 3
+    drain(runtime)
+    assert [view(api, m)["status"] for m in mids] == ["submitted"] * 3
+    subs = sim_submissions(simulator)
+    assert len(subs) == 3 and len({s["linkid"] for s in subs}) == 3
+
+
+def test_chunks_held_too_long_fail_with_the_reason(api, runtime, simulator):
+    sim_admin(simulator, "config", frozen=True)
+    mid = send(api, {"to": ["13800138000"], "text": "x"})
+    drain(runtime)
+    import time
+
+    maintenance.run_once(runtime, now=time.time() + runtime.settings.hold_max_age_seconds + 1)
+    [chunk] = view(api, mid)["chunks"]
+    assert chunk["state"] == "failed" and "frozen" in chunk["reason"]
+
+
+def test_ambiguous_timeout_high_priority_retries_same_linkid(api, runtime, simulator):
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="hang", seconds=3, accept=True, times=1)
+    mid = send(api, {"to": ["13800138000"], "text": "code 1234", "priority": "high"})
+    drain(runtime, timeout=30)
+    [chunk] = view(api, mid)["chunks"]
+    assert chunk["state"] == "submitted"
+    subs = sim_submissions(simulator)
+    assert [s["linkid"] for s in subs] == [chunk["linkid"]] * 2  # the documented double send
+    assert "ambiguous_retry_same_linkid" in [h["event"] for h in chunk["history"]]
+
+
+@pytest.fixture
+def short_wait(runtime, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setattr(runtime, "settings", dataclasses.replace(runtime.settings, ambiguous_wait_seconds=1))
+    return runtime
+
+
+def test_ambiguous_normal_waits_for_a_report_then_counts_it_accepted(api, short_wait, simulator):
+    runtime = short_wait
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="hang", seconds=3, accept=True, times=1)
+    mid = send(api, {"to": ["13800138000"], "text": "hi"})
+    drain(runtime, until=lambda: view(api, mid)["chunks"][0]["state"] == "unconfirmed", timeout=30)
+    linkid = view(api, mid)["chunks"][0]["linkid"]
+    runtime.conn.set(report_seen_key(linkid), 1)  # what report ingestion does
+    drain(runtime, timeout=10)
+    [chunk] = view(api, mid)["chunks"]
+    assert chunk["state"] == "submitted" and chunk["linkid"] == linkid
+    assert [s["linkid"] for s in sim_submissions(simulator)] == [linkid]
+    assert "confirmed_by_report" in [h["event"] for h in chunk["history"]]
+
+
+def test_ambiguous_normal_without_report_resubmits_under_a_new_linkid(api, short_wait, simulator):
+    runtime = short_wait
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="hang", seconds=3, accept=False, times=1)
+    mid = send(api, {"to": ["13800138000"], "text": "hi"})
+    drain(runtime, timeout=30)
+    [chunk] = view(api, mid)["chunks"]
+    assert chunk["state"] == "submitted"
+    events = [h["event"] for h in chunk["history"]]
+    assert "awaiting_report" in events and "no_report_resubmit_new_linkid" in events
+    [sub] = sim_submissions(simulator)
+    assert sub["linkid"] == chunk["linkid"]
+    assert runtime.conn.get(store.linkid_key(chunk["linkid"])) == f"{mid}:0".encode()
+
+
+def test_rate_limit_is_shared_through_redis(runtime):
+    import time
+
+    started = time.monotonic()
+    for _ in range(25):
+        assert accounts.acquire_rate(runtime.conn, "default", 10)
+    assert time.monotonic() - started >= 1.0  # 25 calls at 10/s need at least two second boundaries

@@ -1,0 +1,203 @@
+"""Real `smsgw worker` processes against our Redis and the simulator: sharing, crashes, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+import redis
+import requests
+from werkzeug.serving import make_server
+
+from tests.conftest import API_KEY, AUTH, sim_admin, sim_submissions
+from workers import store
+from workers.queues import QUEUE_NAMES
+from workers.redis_server import RedisServer
+from workers.sweeper import sweep
+
+pytestmark = pytest.mark.slow
+
+
+class Workers:
+    def __init__(self, env: dict[str, str], logdir: str = "/tmp") -> None:
+        self.env = {**os.environ, **env}
+        self.logdir = logdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        log = open(f"{self.logdir}/{name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "worker", "--name", name],
+            env=self.env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the worker and its work horse, as a host crash would. RQ's horse runs in a
+        session of its own, so killing the parent's process group alone would spare it."""
+        victims = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+        for victim in victims:
+            victim.kill()
+        proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def workers(settings_env: dict[str, str], redis_conn: redis.Redis, tmp_path) -> Iterator[Workers]:
+    pool = Workers(settings_env, str(tmp_path))
+    yield pool
+    pool.stop_all()
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def send(api, body, headers=None) -> str:
+    r = api.post(
+        "/v1/messages", data=json.dumps(body), headers={**AUTH, "Content-Type": "application/json", **(headers or {})}
+    )
+    assert r.status_code == 202, r.get_json()
+    return r.get_json()["id"]
+
+
+def status(api, mid):
+    return api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()
+
+
+def test_two_workers_share_a_10000_recipient_request(api, workers, simulator):
+    workers.start("w1")
+    workers.start("w2")
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="latency", seconds=0.2)
+    mid = send(api, {"to": [f"135{i:08d}" for i in range(10_000)], "text": "campaign", "priority": "bulk"})
+    wait_for(lambda: status(api, mid)["status"] == "submitted", what="all chunks submitted")
+    chunks = status(api, mid)["chunks"]
+    by_worker = {next(h["worker"] for h in c["history"] if h["event"] == "submitting") for c in chunks}
+    assert by_worker == {"w1", "w2"}
+    subs = sim_submissions(simulator)
+    assert sum(len(s["mobiles"]) for s in subs) == 10_000 and len(subs) == 10
+    assert sim_admin(simulator, "config")["repeated_linkids"] == {}
+
+
+def test_worker_killed_mid_call_loses_nothing_and_repeats_no_linkid(api, workers, simulator, runtime, settings_env):
+    w1 = workers.start("victim")
+    # The provider takes 3 s and then accepts: the worker dies while it waits.
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="latency", seconds=3, times=1)
+    mid = send(api, {"to": ["13800138000", "13900139000"], "text": "hi"})
+    wait_for(lambda: status(api, mid)["chunks"] and status(api, mid)["chunks"][0]["state"] == "submitting",
+             what="the call to start")  # fmt: skip
+    killed_at = time.monotonic()
+    workers.kill(w1)
+    workers.env["SMSGW_AMBIGUOUS_WAIT_SECONDS"] = "2"
+    workers.start("rescuer")
+    wait_for(lambda: status(api, mid)["status"] == "submitted", what="the message to complete")
+    recovered = time.monotonic() - killed_at
+    [chunk] = status(api, mid)["chunks"]
+    events = [h["event"] for h in chunk["history"]]
+    assert "sweeper_revived" in events and "awaiting_report" in events
+    assert sim_admin(simulator, "config")["repeated_linkids"] == {}
+    linkids = [s["linkid"] for s in sim_submissions(simulator)]
+    assert len(linkids) == len(set(linkids))
+    # No report ingestion ran here, so the ambiguous rule resubmitted under a new linkid: the
+    # provider holds the first (accepted during the crash) and the second.
+    assert "no_report_resubmit_new_linkid" in events and len(linkids) == 2
+    print(f"recovery after SIGKILL mid-call: {recovered:.1f} s")  # noqa: T201
+
+
+def test_job_lost_between_blpop_and_registration_is_swept(api, runtime, simulator, workers):
+    mid = send(api, {"to": ["13800138000"], "text": "hi"})
+    queue_key = f"rq:queue:{QUEUE_NAMES['normal']}"
+    assert runtime.conn.lpop(queue_key) is not None  # what a worker killed right after BLPOP leaves
+    time.sleep(runtime.settings.job_grace_seconds + 0.1)
+    assert sweep(runtime) == 1
+    workers.start("w1")
+    wait_for(lambda: status(api, mid)["status"] == "submitted", what="the swept message")
+    assert len(sim_submissions(simulator)) == 1
+
+
+def test_high_priority_jumps_200_bulk_chunks(api, runtime, simulator, workers):
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="latency", seconds=0.02)
+    runtime.conn.hset(store.account_key("default"), "chunk_size", 1)
+    bulk = send(api, {"to": [f"135{i:08d}" for i in range(200)], "text": "bulk", "priority": "bulk"})
+    # plan the bulk message first, so its 200 chunk jobs are queued before the high one arrives
+    from workers.jobs import plan
+
+    plan(runtime, bulk)
+    runtime.conn.lrem(f"rq:queue:{QUEUE_NAMES['bulk']}", 1, f"p-{bulk}-1")
+    high = send(api, {"to": ["13800138000"], "text": "code", "priority": "high"})
+    workers.start("w1")
+    wait_for(lambda: status(api, bulk)["status"] == "submitted" and status(api, high)["status"] == "submitted")
+    order = [s["texts"][0] for s in sim_submissions(simulator)]
+    assert order.index("code") < 20
+
+
+def test_concurrent_duplicates_with_one_idempotency_key_make_one_message(app, runtime):
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    import threading
+
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.port}/v1/messages"
+    body = json.dumps({"to": ["13800138000"], "text": "once"})
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json", "Idempotency-Key": "same"}
+
+    def post(_: int) -> tuple[int, str]:
+        r = requests.post(url, data=body, headers=headers, timeout=30)
+        return r.status_code, r.json().get("id", "")
+
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(post, range(1000)))
+    finally:
+        server.shutdown()
+        thread.join()
+    assert len(runtime.conn.keys("sg:m:*")) == 1
+    ids = {i for code, i in results if code == 202}
+    assert len(ids) == 1 and all(code in (202, 409) for code, _ in results)
+    assert sum(code == 202 for code, _ in results) >= 990
+
+
+def test_redis_killed_and_restarted_loses_no_accepted_message(tmp_path, simulator, settings_env):
+    server = RedisServer(str(tmp_path / "r")).start()
+    env = {**settings_env, "SMSGW_REDIS_URL": server.url}
+    from gateway import create_app
+    from workers.settings import settings_from_env
+
+    app = create_app(settings_from_env(env))
+    api = app.test_client()
+    mid = send(api, {"to": ["13800138000"], "text": "durable"})
+    time.sleep(1.5)  # appendfsync everysec
+    server.kill()
+    server.start()
+    pool = Workers(env, str(tmp_path))
+    try:
+        pool.start("after-restart")
+        wait_for(lambda: status(api, mid)["status"] == "submitted", what="the message after a Redis restart")
+    finally:
+        pool.stop_all()
+        server.stop()
+    assert len(sim_submissions(simulator)) == 1
