@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from typing import Any
 
 import click
 
@@ -76,6 +78,83 @@ def worker(burst: bool, name: str | None) -> None:
         run_worker(load_settings(), burst=burst, name=name)
     except NotDurable as e:
         raise click.ClickException(f"refusing to start (SMSGW_REDIS_DURABILITY=refuse): {e}") from None
+
+
+def _runtime() -> Any:
+    from workers.runtime import Runtime
+
+    return Runtime.from_settings(load_settings())
+
+
+def _echo(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+@cli.group()
+def accounts() -> None:
+    """Provider accounts: list, hold, resume."""
+
+
+@accounts.command("list")
+def accounts_list() -> None:
+    """Each account's state (active, or held and why), balance and held chunks."""
+    from workers import accounts as acc
+
+    rt = _runtime()
+    _echo(
+        [
+            {"account": n, **acc.state(rt.conn, n), "held_chunks": rt.conn.zcard(f"sg:held:{n}")}
+            for n in rt.settings.accounts
+        ]
+    )
+
+
+@accounts.command("hold")
+@click.argument("name")
+@click.option("--reason", default="held by an operator")
+def accounts_hold(name: str, reason: str) -> None:
+    """Stop all submissions on an account until it is resumed."""
+    from workers import accounts as acc
+
+    rt = _runtime()
+    if name not in rt.settings.accounts:
+        raise click.ClickException(f"unknown account {name!r}")
+    acc.hold(rt.settings, rt.conn, name, 0, reason)
+    click.echo(f"{name}: held ({reason})")
+
+
+@accounts.command("resume")
+@click.argument("name")
+def accounts_resume(name: str) -> None:
+    """Make a held account active and send its held chunks, once each."""
+    from workers import accounts as acc
+
+    rt = _runtime()
+    if name not in rt.settings.accounts:
+        raise click.ClickException(f"unknown account {name!r}")
+    count = acc.resume(rt.settings, rt.conn, name, by="operator (CLI)")
+    click.echo(f"{name}: active; {count} held chunk(s) sent again")
+
+
+@cli.command()
+@click.argument("message_id")
+def status(message_id: str) -> None:
+    """A message's state, counts and chunks, as the API shows it."""
+    from gateway.messages import view
+
+    found = view(_runtime().conn, message_id)
+    if found is None:
+        raise click.ClickException(f"no message {message_id}")
+    _echo(found)
+
+
+@cli.command()
+@click.option("--account", default=None)
+def balance(account: str | None) -> None:
+    """The provider account's balance (asks the provider)."""
+    rt = _runtime()
+    name = account or rt.settings.default_account
+    click.echo(f"{name}: {rt.client(name).balance()}")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
