@@ -498,6 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--push-url", default="", help="push reports and replies here instead of pull")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log per provider call
     state = SimState(
         uid=args.uid,
         password=args.password,

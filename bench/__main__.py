@@ -1,0 +1,251 @@
+"""Benchmarks that print ratios against a baseline measured in the same run.
+
+These machines are shared and noisy, so every figure is paired with a baseline taken a moment
+before on the same machine, and the ratio is what to compare across runs:
+
+1. accept: ``POST /v1/messages`` (validation + one Redis transaction) against a bare Flask
+   route doing one Redis ``SET``, both through Flask's test client (no sockets).
+2. chunk job: a send job (reload, compare-and-set, provider call to the simulator over
+   loopback HTTP, compare-and-set) against an RQ job that does nothing, and against the bare
+   HTTP call to the simulator; both run by RQ's SimpleWorker.
+3. memory at rest: Redis bytes per recipient of a submitted 100,000-recipient campaign.
+4. scaling: chunks per second with 2 worker processes against 1 (the provider answers in
+   50 ms, as a real one over the network would).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import redis
+import requests
+from flask import Flask
+from rq import Queue, SimpleWorker
+
+from gateway import create_app
+from workers import store
+from workers.jobs import plan
+from workers.queues import QUEUE_NAMES, WORKER_QUEUES
+from workers.redis_server import RedisServer
+from workers.runtime import Runtime, install
+from workers.settings import settings_from_env
+from workers.simulator import SimState, SimulatorServer
+
+KEY = "bench-key-0123456789abcdef"
+
+
+def timed(fn: Callable[[], object], repeat: int) -> float:
+    """Median seconds per call over ``repeat`` calls (after a warm-up)."""
+    for _ in range(min(20, repeat)):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def line(name: str, value: float, baseline: float, unit: str = "ms") -> None:
+    scale = 1000 if unit == "ms" else 1
+    print(
+        f"  {name:<46} {value * scale:9.3f} {unit}   "
+        f"baseline {baseline * scale:8.3f} {unit}   ratio {value / baseline:6.2f}"
+    )
+
+
+def bench_accept(env: dict[str, str], conn: redis.Redis) -> None:
+    print("accept path (Flask test client, no sockets)")
+    app = create_app(settings_from_env(env))
+    api = app.test_client()
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+    bare = Flask("baseline")
+
+    @bare.post("/")
+    def one_set() -> str:
+        conn.set("bench:x", "1")
+        return "ok"
+
+    base_client = bare.test_client()
+    baseline = timed(lambda: base_client.post("/", data=b"{}"), 500)
+    one = json.dumps({"to": ["13800138000"], "text": "您好，验证码 123456"})
+    thousand = json.dumps({"to": [f"138{i:08d}" for i in range(1000)], "text": "您好，验证码 123456"})
+    line(
+        "POST /v1/messages, 1 recipient",
+        timed(lambda: api.post("/v1/messages", data=one, headers=headers), 500),
+        baseline,
+    )
+    line(
+        "POST /v1/messages, 1000 recipients",
+        timed(lambda: api.post("/v1/messages", data=thousand, headers=headers), 100),
+        baseline,
+    )
+
+
+def bench_chunk_job(rt: Runtime, sim: SimulatorServer) -> None:
+    print("chunk job (RQ SimpleWorker in one process, simulator over loopback HTTP)")
+    conn = rt.conn
+    conn.flushall()  # the accept benchmark left plan jobs queued
+    n = 300
+    queue = Queue(QUEUE_NAMES["normal"], connection=conn)
+
+    def run_all() -> float:
+        start = time.perf_counter()
+        SimpleWorker([queue], connection=conn).work(burst=True, logging_level="ERROR")
+        return (time.perf_counter() - start) / n
+
+    for _ in range(n):
+        queue.enqueue("bench.noop")
+    rq_noop = run_all()
+
+    session = requests.Session()
+    data = "uid=test&pwd=secret&mobile=13800138000&msg=x&linkid=&dtime="
+    http = timed(
+        lambda: session.post(
+            sim.api_url + "post_send/", data=data, headers={"Content-Type": "application/x-www-form-urlencoded"}
+        ),
+        n,
+    )
+
+    mids = []
+    for _ in range(n):
+        mid = store.new_message_id()
+        conn.hset(
+            store.msg_key(mid),
+            mapping={
+                "st": "accepted",
+                "a": "default",
+                "pr": "normal",
+                "k": "t",
+                "text": "您好",
+                "to": "13800138000",
+                "n": 1,
+            },
+        )
+        mids.append(mid)
+    for mid in mids:
+        plan(rt, mid)  # enqueues one send job each
+    send = run_all()
+    line("send job (incl. one provider call)", send, rq_noop)
+    line("send job minus the bare HTTP call", send - http, rq_noop)
+    print(f"  {'(bare HTTP call to the simulator)':<46} {http * 1000:9.3f} ms")
+
+
+def bench_memory(rt: Runtime, sim: SimulatorServer) -> None:
+    print("memory at rest (Redis MEMORY USAGE of every key, after all chunks are submitted)")
+    conn = rt.conn
+    conn.flushall()
+    n = 100_000
+    mid = store.new_message_id()
+    conn.hset(
+        store.msg_key(mid),
+        mapping={
+            "st": "accepted",
+            "a": "default",
+            "pr": "bulk",
+            "k": "t",
+            "text": "您好，验证码 123456",
+            "to": ";".join(f"13{i:09d}" for i in range(n)),
+            "n": n,
+        },
+    )
+    plan(rt, mid)
+    SimpleWorker([Queue(q, connection=conn) for q in WORKER_QUEUES], connection=conn).work(
+        burst=True, logging_level="ERROR"
+    )
+    assert store.message_state(store.load_message(conn, mid)) == "submitted", store.load_message(conn, mid)
+    total = 0
+    smsgw = 0
+    for key in conn.scan_iter(count=1000):
+        size = conn.memory_usage(key, samples=0) or 0
+        total += size
+        if key.startswith(b"sg:"):
+            smsgw += size
+    print(f"  smsgw keys: {smsgw / n:7.1f} bytes per recipient   all keys (RQ's too): {total / n:7.1f}   target ≤ 200")
+
+
+def bench_scaling(env: dict[str, str], rt: Runtime, sim: SimulatorServer) -> None:
+    print("worker scaling (real `smsgw worker` processes, provider answers in 50 ms)")
+    requests.post(
+        f"{sim.url}/_sim/fault", json={"endpoint": "post_send_md5", "mode": "latency", "seconds": 0.05}, timeout=5
+    )
+    conn = rt.conn
+    rates = {}
+    for workers in (1, 2):
+        conn.flushall()
+        conn.hset(store.account_key("default"), "chunk_size", 10)
+        mid = store.new_message_id()
+        chunks = 200
+        conn.hset(
+            store.msg_key(mid),
+            mapping={
+                "st": "accepted",
+                "a": "default",
+                "pr": "bulk",
+                "k": "t",
+                "text": "x",
+                "to": ";".join(f"13{i:09d}" for i in range(chunks * 10)),
+                "n": chunks * 10,
+            },
+        )
+        plan(rt, mid)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "worker", "--name", f"bench{i}"],
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in range(workers)
+        ]
+        start = time.perf_counter()
+        while store.message_state(store.load_message(conn, mid)) != "submitted":
+            time.sleep(0.05)
+        rates[workers] = chunks / (time.perf_counter() - start)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+    print(
+        f"  1 worker: {rates[1]:6.1f} chunks/s   2 workers: {rates[2]:6.1f} chunks/s   "
+        f"ratio {rates[2] / rates[1]:5.2f} (ideal 2.0)"
+    )
+
+
+def main() -> None:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the simulator's access log
+    tmp = tempfile.mkdtemp(prefix="smsgw-bench-")
+    server = RedisServer(tmp).start()
+    sim = SimulatorServer(SimState(uid="test", password="secret", balance=10**9, max_chars=500)).start()
+    env = {
+        "SMSGW_REDIS_URL": server.url,
+        "SMSGW_PROVIDER_URL": sim.api_url,
+        "SMSGW_PROVIDER_UID": "test",
+        "SMSGW_PROVIDER_PASSWORD": "secret",
+        "SMSGW_PROVIDER_MAX_CHARS": "500",
+        "SMSGW_PROVIDER_RATE": "100000",
+        "SMSGW_API_KEYS": f"bench:{KEY}",
+    }
+    rt = Runtime.from_settings(settings_from_env(env))
+    install(rt)
+    try:
+        bench_accept(env, rt.conn)
+        bench_chunk_job(rt, sim)
+        bench_memory(rt, sim)
+        bench_scaling(env, rt, sim)
+    finally:
+        sim.stop()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
