@@ -19,13 +19,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["smsgw"] = Runtime.from_settings(settings)
 
-    from gateway import api, health, openapi, operators, problems
+    from gateway import api, callbacks, health, openapi, operators, problems
 
     problems.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(operators.bp)
+    app.register_blueprint(callbacks.bp)
 
     @app.errorhandler(redis.RedisError)
     def redis_down(e: redis.RedisError) -> Response:

@@ -146,6 +146,24 @@ def cancel_message(mid: str) -> Response:
     return json_response({"id": mid, "cancelled": result, "status": messages.view(runtime().conn, mid)["status"]})  # type: ignore[index]
 
 
+@bp.get("/replies")
+def replies() -> Response:
+    """Replies, newest first, by mobile, account or message; ``cursor`` pages on."""
+    try:
+        limit = min(int(request.args.get("limit", "50")), 500)
+        cursor = request.args.get("cursor")
+        before = float(cursor) if cursor else None
+        if limit < 1:
+            raise ValueError
+    except ValueError:
+        raise Problem(400, "Bad paging", "1 ≤ limit ≤ 500; cursor as returned") from None
+    items, nxt = messages.list_replies(
+        runtime().conn, mobile=request.args.get("mobile"), account=request.args.get("account"),
+        message_id=request.args.get("message_id"), before=before, limit=limit,
+    )  # fmt: skip
+    return json_response({"items": items, "next_cursor": nxt})
+
+
 def _account_arg(name: str | None) -> str:
     settings = runtime().settings
     name = name or settings.default_account

@@ -134,6 +134,12 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
     for c in chunks:
         if c["state"] in counts:
             counts[c["state"]] += c["recipients"]
+    reported = {
+        name: int(msg.get(f"r_{code}", "0"))
+        for code, name in (("D", "delivered"), ("U", "undelivered"), ("X", "unknown"))
+    }
+    counts[store.SUBMITTED] -= sum(reported.values())
+    counts.update(reported)
     if not planned:
         waiting = "cancelled" if msg.get("st") == "cancelled" else "pending"
         counts[waiting] = int(msg.get("n", "0"))
@@ -153,7 +159,76 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
             "by_state": {k: v for k, v in counts.items() if v},
         },
         "chunks": chunks,
+        "replies": replies_for(conn, mid),
+        "callbacks": {
+            "events_sent": int(msg.get("cb_sent", "0")),
+            "state": msg.get("cb_state") or ("failing" if msg.get("cb_fail_since") else "ok")
+            if msg.get("cb")
+            else None,
+            "events_dropped": int(msg.get("cb_dropped", "0")),
+            "attempts": [json.loads(a) for a in conn.lrange(f"sg:cbh:{mid}", 0, -1)],
+        },
     }
+
+
+def _callback_state(msg: dict[str, str]) -> str | None:
+    if not msg.get("cb"):
+        return None
+    return msg.get("cb_state") or ("failing" if msg.get("cb_fail_since") else "ok")
+
+
+def replies_for(conn: redis.Redis, mid: str, limit: int = 100) -> list[dict[str, Any]]:
+    ids = conn.zrevrange(f"sg:replies:msg:{mid}", 0, limit - 1)
+    return [r for r in (reply_view(conn, i.decode()) for i in ids) if r]
+
+
+def reply_view(conn: redis.Redis, rid: str) -> dict[str, Any] | None:
+    raw = store.decode(conn.hgetall(f"sg:reply:{rid}"))
+    if not raw:
+        return None
+    return {
+        "id": rid,
+        "mobile": raw.get("mobile"),
+        "text": raw.get("content"),
+        "linkid": raw.get("linkid") or None,
+        "message_id": raw.get("message_id") or None,
+        "account": raw.get("account") or None,
+        "replied_at": raw.get("time") or None,
+        "received_at": _iso(raw.get("received", "")),
+    }
+
+
+def list_replies(
+    conn: redis.Redis,
+    *,
+    mobile: str | None,
+    account: str | None,
+    message_id: str | None,
+    before: float | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first; the cursor is the receive time of the last item returned."""
+    key = "sg:replies"
+    if message_id:
+        key = f"sg:replies:msg:{message_id}"
+    elif mobile:
+        key = f"sg:replies:m:{mobile}"
+    elif account:
+        key = f"sg:replies:a:{account}"
+    top = f"({before}" if before is not None else "+inf"
+    out: list[dict[str, Any]] = []
+    last = None
+    for rid, score in conn.zrevrangebyscore(key, top, "-inf", start=0, num=limit * 4, withscores=True):
+        reply = reply_view(conn, rid.decode())
+        if reply is None:
+            continue
+        if (mobile and reply["mobile"] != mobile) or (account and reply["account"] != account):
+            continue
+        out.append(reply)
+        last = score
+        if len(out) == limit:
+            break
+    return out, (f"{last:.3f}" if last is not None and len(out) == limit else None)
 
 
 def recipients(conn: redis.Redis, mid: str, cursor: int, limit: int) -> tuple[list[dict[str, Any]], int | None]:

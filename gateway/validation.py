@@ -167,6 +167,10 @@ def check_message(req: MessageRequest, settings: Settings, now: datetime | None 
         parts = urlsplit(req.callback_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             errors.append({"pointer": "/callback_url", "detail": "must be an http:// or https:// URL"})
+        elif settings.callback_hosts and parts.hostname.lower() not in settings.callback_hosts:
+            errors.append(
+                {"pointer": "/callback_url", "detail": f"host {parts.hostname!r} is not in SMSGW_CALLBACK_HOSTS"}
+            )
 
     if req.to is not None and req.text is not None:
         accepted = _check_plain(req.to, req.text, req.on_invalid, charset, limit, errors)

@@ -103,6 +103,7 @@ def plan(rt: Runtime, mid: str) -> str:
             pipe.set(store.linkid_key(linkid), f"{mid}:{n}", ex=ttl)
             pipe.zadd(store.WATCH, {store.chunk_ref(mid, n): now + settings.job_grace_seconds})
             record(pipe, mid, n, "planned", linkid=linkid, ttl=ttl)
+            pipe.expire(store.history_key(mid, n), ttl)
             jobs.append(_job_data(settings, account, SEND, (mid, n), job_id))
         pipe.hset(
             key,
@@ -285,10 +286,11 @@ def apply(
     if action is Action.SUBMITTED:
         assert result is not None
         # From unconfirmed/retry too: a call that outlived its deadline may still answer 0.
+        now = time.time()
         done = store.transition(
             conn, mid, n, {store.SUBMITTING, store.UNCONFIRMED, store.RETRY, store.PENDING},
-            store.SUBMITTED, {"code": 0, "ptext": result.text, "err": ""}, linkid=linkid,
-            also=lambda pipe, b: record(pipe, mid, n, "submitted", linkid=linkid, attempt=attempt),
+            store.SUBMITTED, {"code": 0, "ptext": result.text, "err": "", "sub": f"{now:.0f}"}, linkid=linkid,
+            also=lambda pipe, b: _submitted(pipe, mid, n, account, now, "submitted", linkid=linkid, attempt=attempt),
         )  # fmt: skip
         return "submitted" if done is not None else "raced"
 
@@ -319,6 +321,12 @@ def apply(
     assert error is not None
     alert(settings, conn, "validation_defect", message_id=mid, chunk=n, code=code, text=error.text)
     return fail(rt, mid, n, chunk, f"provider refused the text: {error}", error_fields)
+
+
+def _submitted(pipe: Pipeline, mid: str, n: int, account: str, now: float, event: str, **fields: Any) -> None:
+    """The chunk is with the provider: its recipients now await reports (see workers.reports)."""
+    pipe.zadd(store.await_key(account), {store.chunk_ref(mid, n): now})
+    record(pipe, mid, n, event, **fields)
 
 
 def park_held(
@@ -380,6 +388,7 @@ def split(rt: Runtime, mid: str, n: int, chunk: dict[str, str], error_fields: di
             pipe.set(store.linkid_key(links[m]), f"{mid}:{m}", ex=ttl)
             pipe.zadd(store.WATCH, {store.chunk_ref(mid, m): now + settings.job_grace_seconds})
             record(pipe, mid, m, "planned", linkid=links[m], split_from=n)
+            pipe.expire(store.history_key(mid, m), ttl)
             datas.append(_job_data(settings, chunk["a"], SEND, (mid, m), job_id))
         record(pipe, mid, n, "split", into=[m for m, _ in parts], size=half)
         queue.enqueue_many(datas, pipeline=pipe)
@@ -449,9 +458,10 @@ def check(rt: Runtime, mid: str, n: int) -> str:
         return chunk.get("st", "missing")
     old = chunk["lk"]
     if conn.exists(report_seen_key(old)):
+        now = time.time()
         store.transition(
-            conn, mid, n, {store.UNCONFIRMED}, store.SUBMITTED, {"code": 0}, linkid=old,
-            also=lambda pipe, b: record(pipe, mid, n, "confirmed_by_report", linkid=old),
+            conn, mid, n, {store.UNCONFIRMED}, store.SUBMITTED, {"code": 0, "sub": f"{now:.0f}"}, linkid=old,
+            also=lambda pipe, b: _submitted(pipe, mid, n, chunk["a"], now, "confirmed_by_report", linkid=old),
         )  # fmt: skip
         return "submitted"
     fresh = new_linkid()

@@ -18,7 +18,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 
-from workers import accounts, store
+from workers import accounts, pullers, reports, store
 from workers import provider as p
 from workers.jobs import fail
 from workers.queues import WORKER_QUEUES
@@ -27,12 +27,15 @@ from workers.sweeper import sweep
 
 log = logging.getLogger("smsgw.maintenance")
 LEASE = "sg:lease:maintenance"
+INGEST_LEASE = "sg:lease:ingest"
+TICK = 1.0
 OVERDUE_LAG = 10.0
 
 
 def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
     out = {"revived": sweep(rt, now), "resumed": 0, "expired_holds": 0, "overdue": rescue_overdue(rt, now)}
+    out["unknown"] = reports.mark_unknown(rt, now, rt.settings.report_window_seconds)
     for name in rt.settings.accounts:
         out["resumed"] += _balance_check(rt, name, now)
         out["expired_holds"] += _expire_holds(rt, name, now)
@@ -102,14 +105,24 @@ def _expire_holds(rt: Runtime, name: str, now: float) -> int:
 
 
 def loop(rt: Runtime, stop: threading.Event) -> None:
+    """Each second: ingest stored reports and replies, pull what is due, and every
+    ``SMSGW_SWEEP_SECONDS`` a maintenance round; each under its own lease."""
     me = uuid.uuid4().hex
     interval = rt.settings.sweep_seconds
-    while not stop.wait(interval):
+    next_round = 0.0
+    while not stop.wait(TICK):
         try:
-            if rt.conn.set(LEASE, me, nx=True, px=int(interval * 1000 * 0.9)):
-                result = run_once(rt)
-                if any(result.values()):
-                    log.info("maintenance: %s", result)
+            now = time.time()
+            if now >= next_round:
+                next_round = now + interval
+                if rt.conn.set(LEASE, me, nx=True, px=int(interval * 1000 * 0.9)):
+                    result = run_once(rt)
+                    if any(result.values()):
+                        log.info("maintenance: %s", result)
+            if pullers.hold_lease(rt.conn, INGEST_LEASE, me, rt.settings.lease_seconds):
+                while reports.ingest(rt) and not stop.is_set():
+                    pass
+            pullers.tick(rt, me)
         except redis.RedisError as e:
             log.warning("maintenance round skipped: %s", type(e).__name__)
         except Exception:  # the thread must outlive one bad round; the next one retries

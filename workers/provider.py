@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import ClassVar
-from urllib.parse import quote, unquote_plus, urlencode
+from urllib.parse import quote, unquote_plus, unquote_to_bytes, urlencode
 
 import requests
 
@@ -389,6 +389,18 @@ class ProviderClient:
             if cls is not None:
                 return cls(match.group(2) or answer.strip(), code=code, endpoint=endpoint)
         return UnknownAnswer(f"unexpected answer {answer[:200]!r}", endpoint=endpoint)
+
+
+def parse_form(raw: bytes) -> dict[str, bytes]:
+    """Form or query bytes → raw values after one percent-decoding, still bytes: the charset
+    is the caller's to decide (Werkzeug would decode them as UTF-8 whatever they are)."""
+    out: dict[str, bytes] = {}
+    for pair in raw.split(b"&"):
+        if not pair:
+            continue
+        key, _, value = pair.partition(b"=")
+        out[unquote_to_bytes(key.replace(b"+", b" ")).decode("latin-1")] = unquote_to_bytes(value.replace(b"+", b" "))
+    return out
 
 
 def _pre_encode(value: str, charset: str) -> str:

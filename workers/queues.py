@@ -9,5 +9,7 @@ from __future__ import annotations
 
 PRIORITIES = ("high", "normal", "bulk")
 QUEUE_NAMES = {p: f"smsgw-{p}" for p in PRIORITIES}
-#: Every queue smsgw enqueues to, in the order a worker serves them.
-WORKER_QUEUES = tuple(QUEUE_NAMES[p] for p in PRIORITIES)
+CALLBACK_QUEUE = "smsgw-callbacks"
+#: Every queue smsgw enqueues to, in the order a worker serves them: callbacks to client services
+#: last, so they never delay a send.
+WORKER_QUEUES = (*(QUEUE_NAMES[p] for p in PRIORITIES), CALLBACK_QUEUE)

@@ -101,6 +101,13 @@ class Settings:
     alert_webhook_format: Literal["json", "dingtalk", "wecom"] = "json"
     retention_seconds: int = 7 * 24 * 3600
     callback_secret: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    callback_hosts: tuple[str, ...] = ()
+    callback_max_batch: int = 100
+    callback_retry_seconds: int = 3600
+    report_window_seconds: int = 72 * 3600
+    pull_interval_seconds: int = 60
+    pull_gap_seconds: float = 5.0
+    lease_seconds: int = 15
     operator_password: Secret = field(default_factory=lambda: Secret(""), repr=False)
 
     @property
@@ -232,7 +239,14 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         redis_durability=_choice(env, "SMSGW_REDIS_DURABILITY", "warn", ("warn", "refuse", "ignore")),  # type: ignore[arg-type]
         alert_webhook_url=env.get("SMSGW_ALERT_WEBHOOK_URL", ""),
         alert_webhook_format=_choice(env, "SMSGW_ALERT_WEBHOOK_FORMAT", "json", ("json", "dingtalk", "wecom")),  # type: ignore[arg-type]
-        retention_seconds=_int(env, "SMSGW_RETENTION_SECONDS", 7 * 24 * 3600, 60),
+        retention_seconds=_int(env, "SMSGW_RETENTION_SECONDS", 7 * 24 * 3600, 1),
+        callback_hosts=tuple(h.strip().lower() for h in env.get("SMSGW_CALLBACK_HOSTS", "").split(",") if h.strip()),
+        callback_max_batch=_int(env, "SMSGW_CALLBACK_MAX_BATCH", 100, 1),
+        callback_retry_seconds=_int(env, "SMSGW_CALLBACK_RETRY_SECONDS", 3600, 1),
+        report_window_seconds=_int(env, "SMSGW_REPORT_WINDOW_SECONDS", 72 * 3600, 1),
+        pull_interval_seconds=_int(env, "SMSGW_PULL_INTERVAL_SECONDS", 60, 1),
+        pull_gap_seconds=_float(env, "SMSGW_PULL_GAP_SECONDS", 5.0),
+        lease_seconds=_int(env, "SMSGW_LEASE_SECONDS", 15, 2),
         callback_secret=Secret(env.get("SMSGW_CALLBACK_SECRET", "")),
         operator_password=Secret(env.get("SMSGW_OPERATOR_PASSWORD", "")),
     )

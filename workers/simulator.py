@@ -34,6 +34,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from workers.mobiles import normalise
+from workers.provider import parse_form
 
 log = logging.getLogger(__name__)
 
@@ -123,17 +124,6 @@ class SimState:
                 "pending_replies": len(self.replies),
                 "calls": dict(self.calls),
             }
-
-
-def parse_form(raw: bytes) -> dict[str, bytes]:
-    """Form or query bytes → raw values, as PHP's first decoding gives them (bytes, not text)."""
-    out: dict[str, bytes] = {}
-    for pair in raw.split(b"&"):
-        if not pair:
-            continue
-        key, _, value = pair.partition(b"=")
-        out[unquote_to_bytes(key.replace(b"+", b" ")).decode("latin-1")] = unquote_to_bytes(value.replace(b"+", b" "))
-    return out
 
 
 def php_urldecode(value: bytes) -> bytes:

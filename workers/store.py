@@ -80,6 +80,11 @@ def held_key(name: str) -> str:
     return f"sg:held:{name}"
 
 
+def await_key(account: str) -> str:
+    """Chunks of this account submitted and still within the report window, by submit time."""
+    return f"sg:await:{account}"
+
+
 WATCH = "sg:watch"
 FAILURES = "sg:failures"
 
@@ -172,7 +177,7 @@ def _count_final(pipe: Pipeline, mid: str, chunk: dict[str, str], state: str) ->
 
 
 def message_state(msg: dict[str, str]) -> str:
-    """A message's state follows its chunks once they are planned."""
+    """A message's state follows its chunks once they are planned, then its recipients' reports."""
     state = msg.get("st", "")
     if state != "sending":
         return state
@@ -181,12 +186,14 @@ def message_state(msg: dict[str, str]) -> str:
     if sum(done.values()) < chunks:
         return "sending"
     live = chunks - done[SPLIT]
-    if done[SUBMITTED] == live:
-        return "submitted"
-    if done[FAILED] == live:
-        return "failed"
-    if done[CANCELLED] == live:
-        return "cancelled"
     if done[SUBMITTED] == 0:
         return "failed" if done[FAILED] else "cancelled"
-    return "partially_submitted"
+    submitted = int(msg.get(f"r_{SUBMITTED}", "0"))
+    delivered, undelivered, unknown = (int(msg.get(f"r_{s}", "0")) for s in ("D", "U", "X"))
+    if delivered and delivered == submitted and done[SUBMITTED] == live:
+        return "delivered"
+    if delivered:
+        return "partially_delivered"
+    if undelivered + unknown >= submitted:
+        return "undelivered" if undelivered else "unknown"
+    return "submitted" if done[SUBMITTED] == live else "partially_submitted"

@@ -1,0 +1,136 @@
+"""Telling the calling service: events POSTed as JSON to the message's ``callback_url``.
+
+Events (a recipient reached a final state, a reply came) queue per message in Redis and go out
+in batches of up to ``SMSGW_CALLBACK_MAX_BATCH`` on their own RQ queue, so a slow receiver never
+delays a send or report ingestion. Each POST is signed: ``X-Smsgw-Signature: v1=<hex>`` is
+HMAC-SHA256 over ``<timestamp>.<raw body>`` with the API key's callback secret, and
+``X-Smsgw-Timestamp`` lets the receiver refuse replays. A receiver that fails is retried with
+backoff for ``SMSGW_CALLBACK_RETRY_SECONDS``, then abandoned (the message says so); a message
+keeps at most ``PENDING_MAX`` undelivered events, so a dead URL cannot fill Redis.
+
+The callback secret of a key is ``sha256("smsgw-callback:" + key)`` in hex: the calling service
+derives it from its own API key; it never travels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+import requests
+from rq import Queue
+
+from workers.alerts import alert
+from workers.policy import backoff
+from workers.queues import CALLBACK_QUEUE
+from workers.runtime import Runtime, current
+
+log = logging.getLogger("smsgw.notify")
+PENDING_MAX = 10_000
+HISTORY_MAX = 50
+DELIVER = "workers.notify.deliver"
+
+
+def pending_key(mid: str) -> str:
+    return f"sg:cbq:{mid}"
+
+
+def history_key(mid: str) -> str:
+    return f"sg:cbh:{mid}"
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def queue_event(rt: Runtime, mid: str, event: dict[str, Any]) -> None:
+    conn = rt.conn
+    url, reference = (v.decode() if v else "" for v in conn.hmget(f"sg:m:{mid}", "cb", "ref"))
+    if not url:
+        return
+    event = {**event, "message_id": mid, "reference": reference or None}
+    ttl = max(int(conn.ttl(f"sg:m:{mid}") or 0), 60)
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.rpush(pending_key(mid), json.dumps(event, ensure_ascii=False))
+        pipe.ltrim(pending_key(mid), -PENDING_MAX, -1)
+        pipe.expire(pending_key(mid), ttl)
+        pipe.execute()
+    _schedule(rt, mid, 0.0)
+
+
+def _schedule(rt: Runtime, mid: str, delay: float, *, force: bool = False) -> None:
+    """One delivery job per message at a time (a marker with expiry, in case a job is lost)."""
+    conn = rt.conn
+    marker = f"sg:cbjob:{mid}"
+    if force:
+        conn.set(marker, 1, ex=int(delay) + 120)
+    elif not conn.set(marker, 1, nx=True, ex=int(delay) + 120):
+        return
+    queue = Queue(CALLBACK_QUEUE, connection=conn)
+    if delay > 0:
+        queue.enqueue_in(timedelta(seconds=delay), DELIVER, mid, job_timeout=30, result_ttl=60)
+    else:
+        queue.enqueue(DELIVER, mid, job_timeout=30, result_ttl=60)
+
+
+def deliver(mid: str) -> str:
+    return deliver_now(current(), mid)
+
+
+def deliver_now(rt: Runtime, mid: str) -> str:
+    conn, settings = rt.conn, rt.settings
+    raw = conn.lrange(pending_key(mid), 0, settings.callback_max_batch - 1)
+    msg_key = f"sg:m:{mid}"
+    if not raw:
+        conn.delete(f"sg:cbjob:{mid}")
+        return "empty"
+    url, key_name = (v.decode() if v else "" for v in conn.hmget(msg_key, "cb", "key"))
+    secret = next((k.callback_secret.reveal() for k in settings.api_keys if k.name == key_name), "")
+    body = json.dumps({"events": [json.loads(e) for e in raw]}, ensure_ascii=False).encode()
+    stamp = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        "X-Smsgw-Timestamp": str(stamp),
+        "X-Smsgw-Signature": f"v1={sign(secret, stamp, body)}",
+    }
+    outcome: str
+    try:
+        response = requests.post(url, data=body, headers=headers, timeout=(3, 10), allow_redirects=False)
+        ok = 200 <= response.status_code < 300
+        outcome = f"HTTP {response.status_code}"
+    except requests.RequestException as e:
+        ok, outcome = False, type(e).__name__
+    attempt = {"at": round(time.time(), 3), "events": len(raw), "outcome": outcome, "ok": ok}
+    ttl = max(int(conn.ttl(msg_key) or 0), 60)
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.rpush(history_key(mid), json.dumps(attempt))
+        pipe.ltrim(history_key(mid), -HISTORY_MAX, -1)
+        pipe.expire(history_key(mid), ttl)
+        if ok:
+            pipe.ltrim(pending_key(mid), len(raw), -1)
+            pipe.hdel(msg_key, "cb_fail_since", "cb_fails")
+            pipe.hincrby(msg_key, "cb_sent", len(raw))
+        pipe.execute()
+    if ok:
+        if conn.llen(pending_key(mid)):
+            _schedule(rt, mid, 0.0, force=True)
+        else:
+            conn.delete(f"sg:cbjob:{mid}")
+        return "delivered"
+    now = time.time()
+    conn.hsetnx(msg_key, "cb_fail_since", f"{now:.3f}")
+    fails = conn.hincrby(msg_key, "cb_fails", 1)
+    since = float(conn.hget(msg_key, "cb_fail_since") or now)
+    if now - since >= settings.callback_retry_seconds:
+        dropped = conn.llen(pending_key(mid))
+        conn.delete(pending_key(mid), f"sg:cbjob:{mid}")
+        conn.hset(msg_key, mapping={"cb_state": "abandoned", "cb_dropped": dropped})
+        alert(settings, conn, "callback_abandoned", message_id=mid, events=dropped, last=outcome)
+        return "abandoned"
+    _schedule(rt, mid, backoff(fails, settings.retry_base_seconds, settings.retry_max_seconds), force=True)
+    return "retry"

@@ -1,0 +1,68 @@
+"""Pulling reports (``report``) and replies (``reve_urlencode``), one puller per account.
+
+Every worker runs :func:`tick` each second; a lease in Redis (expiry, renewed by its holder)
+makes exactly one process the puller of each account, and another takes over within one lease
+period of the holder's death. The time of the next call lives in Redis too, so a takeover keeps
+the provider's 5-second gap. The raw answer is stored (``workers.reports.store_pull``) before
+anything parses it: an item the provider handed over once is never lost to a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+
+from workers import provider as p
+from workers import store
+from workers.reports import store_pull
+from workers.runtime import Runtime
+
+log = logging.getLogger("smsgw.pullers")
+FULL = 20  # the provider returns at most 20 items a call
+
+# Acquire the lease if free, renew it if ours. KEYS: lease; ARGV: owner, ttl ms.
+LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"""
+
+
+def hold_lease(conn: redis.Redis, key: str, owner: str, seconds: float) -> bool:
+    return bool(conn.eval(LEASE, 1, key, owner, int(seconds * 1000)))
+
+
+def tick(rt: Runtime, owner: str, now: float | None = None) -> int:
+    """Pull what is due for every account whose lease this process holds; returns calls made."""
+    calls = 0
+    for account in rt.settings.accounts:
+        if not hold_lease(rt.conn, f"sg:lease:pull:{account}", owner, rt.settings.lease_seconds):
+            continue
+        for kind, endpoint in (("rpt", "report"), ("mo", "reve_urlencode")):
+            calls += _pull(rt, account, kind, endpoint, time.time() if now is None else now)
+    return calls
+
+
+def _pull(rt: Runtime, account: str, kind: str, endpoint: str, now: float) -> int:
+    conn, settings = rt.conn, rt.settings
+    schedule = f"sg:pull:{account}"
+    due = float(conn.hget(schedule, kind) or 0)
+    if now < due:
+        return 0
+    try:
+        raw = rt.client(account).pull_raw(endpoint)
+    except p.ProviderError as e:
+        log.warning("pulling %s for %s failed: %s", endpoint, account, e, extra={"account": account})
+        conn.hset(schedule, kind, f"{now + settings.pull_interval_seconds:.3f}")
+        return 1
+    if raw:
+        store_pull(conn, account, kind, raw)
+    items = sum(1 for line in raw.splitlines() if line.strip())
+    awaiting = conn.zcard(store.await_key(account)) > 0
+    busy = items >= FULL or (kind == "rpt" and awaiting)
+    gap = settings.pull_gap_seconds if busy else settings.pull_interval_seconds
+    conn.hset(schedule, kind, f"{now + gap:.3f}")
+    return 1

@@ -1,0 +1,262 @@
+"""Status reports and replies: stored raw first, then tied to what was sent.
+
+Both arrive once and never again (by push or by pull), so nothing is parsed before it is in
+Redis: the push receiver and the pullers append raw items to ``sg:inbox``; :func:`ingest` (one
+process at a time, under a lease) applies them and only then trims them off. Applying is
+idempotent, so a crash mid-batch just applies the batch again.
+
+Per recipient, chunk by chunk, ``sg:r:<mid>:<n>`` maps mobile → ``state|code|time`` with state
+``D`` (delivered), ``U`` (undelivered, keeping the operator's code) or ``X`` (unknown: no report
+within the window). A missing entry means submitted, no report yet. Reports merge in Lua by
+(report time, DELIVRD before the rest): late, duplicated and shuffled reports, by push and pull
+mixed, end in the same state whatever their order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import redis
+
+from workers import provider as p
+from workers import store
+from workers.notify import queue_event
+from workers.runtime import Runtime
+
+log = logging.getLogger("smsgw.reports")
+
+INBOX = "sg:inbox"
+DEAD = "sg:dead"
+ORPHANS = "sg:orphans"
+COUNTS = "sg:counts"
+REPLIES = "sg:replies"
+DEAD_MAX = 10_000
+ORPHANS_MAX = 100_000
+BATCH = 500
+CST = timezone(timedelta(hours=8))
+STATE_NAMES = {"D": "delivered", "U": "undelivered", "X": "unknown"}
+
+# KEYS: recipient hash, message hash. ARGV: mobile, state (D/U/X), code, report time (epoch s), ttl.
+# Returns 1 when the recipient's state changed to a new final one, 0 otherwise.
+MERGE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local st, code, ts = string.match(cur, '^(%a)|(.*)|([%d.]+)$')
+  if ARGV[2] == 'X' then return 0 end
+  if st ~= 'X' then
+    local t_old, t_new = tonumber(ts), tonumber(ARGV[4])
+    if t_old > t_new then return 0 end
+    if t_old == t_new and (st == 'D' or st == ARGV[2]) then return 0 end
+  end
+  if st == ARGV[2] then
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
+    return 0
+  end
+  redis.call('HINCRBY', KEYS[2], 'r_' .. st, -1)
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
+if not cur then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5])) end
+redis.call('HINCRBY', KEYS[2], 'r_' .. ARGV[2], 1)
+return 1
+"""
+
+# KEYS: seen marker, reply hash, global index. ARGV: ttl, score, rid, json fields
+STORE_REPLY = """
+if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
+local fields = cjson.decode(ARGV[4])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))
+redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[3])
+for i = 4, #KEYS do
+  redis.call('ZADD', KEYS[i], tonumber(ARGV[2]), ARGV[3])
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[1]))
+end
+return 1
+"""
+
+
+def recipients_key(mid: str, n: int) -> str:
+    return f"sg:r:{mid}:{n}"
+
+
+def item_id(item: dict[str, str]) -> str:
+    """The identity of a pushed or pulled item: same linkid, mobile, status or text, and time."""
+    parts = [item.get(k, "") for k in ("kind", "linkid", "mobile", "status", "content", "time")]
+    return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()
+
+
+def receive(conn: redis.Redis, items: list[dict[str, str]], ttl: int) -> int:
+    """Store pushed items in the inbox, each once (a replayed push is acknowledged, not stored).
+    Returns how many were new."""
+    new = 0
+    for item in items:
+        seen = f"sg:pushseen:{item_id(item)}"
+        with conn.pipeline() as pipe:
+            pipe.set(seen, 1, nx=True, ex=ttl)
+            stored = pipe.execute()[0]
+        if stored:
+            conn.rpush(INBOX, json.dumps({"src": "push", **item}, ensure_ascii=False))
+            new += 1
+    return new
+
+
+def store_pull(conn: redis.Redis, account: str, kind: str, raw: str) -> None:
+    """A pulled answer, raw, before anything parses it."""
+    conn.rpush(INBOX, json.dumps({"src": "pull", "account": account, "kind": kind, "raw": raw}, ensure_ascii=False))
+
+
+def ingest(rt: Runtime, batch: int = BATCH) -> int:
+    """Apply the oldest inbox entries, then trim them off. Returns items applied."""
+    conn = rt.conn
+    raw_entries = conn.lrange(INBOX, 0, batch - 1)
+    applied = 0
+    for raw in raw_entries:
+        entry = json.loads(raw)
+        if entry["src"] == "pull":
+            for line in entry["raw"].splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    item = _parse_line(entry["kind"], line)
+                except p.ParseError as e:
+                    _dead(conn, line, e.reason, entry)
+                    continue
+                item["account"] = entry["account"]
+                applied += apply(rt, item)
+        else:
+            applied += apply(rt, entry)
+    if raw_entries:
+        conn.ltrim(INBOX, len(raw_entries), -1)
+    return applied
+
+
+def _parse_line(kind: str, line: str) -> dict[str, str]:
+    if kind == "rpt":
+        r = p.parse_report_line(line)
+        return {"kind": "rpt", "mobile": r.mobile, "linkid": r.linkid, "status": r.status, "time": r.time}
+    m = p.parse_reply_line(line)
+    return {"kind": "mo", "mobile": m.mobile, "linkid": m.linkid, "content": m.content, "time": m.time}
+
+
+def _dead(conn: redis.Redis, line: str, reason: str, entry: dict[str, Any]) -> None:
+    record = {"line": line, "reason": reason, "src": entry.get("src"), "at": time.time()}
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.lpush(DEAD, json.dumps(record, ensure_ascii=False))
+        pipe.ltrim(DEAD, 0, DEAD_MAX - 1)
+        pipe.hincrby(COUNTS, "dead_lettered", 1)
+        pipe.execute()
+    log.warning("dead-lettered a %s line: %s", entry.get("kind"), reason)
+
+
+def epoch(provider_time: str) -> float:
+    """``YYYY-MM-DD HH:MM:SS`` in China Standard Time → epoch seconds (0 if unreadable)."""
+    try:
+        return datetime.strptime(provider_time.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=CST).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def apply(rt: Runtime, item: dict[str, str]) -> int:
+    if item.get("kind") == "mo":
+        return _apply_reply(rt, item)
+    return _apply_report(rt, item)
+
+
+def _apply_report(rt: Runtime, item: dict[str, str]) -> int:
+    conn, settings = rt.conn, rt.settings
+    linkid, mobile, status = item.get("linkid", ""), item.get("mobile", ""), item.get("status", "")
+    ref = conn.get(store.linkid_key(linkid)) if linkid else None
+    if ref is None:
+        with conn.pipeline(transaction=False) as pipe:
+            pipe.lpush(ORPHANS, json.dumps(item, ensure_ascii=False))
+            pipe.ltrim(ORPHANS, 0, ORPHANS_MAX - 1)
+            pipe.hincrby(COUNTS, "orphan_reports", 1)
+            pipe.execute()
+        return 0
+    mid, _, n_s = ref.decode().rpartition(":")
+    n = int(n_s)
+    conn.set(f"sg:rl:{linkid}", 1, ex=settings.retention_seconds)
+    chunk = store.load_chunk(conn, mid, n)
+    if chunk.get("st") == store.UNCONFIRMED:
+        from workers.jobs import check  # a report proves the ambiguous submission was accepted
+
+        check(rt, mid, n)
+    state = "D" if status == "DELIVRD" else "U"
+    ts = epoch(item.get("time", "")) or time.time()
+    ttl = max(int(conn.ttl(store.msg_key(mid)) or 0), 60)
+    changed = conn.eval(MERGE, 2, recipients_key(mid, n), store.msg_key(mid), mobile, state, status, f"{ts:.0f}", ttl)
+    conn.hincrby(COUNTS, "reports", 1)
+    if changed:
+        conn.hincrby(COUNTS, f"reports_{STATE_NAMES[state]}", 1)
+        submitted = float(chunk.get("sub", "0") or 0)
+        if submitted:
+            conn.hincrby(COUNTS, "report_lag_seconds_sum", int(max(0, ts - submitted)))
+            conn.hincrby(COUNTS, "report_lag_count", 1)
+        queue_event(
+            rt,
+            mid,
+            {"type": "recipient.final", "mobile": mobile, "state": STATE_NAMES[state], "operator_code": status,
+             "reported_at": datetime.fromtimestamp(ts, CST).isoformat(), "linkid": linkid},
+        )  # fmt: skip
+    return 1
+
+
+def _apply_reply(rt: Runtime, item: dict[str, str]) -> int:
+    conn, settings = rt.conn, rt.settings
+    linkid = item.get("linkid", "")
+    ref = conn.get(store.linkid_key(linkid)) if linkid else None
+    mid = ref.decode().rpartition(":")[0] if ref else ""
+    account = item.get("account", "")
+    if mid and not account:
+        account = (conn.hget(store.msg_key(mid), "a") or b"").decode()
+    received = time.time()
+    rid = f"{int(received * 1000):011x}{item_id(item)[:12]}"
+    fields = {
+        "mobile": item.get("mobile", ""), "content": item.get("content", ""), "linkid": linkid,
+        "time": item.get("time", ""), "account": account, "message_id": mid, "received": f"{received:.3f}",
+    }  # fmt: skip
+    keys = [f"sg:seen:{item_id(item)}", f"sg:reply:{rid}", REPLIES, f"{REPLIES}:m:{fields['mobile']}"]
+    if account:
+        keys.append(f"{REPLIES}:a:{account}")
+    if mid:
+        keys.append(f"{REPLIES}:msg:{mid}")
+    stored = conn.eval(STORE_REPLY, len(keys), *keys, settings.retention_seconds, f"{received:.3f}", rid,
+                       json.dumps(fields, ensure_ascii=False))  # fmt: skip
+    if stored:
+        conn.hincrby(COUNTS, "replies", 1)
+        if mid:
+            queue_event(rt, mid, {"type": "reply", "mobile": fields["mobile"], "text": fields["content"],
+                                  "replied_at": fields["time"], "linkid": linkid})  # fmt: skip
+    return int(stored)
+
+
+def mark_unknown(rt: Runtime, now: float, window: float) -> int:
+    """Recipients with no report within ``window`` seconds of submission become ``unknown``."""
+    conn = rt.conn
+    marked = 0
+    for account in rt.settings.accounts:
+        for raw in conn.zrangebyscore(store.await_key(account), "-inf", now - window, start=0, num=200):
+            _, mid, n = store.parse_ref(raw.decode())
+            chunk = store.load_chunk(conn, mid, n)
+            ttl = max(int(conn.ttl(store.msg_key(mid)) or 0), 60)
+            for item in chunk.get("to", "").split(";") if chunk else []:
+                mobile = item.split(",", 1)[0]
+                marked += conn.eval(
+                    MERGE, 2, recipients_key(mid, n), store.msg_key(mid), mobile, "X", "", f"{now:.0f}", ttl
+                )
+            conn.zrem(store.await_key(account), raw)
+    return marked
+
+
+def recipient_states(conn: redis.Redis, mid: str, n: int) -> dict[str, tuple[str, str, str]]:
+    raw = conn.hgetall(recipients_key(mid, n))
+    out = {}
+    for mobile, value in raw.items():
+        state, code, ts = value.decode().split("|")
+        out[mobile.decode()] = (STATE_NAMES[state], code, ts)
+    return out
