@@ -67,11 +67,14 @@ def api(bind: str | None, workers: int | None) -> None:
 @click.option("--name", default=None, help="worker name (default: RQ's)")
 def worker(burst: bool, name: str | None) -> None:
     """An RQ worker on smsgw's queues (high, normal, bulk), with the scheduler and sweeper."""
+    import faulthandler
     import logging
+    import signal
 
     from workers.runtime import NotDurable
     from workers.worker import run_worker
 
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     try:

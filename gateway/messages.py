@@ -22,6 +22,7 @@ from workers import store
 from workers.chunks import chunk_count
 from workers.jobs import PLAN
 from workers.queues import QUEUE_NAMES
+from workers.reports import recipient_states
 from workers.settings import Settings
 
 PLAN_TIMEOUT = 600
@@ -232,11 +233,16 @@ def list_replies(
 
 
 def recipients(conn: redis.Redis, mid: str, cursor: int, limit: int) -> tuple[list[dict[str, Any]], int | None]:
-    """Recipients in order, ``limit`` from position ``cursor``; returns the next cursor."""
+    """Recipients in order, ``limit`` from position ``cursor``; returns the next cursor.
+
+    A recipient's state is its chunk's until a report (or the end of the report window) gives
+    it its own: ``delivered``, ``undelivered`` (with the operator's code) or ``unknown``.
+    """
     msg = store.load_message(conn, mid)
     out: list[dict[str, Any]] = []
     position = 0
-    for n in range(int(msg.get("nseq", "0"))):
+    planned = int(msg.get("nseq", "0"))
+    for n in range(planned):
         chunk = store.load_chunk(conn, mid, n)
         if not chunk or chunk.get("st") == store.SPLIT:
             continue
@@ -244,30 +250,25 @@ def recipients(conn: redis.Redis, mid: str, cursor: int, limit: int) -> tuple[li
         if position + len(items) <= cursor:
             position += len(items)
             continue
+        reported = recipient_states(conn, mid, n)
         for item in items:
             if position >= cursor:
                 if len(out) == limit:
                     return out, position
+                mobile = item.split(",", 1)[0]
+                state, code, ts = reported.get(mobile, (chunk["st"], "", ""))
                 out.append(
-                    {
-                        "mobile": item.split(",", 1)[0],
-                        "chunk": n,
-                        "linkid": chunk["lk"],
-                        "state": chunk["st"],
-                    }
-                )
+                    {"mobile": mobile, "chunk": n, "linkid": chunk["lk"], "state": state,
+                     "operator_code": code or None, "reported_at": _iso(ts)}
+                )  # fmt: skip
             position += 1
-    if not msg.get("nseq") and msg.get("to"):
+    if not planned and msg.get("to"):
         items = msg["to"].split(";")
         for item in items[cursor : cursor + limit]:
             out.append(
-                {
-                    "mobile": item.split(",", 1)[0],
-                    "chunk": None,
-                    "linkid": None,
-                    "state": msg.get("st"),
-                }
-            )
+                {"mobile": item.split(",", 1)[0], "chunk": None, "linkid": None, "state": msg.get("st"),
+                 "operator_code": None, "reported_at": None}
+            )  # fmt: skip
         nxt = cursor + limit
         return out, nxt if nxt < len(items) else None
     return out, None

@@ -81,6 +81,10 @@ def settings_env(redis_server: RedisServer, simulator: SimulatorServer) -> dict[
         "SMSGW_SWEEP_SECONDS": "1",
         "SMSGW_JOB_GRACE_SECONDS": "2",
         "SMSGW_BALANCE_CHECK_SECONDS": "1",
+        "SMSGW_CALLBACK_SECRET": "push-secret-123",
+        "SMSGW_PULL_GAP_SECONDS": "0.01",
+        "SMSGW_PULL_INTERVAL_SECONDS": "1",
+        "SMSGW_LEASE_SECONDS": "2",
     }
 
 

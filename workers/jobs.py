@@ -84,7 +84,7 @@ def plan(rt: Runtime, mid: str) -> str:
         size = accounts.chunk_size(conn, settings, account)
         parts = chunked(raw.split(";"), size)
         now = time.time()
-        ttl = max(int(pipe.ttl(key) or 0), 60)
+        ttl = store.ttl_of(pipe, key)
         pipe.multi()
         jobs = []
         for n, part in enumerate(parts):
@@ -364,7 +364,7 @@ def split(rt: Runtime, mid: str, n: int, chunk: dict[str, str], error_fields: di
     half = (len(items) + 1) // 2
     accounts.lower_chunk_size(conn, chunk["a"], half)
     first = conn.hincrby(store.msg_key(mid), "nseq", 2) - 2  # reserve two numbers; unused is harmless
-    ttl = max(int(conn.ttl(store.chunk_key(mid, n)) or 0), 60)
+    ttl = store.ttl_of(conn, store.chunk_key(mid, n))
     now = time.time()
     parts = [(first, items[:half]), (first + 1, items[half:])]
     links = {m: new_linkid() for m, _ in parts}
@@ -446,6 +446,8 @@ def handle_ambiguous(rt: Runtime, mid: str, n: int, chunk: dict[str, str], why: 
         delay=settings.ambiguous_wait_seconds, fields={"uw": f"{until:.3f}"}, settings=settings,
         event="awaiting_report", func=CHECK, why=why, linkid=chunk["lk"],
     )  # fmt: skip
+    if conn.exists(report_seen_key(chunk["lk"])):
+        return check(rt, mid, n)  # a report already came while the chunk sat in 'submitting'
     return "unconfirmed"
 
 
@@ -465,7 +467,7 @@ def check(rt: Runtime, mid: str, n: int) -> str:
         )  # fmt: skip
         return "submitted"
     fresh = new_linkid()
-    ttl = max(int(conn.ttl(store.chunk_key(mid, n)) or 0), 60)
+    ttl = store.ttl_of(conn, store.chunk_key(mid, n))
     if enqueue_send(
         conn, mid, n, from_states={store.UNCONFIRMED}, fields={"lk": fresh}, settings=settings,
         event="no_report_resubmit_new_linkid", old_linkid=old, linkid=fresh,

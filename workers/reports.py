@@ -188,7 +188,7 @@ def _apply_report(rt: Runtime, item: dict[str, str]) -> int:
         check(rt, mid, n)
     state = "D" if status == "DELIVRD" else "U"
     ts = epoch(item.get("time", "")) or time.time()
-    ttl = max(int(conn.ttl(store.msg_key(mid)) or 0), 60)
+    ttl = store.ttl_of(conn, store.msg_key(mid))
     changed = conn.eval(MERGE, 2, recipients_key(mid, n), store.msg_key(mid), mobile, state, status, f"{ts:.0f}", ttl)
     conn.hincrby(COUNTS, "reports", 1)
     if changed:
@@ -243,7 +243,7 @@ def mark_unknown(rt: Runtime, now: float, window: float) -> int:
         for raw in conn.zrangebyscore(store.await_key(account), "-inf", now - window, start=0, num=200):
             _, mid, n = store.parse_ref(raw.decode())
             chunk = store.load_chunk(conn, mid, n)
-            ttl = max(int(conn.ttl(store.msg_key(mid)) or 0), 60)
+            ttl = store.ttl_of(conn, store.msg_key(mid))
             for item in chunk.get("to", "").split(";") if chunk else []:
                 mobile = item.split(",", 1)[0]
                 marked += conn.eval(

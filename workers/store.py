@@ -107,6 +107,12 @@ def new_message_id() -> str:
     return f"{int(time.time() * 1000):011x}{secrets.token_hex(6)}"
 
 
+def ttl_of(conn: redis.Redis | Pipeline, key: str, fallback: int = 60) -> int:
+    """Seconds the key has left, so what belongs to it expires with it (``fallback`` if none)."""
+    ttl = int(conn.ttl(key) or 0)
+    return ttl if ttl > 0 else fallback
+
+
 def decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 

@@ -1,0 +1,267 @@
+"""Delivery reports and replies: push and pull, tied to what was sent, told to the caller."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.conftest import API_KEY, AUTH, drain, sim_admin
+from workers import notify, pullers, reports, store
+from workers.simulator import _share
+
+PUSH = "/callbacks/provider/push-secret-123"
+
+
+def send(api, body):
+    r = api.post("/v1/messages", data=json.dumps(body), headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 202, r.get_json()
+    return r.get_json()["id"]
+
+
+def view(api, mid):
+    return api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()
+
+
+def push(api, item: dict[str, str], encoding="gb2312", method="GET"):
+    query = urlencode(item, encoding=encoding)
+    if method == "GET":
+        return api.get(f"{PUSH}?{query}")
+    return api.post(PUSH, data=query.encode(), headers={"Content-Type": "application/x-www-form-urlencoded"})
+
+
+def pull_all(runtime, simulator=None, rounds=2000):
+    """Pull until the simulator has nothing left, ingesting as we go."""
+    for _ in range(rounds):
+        pullers.tick(runtime, "test-owner", now=time.time() + 3600)
+        while reports.ingest(runtime):
+            pass
+        if runtime.conn.hget("sg:pull:default", "rpt") and _empty(runtime):
+            return
+    raise AssertionError("pulling did not finish")
+
+
+def _empty(runtime) -> bool:
+    """The last pulls came back empty: the simulator's queues are drained."""
+    raw = runtime.client("default").pull_raw("report"), runtime.client("default").pull_raw("reve_urlencode")
+    for kind, text in zip(("rpt", "mo"), raw, strict=True):
+        if text:
+            reports.store_pull(runtime.conn, "default", kind, text)
+    while reports.ingest(runtime):
+        pass
+    return raw == ("", "")
+
+
+def test_10000_recipients_half_push_half_pull_duplicated_and_shuffled(api, runtime, simulator):
+    sim_admin(simulator, "config", undelivered_share=0.1)
+    mobiles = [f"136{i:08d}" for i in range(10_000)]
+    mid = send(api, {"to": mobiles, "text": "report me", "priority": "bulk"})
+    drain(runtime)
+    linkids = {s.linkid for s in simulator.state.submissions}
+    with simulator.state.lock:
+        items = [item for _, item in simulator.state.reports]
+        simulator.state.reports.clear()
+    rng = random.Random(7)
+    rng.shuffle(items)
+    pushed, pulled = items[:5000], items[5000:]
+    dupes = rng.sample(items, 500)
+    push_stream = pushed + [d for d in dupes if rng.random() < 0.5]
+    pull_stream = pulled + [d for d in dupes if d not in push_stream]
+    rng.shuffle(push_stream)
+    rng.shuffle(pull_stream)
+    with simulator.state.lock:
+        simulator.state.reports.extend((0, item) for item in pull_stream)
+    for item in push_stream:
+        r = push(api, {"Class": "rpt", "SmsName": "test", **item}, method=rng.choice(["GET", "POST"]))
+        assert r.status_code == 200
+    pull_all(runtime)
+    expected_undelivered = {it["Mobile"] for it in items if it["Report"] == "UNDELIV"}
+    assert expected_undelivered
+    assert all(_share(it["LinkId"] + it["Mobile"]) < 0.1 for it in items if it["Report"] == "UNDELIV")
+    v = view(api, mid)
+    assert v["recipients"]["by_state"] == {"delivered": 10_000 - len(expected_undelivered),
+                                           "undelivered": len(expected_undelivered)}  # fmt: skip
+    assert v["status"] == "partially_delivered"
+    states = {}
+    cursor = 0
+    while cursor is not None:
+        page = api.get(f"/v1/messages/{mid}/recipients?cursor={cursor}&limit=1000", headers=AUTH).get_json()
+        states.update({r["mobile"]: (r["state"], r["operator_code"]) for r in page["items"]})
+        cursor = page["next_cursor"]
+    assert len(states) == 10_000
+    for mobile in mobiles:
+        expected = ("undelivered", "UNDELIV") if mobile in expected_undelivered else ("delivered", "DELIVRD")
+        assert states[mobile] == expected
+    assert runtime.conn.llen(reports.DEAD) == 0 and runtime.conn.llen(reports.ORPHANS) == 0
+    assert linkids
+
+
+def test_a_later_delivrd_is_not_undone_by_an_older_report(runtime, api, simulator):
+    mid = send(api, {"to": ["13800138000"], "text": "x"})
+    drain(runtime)
+    linkid = view(api, mid)["chunks"][0]["linkid"]
+    base = {"kind": "rpt", "mobile": "13800138000", "linkid": linkid}
+    newer = {**base, "status": "DELIVRD", "time": "2030-01-01 10:05:00"}
+    older = {**base, "status": "UNDELIV", "time": "2030-01-01 10:00:00"}
+    for order in ([older, newer], [newer, older], [newer, older, newer, older]):
+        runtime.conn.delete(reports.recipients_key(mid, 0))
+        runtime.conn.hdel(store.msg_key(mid), "r_D", "r_U")
+        for item in order:
+            reports.apply(runtime, item)
+        assert view(api, mid)["recipients"]["by_state"] == {"delivered": 1}
+        assert view(api, mid)["status"] == "delivered"
+
+
+def test_unknown_linkid_reports_are_kept_and_counted(runtime):
+    item = {"kind": "rpt", "mobile": "13800138000", "linkid": "nosuch", "status": "DELIVRD", "time": ""}
+    reports.apply(runtime, item)
+    assert runtime.conn.llen(reports.ORPHANS) == 1
+    assert runtime.conn.hget(reports.COUNTS, "orphan_reports") == b"1"
+
+
+def test_unparseable_pulled_line_is_dead_lettered(runtime):
+    reports.store_pull(runtime.conn, "default", "rpt", "13800138000/2030-01-01 10:00:00/L1/DELIVRD/\ngarbage line\n")
+    reports.ingest(runtime)
+    [dead] = runtime.conn.lrange(reports.DEAD, 0, -1)
+    assert json.loads(dead)["line"] == "garbage line"
+    assert runtime.conn.hget(reports.COUNTS, "dead_lettered") == b"1"
+    assert runtime.conn.llen(reports.ORPHANS) == 1  # the good line was kept, not dropped
+
+
+def test_no_report_within_the_window_is_unknown(api, runtime, simulator):
+    mid = send(api, {"to": ["13800138000", "13900139000"], "text": "x"})
+    drain(runtime)
+    reports.apply(runtime, {"kind": "rpt", "mobile": "13800138000", "linkid": view(api, mid)["chunks"][0]["linkid"],
+                            "status": "DELIVRD", "time": "2030-01-01 10:00:00"})  # fmt: skip
+    assert reports.mark_unknown(runtime, time.time() + 10, 5) == 1
+    assert view(api, mid)["recipients"]["by_state"] == {"delivered": 1, "unknown": 1}
+    assert view(api, mid)["status"] == "partially_delivered"
+
+
+@pytest.mark.parametrize("encoding", ["gb2312", "utf-8"])
+def test_replies_round_trip_exactly_through_push_and_pull(api, runtime, simulator, encoding):
+    mid = send(api, {"to": ["13800138000"], "text": "reply to me"})
+    drain(runtime)
+    linkid = view(api, mid)["chunks"][0]["linkid"]
+    text = "好的/收到 1+1=2 100% ok"
+    push(api, {"Class": "mo", "SmsName": "test", "Mobile": "13800138000", "Message": text, "LinkId": linkid,
+               "RevertTime": "2030-01-01 10:00:00"}, encoding=encoding, method="POST")  # fmt: skip
+    sim_admin(simulator, "reply", mobile="13800138000", content=text + " again", linkid=linkid)
+    pull_all(runtime)
+    texts = sorted(r["text"] for r in view(api, mid)["replies"])
+    assert texts == [text, text + " again"]
+    listed = api.get("/v1/replies?mobile=13800138000", headers=AUTH).get_json()["items"]
+    assert [r["text"] for r in listed] == [text + " again", text]  # newest first
+    assert api.get(f"/v1/replies?message_id={mid}&limit=1", headers=AUTH).get_json()["next_cursor"]
+
+
+def test_push_endpoint_secret_malformed_and_replay(api, runtime):
+    item = {"Class": "rpt", "SmsName": "test", "Mobile": "13800138000", "LinkId": "L1", "Report": "DELIVRD",
+            "ReportTime": "2030-01-01 10:00:00"}  # fmt: skip
+    wrong = api.get("/callbacks/provider/wrong?" + urlencode(item))
+    assert wrong.status_code == 404 and "secret" not in wrong.get_data(as_text=True)
+    bad = api.get(f"{PUSH}?Class=rpt&Mobile=")
+    assert bad.status_code == 400 and bad.mimetype == "application/problem+json"
+    assert push(api, item).status_code == 200
+    assert push(api, item).status_code == 200
+    assert runtime.conn.llen(reports.INBOX) == 1
+
+
+class Receiver(BaseHTTPRequestHandler):
+    fail_first: ClassVar[int] = 0
+    calls: ClassVar[int] = 0
+    bodies: ClassVar[list[tuple[dict, dict]]] = []
+
+    def do_POST(self) -> None:
+        Receiver.calls += 1
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Receiver.calls <= Receiver.fail_first:
+            self.send_response(503)
+        else:
+            Receiver.bodies.append((dict(self.headers), json.loads(body)))
+            secret = hashlib.sha256(b"smsgw-callback:" + API_KEY.encode()).hexdigest()
+            expected = hmac.new(secret.encode(), self.headers["X-Smsgw-Timestamp"].encode() + b"." + body,
+                                hashlib.sha256).hexdigest()  # fmt: skip
+            self.send_response(200 if self.headers["X-Smsgw-Signature"] == f"v1={expected}" else 401)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver():
+    Receiver.calls, Receiver.bodies = 0, []
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_callback_retried_until_accepted_gets_each_event_once(api, runtime, simulator, receiver):
+    Receiver.fail_first = 3
+    mid = send(api, {"to": ["13800138000", "13900139000"], "text": "x", "callback_url": receiver, "reference": "r-1"})
+    drain(runtime)
+    pull_all(runtime)
+    drain(runtime, timeout=30)
+    events = [e for _, body in Receiver.bodies for e in body["events"]]
+    assert sorted(e["mobile"] for e in events) == ["13800138000", "13900139000"]
+    assert all(e["type"] == "recipient.final" and e["reference"] == "r-1" and e["state"] == "delivered" for e in events)
+    cb = view(api, mid)["callbacks"]
+    assert cb["state"] == "ok" and cb["events_sent"] == 2
+    assert [a["ok"] for a in cb["attempts"]] == [False, False, False, True]
+
+
+def test_callback_that_never_accepts_stops_after_the_bound(api, runtime, simulator, receiver, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setattr(runtime, "settings", dataclasses.replace(runtime.settings, callback_retry_seconds=2))
+    Receiver.fail_first = 10**6
+    mid = send(api, {"to": ["13800138000"], "text": "x", "callback_url": receiver})
+    drain(runtime)
+    pull_all(runtime)
+    drain(runtime, timeout=30)
+    cb = view(api, mid)["callbacks"]
+    assert cb["state"] == "abandoned" and cb["events_dropped"] == 1 and len(cb["attempts"]) >= 2
+    assert runtime.conn.llen(notify.pending_key(mid)) == 0
+
+
+def test_callback_host_allowlist(settings_env, redis_conn):
+    from gateway import create_app
+    from workers.settings import settings_from_env
+
+    app = create_app(settings_from_env({**settings_env, "SMSGW_CALLBACK_HOSTS": "hooks.example.com"}))
+    body = {"to": ["13800138000"], "text": "x", "callback_url": "http://169.254.169.254/x"}
+    r = app.test_client().post("/v1/messages", headers=AUTH, json=body)
+    assert r.status_code == 422 and "SMSGW_CALLBACK_HOSTS" in r.get_data(as_text=True)
+
+
+def test_retention_expires_everything(settings_env, redis_conn, simulator):
+    from gateway import create_app
+    from workers.runtime import Runtime, install
+    from workers.settings import settings_from_env
+
+    settings = settings_from_env({**settings_env, "SMSGW_RETENTION_SECONDS": "2"})
+    rt = Runtime.from_settings(settings)
+    install(rt)
+    api = create_app(settings).test_client()
+    mid = send(api, {"to": ["13800138000"], "text": "short-lived"})
+    drain(rt)
+    pull_all(rt)
+    sim_admin(simulator, "reply", mobile="13800138000", content="hi", linkid=view(api, mid)["chunks"][0]["linkid"])
+    pull_all(rt)
+    assert redis_conn.keys(f"sg:*{mid}*") and redis_conn.keys("sg:reply:*")
+    time.sleep(3.5)
+    # RQ's own job records go by their result TTL (300 s), not ours
+    assert redis_conn.keys(f"sg:*{mid}*") == [] and redis_conn.keys("sg:reply:*") == []
