@@ -17,11 +17,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     # Flask has no body limit by default; a problem+json 413 comes from gateway.problems.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions["smsgw"] = Runtime.from_settings(settings)
+    rt = app.extensions["smsgw"] = Runtime.from_settings(settings)
 
-    from gateway import api, callbacks, health, openapi, operators, problems
+    from gateway import api, callbacks, health, metrics, openapi, operators, problems
 
     problems.init_app(app)
+    metrics.init_app(app, rt)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)

@@ -53,6 +53,11 @@ def api(bind: str | None, workers: int | None) -> None:
         raise click.ClickException(f"refusing to start (SMSGW_REDIS_DURABILITY=refuse): {e}") from None
     except redis.RedisError as e:
         raise click.ClickException(f"Redis at SMSGW_REDIS_URL is unreachable: {type(e).__name__}") from None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        # Several gunicorn workers: prometheus-client's multiprocess mode merges their figures.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smsgw-prometheus-")
     conf = os.path.join(os.path.dirname(__file__), "gunicorn_conf.py")
     args = [sys.executable, "-m", "gunicorn", "-c", conf]
     if bind:

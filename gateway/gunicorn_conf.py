@@ -20,3 +20,11 @@ max_requests_jitter = 1000
 accesslog = "-"
 errorlog = "-"
 loglevel = "info"
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """prometheus-client's multiprocess mode: forget the metrics files of a dead worker."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

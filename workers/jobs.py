@@ -20,7 +20,7 @@ import redis
 from redis.client import Pipeline
 from rq import Queue, get_current_job
 
-from workers import accounts, store
+from workers import accounts, metrics, store
 from workers import provider as p
 from workers.alerts import alert
 from workers.chunks import chunked, new_linkid
@@ -57,7 +57,10 @@ def plan_message(mid: str) -> str:
 
 
 def send_chunk(mid: str, n: int) -> str:
-    return send(current(), mid, n)
+    rt = current()
+    outcome = send(rt, mid, n)
+    metrics.job_outcome(rt.conn, "send", outcome)
+    return outcome
 
 
 def check_unconfirmed(mid: str, n: int) -> str:
@@ -256,6 +259,9 @@ def send(rt: Runtime, mid: str, n: int) -> str:
     except p.ProviderError as e:
         error = e
     elapsed = time.monotonic() - started
+    endpoint = "post_send_ddt" if kind == "p" else client.send_endpoint
+    code = "0" if error is None else str(error.code) if error.code is not None else type(error).__name__
+    metrics.provider_call(conn, account, endpoint, code, elapsed, int(chunk.get("nr", "0")))
     action = classify(error)
     log.info(
         "provider answered %s in %.3f s: %s",

@@ -256,6 +256,10 @@ class ProviderClient:
     def __repr__(self) -> str:
         return f"ProviderClient(base_url={self.base_url!r}, uid={self.uid!r}, variant={self.variant!r})"
 
+    @property
+    def send_endpoint(self) -> str:
+        return "post_send_md5" if self.variant == "md5" else "post_send_urldecode"
+
     # -- operations ---------------------------------------------------------------------------
 
     def send(self, mobiles: list[str], text: str, *, linkid: str, dtime: str | None = None) -> SendResult:

@@ -179,6 +179,7 @@ def _count_final(pipe: Pipeline, mid: str, chunk: dict[str, str], state: str) ->
     pipe.hincrby(msg_key(mid), f"c_{state}", 1)
     if state != SPLIT:
         pipe.hincrby(msg_key(mid), f"r_{state}", int(chunk.get("nr", "0")))
+        pipe.hincrby("sg:counts", f"recipients_{state}", int(chunk.get("nr", "0")))
     pipe.zrem(WATCH, chunk_ref(mid, int(chunk.get("n", "-1"))))
 
 

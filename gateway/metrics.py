@@ -1,0 +1,146 @@
+"""``/metrics`` in Prometheus text format.
+
+Two sources, each correct with many processes on many hosts:
+- the API's own HTTP metrics, with prometheus-client's multiprocess mode when gunicorn runs
+  several workers (``PROMETHEUS_MULTIPROC_DIR``, set by ``smsgw api``);
+- everything the workers do (provider calls, jobs, recipients, reports, accounts, queues),
+  read from Redis at scrape time (``workers.metrics`` records it there).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from workers import accounts, store
+from workers.metrics import LATENCY_BUCKETS, METRICS
+from workers.queues import WORKER_QUEUES
+from workers.runtime import Runtime
+
+bp = Blueprint("metrics", __name__)
+
+
+class RedisCollector(Collector):
+    """Reads the fleet's figures from Redis when Prometheus scrapes."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def collect(self) -> Iterator[Metric]:
+        conn, settings = self.rt.conn, self.rt.settings
+        raw = {k.decode(): v.decode() for k, v in conn.hgetall(METRICS).items()}
+        counts = {k.decode(): int(v) for k, v in conn.hgetall("sg:counts").items()}
+
+        calls = CounterMetricFamily(
+            "smsgw_provider_calls", "Provider send calls by answer code", labels=["account", "endpoint", "code"]
+        )
+        jobs = CounterMetricFamily("smsgw_jobs", "Jobs by outcome", labels=["job", "outcome"])
+        buckets: dict[str, dict[str, int]] = {}
+        sums: dict[str, float] = {}
+        for key, value in raw.items():
+            kind, *parts = key.split("|")
+            if kind == "calls":
+                calls.add_metric(parts, int(value))
+            elif kind == "jobs":
+                jobs.add_metric(parts, int(value))
+            elif kind == "lat":
+                buckets.setdefault(parts[0], {})[parts[1]] = int(value)
+            elif kind == "latsum":
+                sums[parts[0]] = float(value)
+        yield calls
+        yield jobs
+        latency = HistogramMetricFamily(
+            "smsgw_provider_call_seconds", "Provider send call latency", labels=["endpoint"]
+        )
+        for endpoint, by_le in buckets.items():
+            series = [(str(le), by_le.get(str(le), 0)) for le in LATENCY_BUCKETS] + [("+Inf", by_le.get("+Inf", 0))]
+            latency.add_metric([endpoint], series, sums.get(endpoint, 0.0))
+        yield latency
+
+        depth = GaugeMetricFamily("smsgw_queue_depth", "Jobs waiting per RQ queue", labels=["queue"])
+        with conn.pipeline(transaction=False) as pipe:
+            for name in WORKER_QUEUES:
+                pipe.llen(f"rq:queue:{name}")
+            for name, length in zip(WORKER_QUEUES, pipe.execute(), strict=True):
+                depth.add_metric([name], length)
+        yield depth
+
+        recipients = CounterMetricFamily("smsgw_recipients", "Recipients reaching each state", labels=["state"])
+        for state in ("submitted", "failed", "cancelled"):
+            recipients.add_metric([state], counts.get(f"recipients_{state}", 0))
+        for state in ("delivered", "undelivered", "unknown"):
+            recipients.add_metric([state], counts.get(f"reports_{state}", 0))
+        yield recipients
+
+        items = CounterMetricFamily("smsgw_inbound_items", "Reports and replies by outcome", labels=["kind"])
+        for kind in ("reports", "replies", "orphan_reports", "dead_lettered"):
+            items.add_metric([kind], counts.get(kind, 0))
+        yield items
+        yield SummaryMetricFamily(
+            "smsgw_report_lag_seconds", "Submission to first final report",
+            count_value=counts.get("report_lag_count", 0), sum_value=counts.get("report_lag_seconds_sum", 0),
+        )  # fmt: skip
+
+        held = GaugeMetricFamily("smsgw_account_held", "1 while the account is held", labels=["account", "reason"])
+        balance = GaugeMetricFamily("smsgw_account_balance", "Last known provider balance", labels=["account"])
+        for name in settings.accounts:
+            account = accounts.state(conn, name)
+            held.add_metric([name, account.get("reason", "")], 1 if account["st"] == accounts.HELD else 0)
+            if account.get("balance"):
+                balance.add_metric([name], float(account["balance"]))
+        yield held
+        yield balance
+
+        alerts = CounterMetricFamily("smsgw_alerts", "Alerts raised", labels=["event"])
+        for event, value in conn.hgetall("sg:alerts").items():
+            alerts.add_metric([event.decode()], int(value))
+        yield alerts
+        yield GaugeMetricFamily(
+            "smsgw_watched", "Unfinished messages and chunks the sweeper watches", value=conn.zcard(store.WATCH)
+        )
+
+
+def init_app(app: Flask, rt: Runtime) -> None:
+    registry = CollectorRegistry()
+    multiproc = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    if multiproc:
+        MultiProcessCollector(registry)
+    target = None if multiproc else registry
+    requests_total = Counter("smsgw_http_requests", "HTTP requests", ["route", "method", "status"], registry=target)
+    latency = Histogram("smsgw_http_request_seconds", "HTTP request latency", ["route", "method"], registry=target)
+    registry.register(RedisCollector(rt))
+    app.extensions["smsgw_metrics"] = registry
+
+    @app.before_request
+    def start_timer() -> None:
+        g.metrics_start = time.perf_counter()
+
+    @app.after_request
+    def record(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        if "/callbacks/provider/" in route:
+            route = "/callbacks/provider/<secret>"
+        requests_total.labels(route, request.method, str(response.status_code)).inc()
+        start = g.get("metrics_start")
+        if start is not None:
+            latency.labels(route, request.method).observe(time.perf_counter() - start)
+        return response
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    registry = current_app.extensions["smsgw_metrics"]
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

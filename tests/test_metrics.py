@@ -1,0 +1,103 @@
+"""/metrics parsed by prometheus-client's own parser; /readyz follows Redis."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import API_KEY, AUTH, drain
+from workers.redis_server import RedisServer
+from workers.settings import settings_from_env
+
+
+def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_match_what_was_sent(api, runtime, simulator):
+    for _ in range(3):
+        assert (
+            api.post("/v1/messages", json={"to": ["13800138000", "13900139000"], "text": "x"}, headers=AUTH).status_code
+            == 202
+        )
+    api.post("/v1/messages", json={"to": ["bad"], "text": "x"}, headers=AUTH)
+    drain(runtime)
+    samples = scrape(api.get("/metrics").get_data(as_text=True))
+    assert value(samples, "smsgw_http_requests_total", route="/v1/messages", method="POST", status="202") == 3
+    assert value(samples, "smsgw_http_requests_total", route="/v1/messages", method="POST", status="422") == 1
+    assert value(samples, "smsgw_provider_calls_total", account="default", endpoint="post_send_md5", code="0") == 3
+    assert value(samples, "smsgw_provider_call_seconds_count", endpoint="post_send_md5") == 3
+    assert value(samples, "smsgw_recipients_total", state="submitted") == 6
+    assert value(samples, "smsgw_jobs_total", job="send", outcome="submitted") == 3
+    assert value(samples, "smsgw_queue_depth", queue="smsgw-normal") == 0
+    assert value(samples, "smsgw_account_held", account="default", reason="") == 0
+
+
+def test_readyz_follows_redis(tmp_path, settings_env):
+    from gateway import create_app
+
+    server = RedisServer(str(tmp_path / "r")).start()
+    try:
+        app = create_app(settings_from_env({**settings_env, "SMSGW_REDIS_URL": server.url}))
+        client = app.test_client()
+        assert client.get("/readyz").status_code == 200
+        server.stop()
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.get_json()["status"] == "unavailable"
+        assert client.get("/healthz").status_code == 200
+        server.start()
+        assert client.get("/readyz").status_code == 200
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_metrics_add_up_across_gunicorn_workers(settings_env, tmp_path):
+    port = free_port()
+    env = {**os.environ, **settings_env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    command = [sys.executable, "-m", "gateway.cli", "api", "--bind", f"127.0.0.1:{port}", "--workers", "3"]
+    api = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        session = requests.Session()
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        for _ in range(60):
+            assert (
+                session.post(
+                    f"{base}/v1/messages", json={"to": ["13800138000"], "text": "x"}, headers=headers
+                ).status_code
+                == 202
+            )
+        samples = scrape(requests.get(f"{base}/metrics", timeout=5).text)
+        assert value(samples, "smsgw_http_requests_total", route="/v1/messages", method="POST", status="202") == 60
+    finally:
+        api.terminate()
+        api.wait(timeout=30)

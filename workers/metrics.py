@@ -1,0 +1,54 @@
+"""Figures the workers record, kept in Redis so that every process on every host adds to the
+same numbers; ``gateway.metrics`` reads them at scrape time (no per-process state to merge).
+
+One pipeline per provider call: a counter by endpoint and code, a latency histogram, and a
+per-minute bucket that the dashboard sums over the last hour.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+METRICS = "sg:metrics"
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def minute_key(ts: float) -> str:
+    return f"sg:minute:{int(ts // 60)}"
+
+
+def provider_call(conn: redis.Redis, account: str, endpoint: str, code: str, seconds: float, recipients: int) -> None:
+    now = time.time()
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hincrby(METRICS, f"calls|{account}|{endpoint}|{code}", 1)
+        for le in LATENCY_BUCKETS:
+            if seconds <= le:
+                pipe.hincrby(METRICS, f"lat|{endpoint}|{le}", 1)
+        pipe.hincrby(METRICS, f"lat|{endpoint}|+Inf", 1)
+        pipe.hincrbyfloat(METRICS, f"latsum|{endpoint}", seconds)
+        minute = minute_key(now)
+        pipe.hincrby(minute, f"code|{code}", 1)
+        if code == "0":
+            pipe.hincrby(minute, "submissions", 1)
+            pipe.hincrby(minute, "recipients", recipients)
+        pipe.expire(minute, 7200)
+        pipe.execute()
+
+
+def job_outcome(conn: redis.Redis, job: str, outcome: str) -> None:
+    conn.hincrby(METRICS, f"jobs|{job}|{outcome}", 1)
+
+
+def last_hour(conn: redis.Redis, now: float | None = None) -> dict[str, int]:
+    now = time.time() if now is None else now
+    with conn.pipeline(transaction=False) as pipe:
+        for i in range(60):
+            pipe.hgetall(minute_key(now - 60 * i))
+        buckets = pipe.execute()
+    total: dict[str, int] = {}
+    for bucket in buckets:
+        for k, v in bucket.items():
+            total[k.decode()] = total.get(k.decode(), 0) + int(v)
+    return total
