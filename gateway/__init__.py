@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     rt = app.extensions["smsgw"] = Runtime.from_settings(settings)
 
-    from gateway import api, callbacks, health, metrics, openapi, operators, problems
+    from gateway import api, callbacks, dashboard, health, metrics, openapi, operators, problems
 
     problems.init_app(app)
     metrics.init_app(app, rt)
@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(operators.bp)
     app.register_blueprint(callbacks.bp)
+    dashboard.init_app(app, settings.redis_url)
 
     @app.errorhandler(redis.RedisError)
     def redis_down(e: redis.RedisError) -> Response:

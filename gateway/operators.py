@@ -37,9 +37,6 @@ def require_operator() -> None:
         )
 
 
-bp.before_request(require_operator)
-
-
 def account_list() -> list[dict[str, Any]]:
     rt = runtime()
     out = []

@@ -481,3 +481,19 @@ def check(rt: Runtime, mid: str, n: int) -> str:
     ):  # fmt: skip
         return "resubmitted"
     return "raced"
+
+
+def requeue_failed(rt: Runtime, mid: str, n: int, *, by: str) -> bool:
+    """An operator sends a failed chunk again: same linkid (the provider never accepted it), a
+    fresh attempt budget. Safe to click twice: only a chunk still ``failed`` moves."""
+
+    def uncount(pipe: Pipeline) -> None:
+        nr = int(rt.conn.hget(store.chunk_key(mid, n), "nr") or 0)
+        pipe.hincrby(store.msg_key(mid), f"c_{store.FAILED}", -1)
+        pipe.hincrby(store.msg_key(mid), f"r_{store.FAILED}", -nr)
+        pipe.hincrby("sg:counts", f"recipients_{store.FAILED}", -nr)
+
+    return enqueue_send(
+        rt.conn, mid, n, from_states={store.FAILED}, fields={"att": 0, "reason": ""}, settings=rt.settings,
+        event="requeued", by=by, extra=uncount,
+    )  # fmt: skip

@@ -1,0 +1,124 @@
+"""Operator dashboards: smsgw's overview at ``/dashboard/`` and RQ's at ``/dashboard/rq``.
+
+Both sit behind operator authentication (``gateway.operators``), never an API key. Every
+state-changing request under ``/dashboard`` and ``/admin`` must come from the same origin (the
+``Origin``/``Referer`` check below), and rq-dashboard's ``GET /requeue/<queue>`` (a link or a
+prefetch could requeue every failed job) is refused: only POST changes anything. A requeue is
+safe anyway, because each chunk's own state decides what a job does.
+
+The page is server-rendered, uses no asset from outside (gateways run on closed networks) and
+refreshes itself.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import rq_dashboard
+from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request, url_for
+
+from gateway.operators import account_list, require_operator
+from gateway.problems import Problem
+from workers import accounts, jobs, store
+from workers.metrics import last_hour
+from workers.queues import WORKER_QUEUES
+from workers.runtime import Runtime
+
+bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")
+REFRESH_SECONDS = 10
+
+
+def runtime() -> Runtime:
+    return current_app.extensions["smsgw"]  # type: ignore[no-any-return]
+
+
+def same_origin() -> None:
+    """CSRF: a browser sends ``Origin`` (or ``Referer``) with every cross-site POST; it must be us."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    if source is None:
+        return  # not a browser (curl, the CLI): nothing to forge
+    if urlsplit(source).netloc != request.host:
+        raise Problem(403, "Forbidden", "cross-origin request refused")
+
+
+def guard() -> None:
+    path = request.path
+    if path.startswith(("/dashboard", "/admin")):
+        require_operator()
+        same_origin()
+        if path.startswith("/dashboard/rq/requeue/") and request.method != "POST":
+            raise Problem(405, "Method Not Allowed", "requeue with POST")
+
+
+def init_app(app: Flask, redis_url: str) -> None:
+    # App-level, not on rq-dashboard's blueprint: a before_request added to a shared blueprint
+    # inside a factory breaks the second create_app().
+    app.before_request(guard)
+    app.config["RQ_DASHBOARD_REDIS_URL"] = redis_url
+    rq_dashboard.web.setup_rq_connection(app)
+    app.register_blueprint(rq_dashboard.blueprint, url_prefix="/dashboard/rq")
+    app.register_blueprint(bp)
+
+
+def overview() -> dict[str, Any]:
+    rt = runtime()
+    conn = rt.conn
+    hour = last_hour(conn)
+    counts = {k.decode(): int(v) for k, v in conn.hgetall("sg:counts").items()}
+    delivered, undelivered = counts.get("reports_delivered", 0), counts.get("reports_undelivered", 0)
+    failures = []
+    for raw in conn.lrange(store.FAILURES, 0, 19):
+        at, ref, account, reason = [*raw.decode().split(" ", 3), "", "", ""][:4]
+        mid, _, n = ref.rpartition(":")
+        state = conn.hget(store.chunk_key(mid, int(n or 0)), "st")
+        failures.append(
+            {"at": datetime.fromtimestamp(float(at), UTC).strftime("%Y-%m-%d %H:%M:%S"), "message": mid, "chunk": n,
+             "account": account, "reason": reason, "state": state.decode() if state else "expired"}
+        )  # fmt: skip
+    for account in (accounts_ := account_list()):
+        if account["since"]:
+            account["since"] = datetime.fromtimestamp(float(account["since"]), UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return {
+        "accounts": accounts_,
+        "queues": [(q, conn.llen(f"rq:queue:{q}")) for q in WORKER_QUEUES],
+        "hour": {
+            "submissions": hour.get("submissions", 0),
+            "recipients": hour.get("recipients", 0),
+            "codes": sorted((k.split("|", 1)[1], v) for k, v in hour.items() if k.startswith("code|")),
+        },
+        "delivery_rate": (f"{100 * delivered / (delivered + undelivered):.1f}%" if delivered + undelivered else "—"),
+        "reports": {
+            "delivered": delivered,
+            "undelivered": undelivered,
+            "unknown": counts.get("reports_unknown", 0),
+            "orphans": counts.get("orphan_reports", 0),
+            "dead": counts.get("dead_lettered", 0),
+        },
+        "failures": failures,
+        "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "refresh": REFRESH_SECONDS,
+    }
+
+
+@bp.get("/")
+def index() -> str:
+    return render_template("dashboard.html", **overview())
+
+
+@bp.post("/accounts/<name>/resume")
+def resume(name: str) -> Response:
+    rt = runtime()
+    if name not in rt.settings.accounts:
+        raise Problem(404, "Not Found", f"unknown account {name!r}")
+    accounts.resume(rt.settings, rt.conn, name, by="operator (dashboard)")
+    return redirect(url_for("dashboard.index"), code=303)  # type: ignore[return-value]
+
+
+@bp.post("/chunks/<mid>/<int:n>/requeue")
+def requeue(mid: str, n: int) -> Response:
+    jobs.requeue_failed(runtime(), mid, n, by="operator (dashboard)")
+    return redirect(url_for("dashboard.index"), code=303)  # type: ignore[return-value]
