@@ -24,10 +24,12 @@ test: $(STAMP) ## run the whole suite (slow crash and load tests included)
 test-fast: $(STAMP) ## the suite without the slow crash and load tests
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: $(STAMP) ## ruff check, ruff format --check, mypy
+lint: $(STAMP) ## ruff, ruff format --check, mypy, hadolint, docker compose config
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gateway workers
+	$(BIN)/hadolint Dockerfile
+	$$($(BIN)/python -c "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))") -f docker-compose.yml --profile dev config -q
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

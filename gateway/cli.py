@@ -53,11 +53,15 @@ def api(bind: str | None, workers: int | None) -> None:
         raise click.ClickException(f"refusing to start (SMSGW_REDIS_DURABILITY=refuse): {e}") from None
     except redis.RedisError as e:
         raise click.ClickException(f"Redis at SMSGW_REDIS_URL is unreachable: {type(e).__name__}") from None
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        import tempfile
+    import shutil
+    import tempfile
 
-        # Several gunicorn workers: prometheus-client's multiprocess mode merges their figures.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smsgw-prometheus-")
+    # Several gunicorn workers: prometheus-client's multiprocess mode merges their figures. The
+    # directory must start empty, or a previous run's counters come back.
+    multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="smsgw-prometheus-")
+    shutil.rmtree(multiproc, ignore_errors=True)
+    os.makedirs(multiproc, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc
     conf = os.path.join(os.path.dirname(__file__), "gunicorn_conf.py")
     args = [sys.executable, "-m", "gunicorn", "-c", conf]
     if bind:
