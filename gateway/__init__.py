@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import redis
-from flask import Flask, Response
+from flask import Flask, Response, g, request
 
 from workers.runtime import Runtime
 from workers.settings import Settings, settings_from_env
@@ -30,6 +31,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(operators.bp)
     app.register_blueprint(callbacks.bp)
     dashboard.init_app(app, settings.redis_url)
+
+    @app.before_request
+    def request_id() -> None:
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+
+    @app.after_request
+    def echo_request_id(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        return response
 
     @app.errorhandler(redis.RedisError)
     def redis_down(e: redis.RedisError) -> Response:

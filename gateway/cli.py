@@ -77,15 +77,14 @@ def api(bind: str | None, workers: int | None) -> None:
 def worker(burst: bool, name: str | None) -> None:
     """An RQ worker on smsgw's queues (high, normal, bulk), with the scheduler and sweeper."""
     import faulthandler
-    import logging
     import signal
 
+    from workers.logs import configure
     from workers.runtime import NotDurable
     from workers.worker import run_worker
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    configure(fmt=os.environ.get("SMSGW_LOG_FORMAT", "json"))
     try:
         run_worker(load_settings(), burst=burst, name=name)
     except NotDurable as e:
@@ -167,6 +166,61 @@ def balance(account: str | None) -> None:
     rt = _runtime()
     name = account or rt.settings.default_account
     click.echo(f"{name}: {rt.client(name).balance()}")
+
+
+@cli.command()
+@click.option("--to", "to", multiple=True, required=True, help="a mobile; repeat for more")
+@click.option("--text", required=True)
+@click.option("--priority", type=click.Choice(["high", "normal", "bulk"]), default="normal", show_default=True)
+@click.option("--account", default=None)
+@click.option("--api", default="http://127.0.0.1:8080", show_default=True, help="the smsgw API to send through")
+@click.option("--key", envvar="SMSGW_API_KEY", required=True, help="an API key (or SMSGW_API_KEY)")
+def send(to: tuple[str, ...], text: str, priority: str, account: str | None, api: str, key: str) -> None:
+    """Send a message through a running API (validation, idempotency and all)."""
+    import requests
+
+    body: dict[str, Any] = {"to": list(to), "text": text, "priority": priority}
+    if account:
+        body["account"] = account
+    r = requests.post(f"{api}/v1/messages", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    _echo(r.json())
+    if r.status_code >= 400:
+        sys.exit(1)
+
+
+@cli.group()
+def failed() -> None:
+    """Failed chunks: list them, send them again."""
+
+
+@failed.command("list")
+@click.option("--limit", default=50, show_default=True)
+def failed_list(limit: int) -> None:
+    """The latest failures, newest first, with their reason and current state."""
+    from workers import store
+
+    rt = _runtime()
+    rows = []
+    for raw in rt.conn.lrange(store.FAILURES, 0, limit - 1):
+        at, ref, account, reason = [*raw.decode().split(" ", 3), "", "", ""][:4]
+        mid, _, n = ref.rpartition(":")
+        state = rt.conn.hget(store.chunk_key(mid, int(n or 0)), "st")
+        rows.append({"at": at, "chunk": ref, "account": account, "reason": reason,
+                     "state": state.decode() if state else "expired"})  # fmt: skip
+    _echo(rows)
+
+
+@failed.command("requeue")
+@click.argument("chunks", nargs=-1, required=True)
+def failed_requeue(chunks: tuple[str, ...]) -> None:
+    """Send failed chunks (MESSAGE_ID:N, as listed) again; others are left alone."""
+    from workers.jobs import requeue_failed
+
+    rt = _runtime()
+    for ref in chunks:
+        mid, _, n = ref.rpartition(":")
+        done = n.isdigit() and requeue_failed(rt, mid, int(n), by="operator (CLI)")
+        click.echo(f"{ref}: {'requeued' if done else 'not failed (left alone)'}")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -20,6 +20,10 @@ max_requests_jitter = 1000
 accesslog = "-"
 errorlog = "-"
 loglevel = "info"
+# JSON lines like the workers (SMSGW_LOG_FORMAT=text for humans).
+logconfig_dict = __import__("workers.logs", fromlist=["config_dict"]).config_dict(
+    "INFO", os.environ.get("SMSGW_LOG_FORMAT", "json"), {"request_id": {"()": "gateway.context.RequestIdFilter"}}
+)
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
