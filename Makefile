@@ -15,10 +15,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
+# The dashboard's browser test needs Debian's chromium and its driver; install them when we can
+# (root with apt-get), else the test reports itself skipped.
+BROWSER := $(VENV)/.browser
+$(BROWSER): | $(STAMP)
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium and chromium-driver for the browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "could not install chromium: the browser test will be skipped"; \
+	  else echo "no chromium and no root apt-get: the browser test will be skipped"; fi; \
+	fi
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then touch $@; fi
+
 run: $(STAMP) ## start Redis, the provider simulator, the API and a worker locally; Ctrl-C stops all
 	$(BIN)/smsgw run
 
-test: $(STAMP) ## run the whole suite (slow crash and load tests included)
+test: $(STAMP) $(BROWSER) ## run the whole suite (slow crash, load and browser tests included)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP) ## the suite without the slow crash and load tests
