@@ -153,6 +153,19 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+            "/v1/replies": {
+                "get": {
+                    "summary": "Replies (MO), newest first",
+                    "parameters": [
+                        {"name": "mobile", "in": "query", "schema": {"type": "string"}},
+                        {"name": "account", "in": "query", "schema": {"type": "string"}},
+                        {"name": "message_id", "in": "query", "schema": {"type": "string"}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                    ],
+                    "responses": {**_ok({"type": "object"}), **auth_problems, **_problems(400)},
+                }
+            },
             "/v1/balance": {
                 "get": {
                     "summary": "The provider account's balance (cached 30 s)",

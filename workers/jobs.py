@@ -87,7 +87,7 @@ def plan(rt: Runtime, mid: str) -> str:
         size = accounts.chunk_size(conn, settings, account)
         parts = chunked(raw.split(";"), size)
         now = time.time()
-        ttl = store.ttl_of(pipe, key)
+        ttl = store.ttl_of(pipe, key, settings.retention_seconds)
         pipe.multi()
         jobs = []
         for n, part in enumerate(parts):
@@ -370,7 +370,7 @@ def split(rt: Runtime, mid: str, n: int, chunk: dict[str, str], error_fields: di
     half = (len(items) + 1) // 2
     accounts.lower_chunk_size(conn, chunk["a"], half)
     first = conn.hincrby(store.msg_key(mid), "nseq", 2) - 2  # reserve two numbers; unused is harmless
-    ttl = store.ttl_of(conn, store.chunk_key(mid, n))
+    ttl = store.ttl_of(conn, store.chunk_key(mid, n), settings.retention_seconds)
     now = time.time()
     parts = [(first, items[:half]), (first + 1, items[half:])]
     links = {m: new_linkid() for m, _ in parts}
@@ -473,7 +473,7 @@ def check(rt: Runtime, mid: str, n: int) -> str:
         )  # fmt: skip
         return "submitted"
     fresh = new_linkid()
-    ttl = store.ttl_of(conn, store.chunk_key(mid, n))
+    ttl = store.ttl_of(conn, store.chunk_key(mid, n), settings.retention_seconds)
     if enqueue_send(
         conn, mid, n, from_states={store.UNCONFIRMED}, fields={"lk": fresh}, settings=settings,
         event="no_report_resubmit_new_linkid", old_linkid=old, linkid=fresh,

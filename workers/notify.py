@@ -55,7 +55,7 @@ def queue_event(rt: Runtime, mid: str, event: dict[str, Any]) -> None:
     if not url:
         return
     event = {**event, "message_id": mid, "reference": reference or None}
-    ttl = store.ttl_of(conn, f"sg:m:{mid}")
+    ttl = store.ttl_of(conn, f"sg:m:{mid}", rt.settings.retention_seconds)
     with conn.pipeline(transaction=False) as pipe:
         pipe.rpush(pending_key(mid), json.dumps(event, ensure_ascii=False))
         pipe.ltrim(pending_key(mid), -PENDING_MAX, -1)
@@ -107,7 +107,7 @@ def deliver_now(rt: Runtime, mid: str) -> str:
     except requests.RequestException as e:
         ok, outcome = False, type(e).__name__
     attempt = {"at": round(time.time(), 3), "events": len(raw), "outcome": outcome, "ok": ok}
-    ttl = store.ttl_of(conn, msg_key)
+    ttl = store.ttl_of(conn, msg_key, rt.settings.retention_seconds)
     with conn.pipeline(transaction=False) as pipe:
         pipe.rpush(history_key(mid), json.dumps(attempt))
         pipe.ltrim(history_key(mid), -HISTORY_MAX, -1)

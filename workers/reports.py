@@ -111,7 +111,8 @@ def store_pull(conn: redis.Redis, account: str, kind: str, raw: str) -> None:
 
 
 def ingest(rt: Runtime, batch: int = BATCH) -> int:
-    """Apply the oldest inbox entries, then trim them off. Returns items applied."""
+    """Apply the oldest inbox entries, then trim them off. Returns how many entries it consumed
+    (0: the inbox is empty)."""
     conn = rt.conn
     raw_entries = conn.lrange(INBOX, 0, batch - 1)
     applied = 0
@@ -132,7 +133,8 @@ def ingest(rt: Runtime, batch: int = BATCH) -> int:
             applied += apply(rt, entry)
     if raw_entries:
         conn.ltrim(INBOX, len(raw_entries), -1)
-    return applied
+        log.debug("ingested %d entries, %d items applied", len(raw_entries), applied)
+    return len(raw_entries)
 
 
 def _parse_line(kind: str, line: str) -> dict[str, str]:
@@ -188,7 +190,7 @@ def _apply_report(rt: Runtime, item: dict[str, str]) -> int:
         check(rt, mid, n)
     state = "D" if status == "DELIVRD" else "U"
     ts = epoch(item.get("time", "")) or time.time()
-    ttl = store.ttl_of(conn, store.msg_key(mid))
+    ttl = store.ttl_of(conn, store.msg_key(mid), rt.settings.retention_seconds)
     changed = conn.eval(MERGE, 2, recipients_key(mid, n), store.msg_key(mid), mobile, state, status, f"{ts:.0f}", ttl)
     conn.hincrby(COUNTS, "reports", 1)
     if changed:
@@ -243,7 +245,7 @@ def mark_unknown(rt: Runtime, now: float, window: float) -> int:
         for raw in conn.zrangebyscore(store.await_key(account), "-inf", now - window, start=0, num=200):
             _, mid, n = store.parse_ref(raw.decode())
             chunk = store.load_chunk(conn, mid, n)
-            ttl = store.ttl_of(conn, store.msg_key(mid))
+            ttl = store.ttl_of(conn, store.msg_key(mid), rt.settings.retention_seconds)
             for item in chunk.get("to", "").split(";") if chunk else []:
                 mobile = item.split(",", 1)[0]
                 marked += conn.eval(
