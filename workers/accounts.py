@@ -78,6 +78,17 @@ def resume(settings: Settings, conn: redis.Redis, name: str, *, by: str) -> int:
     return resumed
 
 
+def hold_and_slot(conn: redis.Redis, name: str) -> tuple[bool, int]:
+    """In one round trip: whether the account is held, and this call's number in the current
+    second's rate window (a slot is taken even if held: harmless, it expires in 2 s)."""
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hget(store.account_key(name), "st")
+        pipe.incr(f"sg:rate:{name}:{int(time.time())}")
+        pipe.expire(f"sg:rate:{name}:{int(time.time())}", 2)
+        held, slot, _ = pipe.execute()
+    return held == HELD.encode(), int(slot)
+
+
 def chunk_size(conn: redis.Redis, settings: Settings, name: str) -> int:
     """The configured size, or lower if the provider answered 3 to a smaller one."""
     configured = settings.accounts[name].chunk_size

@@ -58,8 +58,9 @@ def plan_message(mid: str) -> str:
 
 def send_chunk(mid: str, n: int) -> str:
     rt = current()
-    outcome = send(rt, mid, n)
-    metrics.job_outcome(rt.conn, "send", outcome)
+    call: dict[str, Any] = {}
+    outcome = send(rt, mid, n, call)
+    metrics.record(rt.conn, "send", outcome, call)
     return outcome
 
 
@@ -197,9 +198,16 @@ def enqueue_send(
 # -- sending -----------------------------------------------------------------------------------
 
 
-def send(rt: Runtime, mid: str, n: int) -> str:
+def send(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = None) -> str:
+    """One attempt at a chunk. ``call`` (if given) receives the provider call's figures, which
+    the caller records together with the job's outcome in one round trip."""
     conn, settings = rt.conn, rt.settings
-    chunk = store.load_chunk(conn, mid, n)
+    # One round trip for the chunk and its message, one for the account's hold and rate slot.
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hgetall(store.chunk_key(mid, n))
+        pipe.hmget(store.msg_key(mid), "k", "text")
+        raw, (kind_b, text_b) = pipe.execute()
+    chunk = store.decode(raw)
     state = chunk.get("st")
     if state is None:
         return "missing"
@@ -210,22 +218,17 @@ def send(rt: Runtime, mid: str, n: int) -> str:
     if state not in store.SENDABLE:
         return state
     account = chunk["a"]
-    if accounts.is_held(conn, account):
+    held, slot = accounts.hold_and_slot(conn, account)
+    if held:
         return park_held(rt, mid, n, chunk, set(store.SENDABLE))
-    if not accounts.acquire_rate(conn, account, settings.accounts[account].rate_per_second):
+    rate = settings.accounts[account].rate_per_second
+    if slot > rate and not accounts.acquire_rate(conn, account, rate):
         enqueue_send(
-            conn,
-            mid,
-            n,
-            from_states={state},
-            to_state=state,
-            delay=1.0,
-            settings=settings,
-            event="rate_limited",
+            conn, mid, n, from_states={state}, to_state=state, delay=1.0, settings=settings, event="rate_limited"
         )
         return "rate_limited"
 
-    kind, text = (v.decode() if v else "" for v in conn.hmget(store.msg_key(mid), "k", "text"))
+    kind, text = (v.decode() if v else "" for v in (kind_b, text_b))
     linkid = chunk["lk"]
     attempt = int(chunk.get("att", "0")) + 1
     a = settings.accounts[account]
@@ -259,9 +262,12 @@ def send(rt: Runtime, mid: str, n: int) -> str:
     except p.ProviderError as e:
         error = e
     elapsed = time.monotonic() - started
-    endpoint = "post_send_ddt" if kind == "p" else client.send_endpoint
-    code = "0" if error is None else str(error.code) if error.code is not None else type(error).__name__
-    metrics.provider_call(conn, account, endpoint, code, elapsed, int(chunk.get("nr", "0")))
+    if call is not None:
+        call.update(
+            account=account, endpoint="post_send_ddt" if kind == "p" else client.send_endpoint, seconds=elapsed,
+            code="0" if error is None else str(error.code) if error.code is not None else type(error).__name__,
+            recipients=int(chunk.get("nr", "0")),
+        )  # fmt: skip
     action = classify(error)
     log.info(
         "provider answered %s in %.3f s: %s",

@@ -8,8 +8,10 @@ per-minute bucket that the dashboard sums over the last hour.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 METRICS = "sg:metrics"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -19,26 +21,28 @@ def minute_key(ts: float) -> str:
     return f"sg:minute:{int(ts // 60)}"
 
 
-def provider_call(conn: redis.Redis, account: str, endpoint: str, code: str, seconds: float, recipients: int) -> None:
-    now = time.time()
+def record(conn: redis.Redis, job: str, outcome: str, call: dict[str, Any]) -> None:
+    """A job's outcome and, if it called the provider, that call's figures: one round trip."""
     with conn.pipeline(transaction=False) as pipe:
-        pipe.hincrby(METRICS, f"calls|{account}|{endpoint}|{code}", 1)
-        for le in LATENCY_BUCKETS:
-            if seconds <= le:
-                pipe.hincrby(METRICS, f"lat|{endpoint}|{le}", 1)
-        pipe.hincrby(METRICS, f"lat|{endpoint}|+Inf", 1)
-        pipe.hincrbyfloat(METRICS, f"latsum|{endpoint}", seconds)
-        minute = minute_key(now)
-        pipe.hincrby(minute, f"code|{code}", 1)
-        if code == "0":
-            pipe.hincrby(minute, "submissions", 1)
-            pipe.hincrby(minute, "recipients", recipients)
-        pipe.expire(minute, 7200)
+        pipe.hincrby(METRICS, f"jobs|{job}|{outcome}", 1)
+        if call:
+            provider_call(pipe, **call)
         pipe.execute()
 
 
-def job_outcome(conn: redis.Redis, job: str, outcome: str) -> None:
-    conn.hincrby(METRICS, f"jobs|{job}|{outcome}", 1)
+def provider_call(pipe: Pipeline, *, account: str, endpoint: str, code: str, seconds: float, recipients: int) -> None:
+    pipe.hincrby(METRICS, f"calls|{account}|{endpoint}|{code}", 1)
+    for le in LATENCY_BUCKETS:
+        if seconds <= le:
+            pipe.hincrby(METRICS, f"lat|{endpoint}|{le}", 1)
+    pipe.hincrby(METRICS, f"lat|{endpoint}|+Inf", 1)
+    pipe.hincrbyfloat(METRICS, f"latsum|{endpoint}", seconds)
+    minute = minute_key(time.time())
+    pipe.hincrby(minute, f"code|{code}", 1)
+    if code == "0":
+        pipe.hincrby(minute, "submissions", 1)
+        pipe.hincrby(minute, "recipients", recipients)
+    pipe.expire(minute, 7200)
 
 
 def last_hour(conn: redis.Redis, now: float | None = None) -> dict[str, int]:
