@@ -1,0 +1,57 @@
+"""`smsgw run` (what `make run` starts): end to end with the printed curl, and Ctrl-C leaves nothing."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import requests
+
+from tests.test_metrics import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_sends_end_to_end_and_ctrl_c_stops_everything(tmp_path):
+    api_port, sim_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "--api-port", str(api_port), "--simulator-port", str(sim_port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert run.stdout is not None
+    try:
+        banner = ""
+        deadline = time.monotonic() + 60
+        while "look it up" not in banner and time.monotonic() < deadline:
+            banner += run.stdout.readline()
+        curl = re.search(r"curl -s -X POST .*?\}'", banner.replace("\\\n", " "), re.S)
+        assert curl, banner
+        args = shlex.split(curl.group(0))
+        headers = dict(h.split(": ", 1) for h in (args[i + 1] for i, a in enumerate(args) if a == "-H"))
+        body = args[args.index("-d") + 1]
+        url = next(a for a in args if a.startswith("http"))
+        r = requests.post(url, data=body.encode(), headers=headers, timeout=10)
+        assert r.status_code == 202, r.text
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            subs = requests.get(f"http://127.0.0.1:{sim_port}/_sim/submissions", timeout=5).json()
+            if subs:
+                break
+            time.sleep(0.2)
+        assert subs and subs[0]["texts"] == ["您好，验证码 123456"]
+        children = psutil.Process(run.pid).children(recursive=True)
+        assert len(children) >= 4  # simulator, API (gunicorn and its workers), worker, Redis
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=60)
+        run.stdout.close()
+    time.sleep(1)
+    assert [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
