@@ -234,7 +234,7 @@ def main() -> None:
         "SMSGW_PROVIDER_URL": sim.api_url,
         "SMSGW_PROVIDER_UID": "test",
         "SMSGW_PROVIDER_PASSWORD": "secret",
-        "SMSGW_PROVIDER_MAX_CHARS": "500",
+        "SMSGW_MAX_CHARS": "500",
         "SMSGW_PROVIDER_RATE": "100000",
         "SMSGW_API_KEYS": f"bench:{KEY}",
         "SMSGW_PULL_GAP_SECONDS": "0.001",

@@ -265,3 +265,34 @@ def test_retention_expires_everything(settings_env, redis_conn, simulator):
     time.sleep(3.5)
     # RQ's own job records go by their result TTL (300 s), not ours
     assert redis_conn.keys(f"sg:*{mid}*") == [] and redis_conn.keys("sg:reply:*") == []
+
+
+def test_simulator_pushes_reports_and_replies_to_the_receiver(app, api, runtime, simulator):
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        sim_admin(simulator, "config", push_url=f"http://127.0.0.1:{server.port}{PUSH}")
+        mid = send(api, {"to": ["13800138000", "13900139000"], "text": "push me"})
+        drain(runtime)
+        sim_admin(
+            simulator,
+            "reply",
+            mobile="13800138000",
+            content="好/的 1+1 100%",
+            linkid=view(api, mid)["chunks"][0]["linkid"],
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and runtime.conn.llen(reports.INBOX) < 3:
+            time.sleep(0.05)
+        while reports.ingest(runtime):
+            pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    v = view(api, mid)
+    assert v["status"] == "delivered" and v["recipients"]["by_state"] == {"delivered": 2}
+    assert [r["text"] for r in v["replies"]] == ["好/的 1+1 100%"]

@@ -78,7 +78,7 @@ def test_separators():
 @given(
     st.lists(
         st.tuples(
-            st.from_regex(r"1[3-9]\d{9}", fullmatch=True),
+            st.from_regex(r"1[3-9][0-9]{9}", fullmatch=True),
             st.lists(
                 st.text(min_size=1).filter(lambda v: "," not in v and ";" not in v),
                 min_size=2,
@@ -92,3 +92,38 @@ def test_separators():
 def test_ddt_params_round_trip(groups):
     params = ";".join(ddt_group(m, v) for m, v in groups)
     assert parse_ddt_params(params) == [[m, *v] for m, v in groups]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.from_regex(r"1[3-9][0-9]{9}", fullmatch=True),
+            st.lists(
+                st.text(alphabet=st.characters(codec="gb2312", exclude_characters=",;"), min_size=1, max_size=8),
+                min_size=2,
+                max_size=2,
+            ),
+        ),
+        min_size=1,
+        max_size=10,
+        unique_by=lambda g: g[0],
+    )
+)
+def test_ddt_params_round_trip_through_the_wire_and_the_simulators_parser(groups):
+    """What the client puts on the wire (encoded once for the double decoding, then form-encoded
+    as GB2312) is what the simulator, decoding as the PHP server does, renders."""
+    from urllib.parse import urlencode
+
+    from workers.provider import _pre_encode, parse_form
+    from workers.simulator import php_urldecode, render_ddt
+
+    template = "{value0}您好{value1}"
+    params = ";".join(ddt_group(m, v) for m, v in groups)
+    body = urlencode(
+        {"msg": _pre_encode(template, "gb2312"), "params": _pre_encode(params, "gb2312")}, encoding="gb2312"
+    )
+    raw = parse_form(body.encode("ascii"))
+    decoded = {k: php_urldecode(raw[k]).decode("gb2312") for k in ("msg", "params")}
+    mobiles, texts = render_ddt(decoded["msg"], decoded["params"])
+    assert mobiles == [m for m, _ in groups]
+    assert texts == [f"{v[0]}您好{v[1]}" for _, v in groups]

@@ -152,6 +152,10 @@ def _account(env: Mapping[str, str], name: str, prefix: str, base: AccountSettin
     def get(field_name: str, fallback: str) -> str:
         return env.get(prefix + field_name) or fallback
 
+    # The default account's channel settings are SMSGW_CHARSET and SMSGW_MAX_CHARS; a named
+    # account's are SMSGW_ACCOUNT_<NAME>_CHARSET and _MAX_CHARS.
+    channel = "SMSGW_" if base is None else prefix
+
     url = get("URL", base.url if base else REAL_PROVIDER_URL)
     if not url.startswith(("http://", "https://")):
         raise SettingsError(f"{prefix}URL={url!r} must be an http:// or https:// URL")
@@ -167,8 +171,8 @@ def _account(env: Mapping[str, str], name: str, prefix: str, base: AccountSettin
         uid=get("UID", base.uid if base else ""),
         password=Secret(password) if password is not None else (base.password if base else Secret("")),
         variant=_choice(env, prefix + "VARIANT", base.variant if base else "md5", ("md5", "urldecode")),  # type: ignore[arg-type]
-        charset=_choice(env, prefix + "CHARSET", base.charset if base else "gb2312", CHARSETS),
-        max_chars=_int(env, prefix + "MAX_CHARS", base.max_chars if base else 70, 1),
+        charset=_choice(env, channel + "CHARSET", base.charset if base else "gb2312", CHARSETS),
+        max_chars=_int(env, channel + "MAX_CHARS", base.max_chars if base else 70, 1),
         chunk_size=chunk_size,
         rate_per_second=_int(env, prefix + "RATE", base.rate_per_second if base else 10, 1),
         connect_timeout=_float(env, prefix + "CONNECT_TIMEOUT", base.connect_timeout if base else 3.0),

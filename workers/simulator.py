@@ -317,19 +317,6 @@ def create_simulator_app(state: SimState) -> Flask:
                 lines.append(f"{item['Mobile']}/{item['RevertTime']}/{item['LinkId']}/{content}/01")
         return answer("\n".join(lines) + "\n")
 
-    def render_ddt(template: str, params: str) -> tuple[list[str], list[str]]:
-        n_vars = len({int(i) for i in _VALUE.findall(template)})
-        mobiles: list[str] = []
-        texts: list[str] = []
-        for group in params.split(";"):
-            values = group.split(",")
-            # Groups of the wrong shape are silently dropped, as the real service does.
-            if len(values) != n_vars + 1 or normalise(values[0]) != values[0] or values[0] in mobiles:
-                continue
-            mobiles.append(values[0])
-            texts.append(_render(template, values[1:]))
-        return mobiles, texts
-
     # -- admin API (JSON) -----------------------------------------------------------------------
 
     @app.get("/_sim/state")
@@ -401,6 +388,21 @@ def create_simulator_app(state: SimState) -> Flask:
         return jsonify(ok=True)
 
     return app
+
+
+def render_ddt(template: str, params: str) -> tuple[list[str], list[str]]:
+    """The provider's reading of a 点点通 submission: each well-formed group's mobile and text."""
+    n_vars = len({int(i) for i in _VALUE.findall(template)})
+    mobiles: list[str] = []
+    texts: list[str] = []
+    for group in params.split(";"):
+        values = group.split(",")
+        # Groups of the wrong shape are silently dropped, as the real service does.
+        if len(values) != n_vars + 1 or normalise(values[0]) != values[0] or values[0] in mobiles:
+            continue
+        mobiles.append(values[0])
+        texts.append(_render(template, values[1:]))
+    return mobiles, texts
 
 
 def _render(template: str, values: list[str]) -> str:
