@@ -52,32 +52,29 @@ def simulator() -> Iterator[SimulatorServer]:
     server.stop()
 
 
+#: What every test's settings share: fast retries, a short provider timeout, one API key.
+TEST_ENV = {
+    "SMSGW_PROVIDER_UID": "test",
+    "SMSGW_PROVIDER_PASSWORD": "s3cret+%pass",
+    "SMSGW_PROVIDER_TIMEOUT": "2",
+    "SMSGW_API_KEYS": f"tester:{API_KEY}",
+    "SMSGW_RETRY_BASE_SECONDS": "0.2",
+    "SMSGW_RETRY_MAX_SECONDS": "1",
+}
+
+
 def make_settings(redis_url: str = FORGOT_REDIS, **env: str) -> Settings:
     """Settings as the environment would give them; unset Redis fails loudly."""
-    base = {
-        "SMSGW_PROVIDER_UID": "test",
-        "SMSGW_PROVIDER_PASSWORD": "s3cret+%pass",
-        "SMSGW_PROVIDER_TIMEOUT": "2",
-        "SMSGW_API_KEYS": f"tester:{API_KEY}",
-        "SMSGW_RETRY_BASE_SECONDS": "0.2",
-        "SMSGW_RETRY_MAX_SECONDS": "1",
-    }
-    base.update(env)
-    return settings_from_env(base, redis_url=redis_url)
+    return settings_from_env({**TEST_ENV, **env}, redis_url=redis_url)
 
 
 @pytest.fixture
 def settings_env(redis_server: RedisServer, simulator: SimulatorServer) -> dict[str, str]:
     """The environment a real worker process gets: our Redis, our simulator."""
     return {
+        **TEST_ENV,
         "SMSGW_REDIS_URL": redis_server.url,
         "SMSGW_PROVIDER_URL": simulator.api_url,
-        "SMSGW_PROVIDER_UID": "test",
-        "SMSGW_PROVIDER_PASSWORD": "s3cret+%pass",
-        "SMSGW_PROVIDER_TIMEOUT": "2",
-        "SMSGW_API_KEYS": f"tester:{API_KEY}",
-        "SMSGW_RETRY_BASE_SECONDS": "0.2",
-        "SMSGW_RETRY_MAX_SECONDS": "1",
         "SMSGW_SWEEP_SECONDS": "1",
         "SMSGW_JOB_GRACE_SECONDS": "2",
         "SMSGW_BALANCE_CHECK_SECONDS": "1",
