@@ -13,6 +13,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import API_KEY, AUTH, drain
+from workers import maintenance
 from workers.redis_server import RedisServer
 from workers.settings import settings_from_env
 
@@ -37,6 +38,7 @@ def test_metrics_match_what_was_sent(api, runtime, simulator):
         )
     api.post("/v1/messages", json={"to": ["bad"], "text": "x"}, headers=AUTH)
     drain(runtime)
+    maintenance.run_once(runtime)  # refreshes the balance of active accounts
     samples = scrape(api.get("/metrics").get_data(as_text=True))
     assert value(samples, "smsgw_http_requests_total", route="/v1/messages", method="POST", status="202") == 3
     assert value(samples, "smsgw_http_requests_total", route="/v1/messages", method="POST", status="422") == 1
@@ -46,6 +48,7 @@ def test_metrics_match_what_was_sent(api, runtime, simulator):
     assert value(samples, "smsgw_jobs_total", job="send", outcome="submitted") == 3
     assert value(samples, "smsgw_queue_depth", queue="smsgw-normal") == 0
     assert value(samples, "smsgw_account_held", account="default", reason="") == 0
+    assert value(samples, "smsgw_account_balance", account="default") == 1_000_000 - 6
 
 
 def test_readyz_follows_redis(tmp_path, settings_env):

@@ -85,6 +85,7 @@ def test_balance_hold_resumes_by_itself_when_topped_up(api, runtime, simulator):
     drain(runtime)
     assert accounts.state(runtime.conn, "default")["code"] == "2"
     assert maintenance.run_once(runtime)["resumed"] == 0  # still no money
+    assert accounts.state(runtime.conn, "default")["balance"] == "0"
     sim_admin(simulator, "config", balance=100)
     runtime.conn.hset(store.account_key("default"), "checked", 0)
     assert maintenance.run_once(runtime)["resumed"] == 3

@@ -65,7 +65,6 @@ def test_10000_recipients_half_push_half_pull_duplicated_and_shuffled(api, runti
     mobiles = [f"136{i:08d}" for i in range(10_000)]
     mid = send(api, {"to": mobiles, "text": "report me", "priority": "bulk"})
     drain(runtime)
-    linkids = {s.linkid for s in simulator.state.submissions}
     with simulator.state.lock:
         items = [item for _, item in simulator.state.reports]
         simulator.state.reports.clear()
@@ -101,7 +100,6 @@ def test_10000_recipients_half_push_half_pull_duplicated_and_shuffled(api, runti
         expected = ("undelivered", "UNDELIV") if mobile in expected_undelivered else ("delivered", "DELIVRD")
         assert states[mobile] == expected
     assert runtime.conn.llen(reports.DEAD) == 0 and runtime.conn.llen(reports.ORPHANS) == 0
-    assert linkids
 
 
 def test_a_later_delivrd_is_not_undone_by_an_older_report(runtime, api, simulator):

@@ -30,6 +30,7 @@ LEASE = "sg:lease:maintenance"
 INGEST_LEASE = "sg:lease:ingest"
 TICK = 1.0
 OVERDUE_LAG = 10.0
+BALANCE_REFRESH_SECONDS = 300
 
 
 def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
@@ -70,10 +71,17 @@ def rescue_overdue(rt: Runtime, now: float, lag: float = OVERDUE_LAG) -> int:
 
 
 def _balance_check(rt: Runtime, name: str, now: float) -> int:
-    """An account held for balance (2) resumes by itself once the balance is positive."""
+    """An account held for balance (2) resumes by itself once the balance is positive. Active
+    accounts get their balance refreshed now and then, for the dashboard and /metrics."""
     conn = rt.conn
     state = accounts.state(conn, name)
     if state["st"] != accounts.HELD or state.get("code") != "2":
+        if now - float(state.get("balance_at", "0") or 0) >= BALANCE_REFRESH_SECONDS:
+            conn.hset(store.account_key(name), "balance_at", f"{now:.0f}")
+            try:
+                conn.hset(store.account_key(name), "balance", str(rt.client(name).balance()))
+            except p.ProviderError as e:
+                log.warning("balance of %s unknown: %s", name, e, extra={"account": name})
         return 0
     if now - float(state.get("checked", "0")) < rt.settings.balance_check_seconds:
         return 0
