@@ -11,10 +11,11 @@ from flask import Blueprint, Response, current_app, g, request, url_for
 
 from gateway import messages
 from gateway.auth import authenticate
-from gateway.problems import Problem
+from gateway.problems import Problem, validation_problem
 from gateway.validation import (
     MessageRequest,
     SensitiveWordsRequest,
+    charset_errors,
     check_message,
     parse_json,
     parse_model,
@@ -194,6 +195,9 @@ def sensitive_words() -> Response:
     rt = runtime()
     req = parse_model(SensitiveWordsRequest, request_json())
     name = _account_arg(req.account)
+    problems = charset_errors(req.text, rt.settings.accounts[name].charset, "/text")
+    if problems:
+        raise validation_problem(problems)
     cache = f"sg:cache:mgz:{name}:{hashlib.sha256(req.text.encode()).hexdigest()}"
     cached = rt.conn.get(cache)
     if cached is None:

@@ -38,6 +38,36 @@ def document() -> dict[str, Any]:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
+    # Two shapes, never mixed: the model's validator says so, the document says it with oneOf.
+    base = schemas["MessageRequest"]
+    common = {k: v for k, v in base["properties"].items() if k not in ("to", "text", "template", "recipients")}
+    schemas["MessageRequest"] = {
+        "description": base.get("description", ""),
+        "oneOf": [
+            {
+                "title": "PlainMessage",
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["to", "text"],
+                "properties": {
+                    "to": {"type": "array", "items": {"type": "string", "maxLength": 32}, "minItems": 1},
+                    "text": {"type": "string", "minLength": 1},
+                    **common,
+                },
+            },
+            {
+                "title": "PersonalizedMessage",
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["template", "recipients"],
+                "properties": {
+                    "template": {"type": "string", "minLength": 1},
+                    "recipients": {"type": "array", "items": {"$ref": "#/components/schemas/Recipient"}, "minItems": 1},
+                    **common,
+                },
+            },
+        ],
+    }
     schemas["Problem"] = {
         "type": "object",
         "required": ["title", "status"],

@@ -141,7 +141,7 @@ def parse_model(model: type[BaseModel], data: Any) -> Any:
         raise validation_problem(model_errors(e)) from None
 
 
-def _charset_errors(text: str, charset: str, where: str, what: str = "") -> list[dict[str, str]]:
+def charset_errors(text: str, charset: str, where: str, what: str = "") -> list[dict[str, str]]:
     return [
         {
             "pointer": where,
@@ -218,7 +218,7 @@ def _check_plain(
     limit: int,
     errors: list[dict[str, str]],
 ) -> Accepted:
-    errors += _charset_errors(text, charset, "/text")
+    errors += charset_errors(text, charset, "/text")
     length = provider_length(text)
     if length > limit:
         errors.append(
@@ -245,7 +245,7 @@ def _check_personal(req: MessageRequest, charset: str, limit: int, errors: list[
     except TemplateError as e:
         errors.append({"pointer": "/template", "detail": str(e)})
         return Accepted("p", "", "", [], 0)
-    errors += _charset_errors(template.source, charset, "/template")
+    errors += charset_errors(template.source, charset, "/template")
     groups: list[str] = []
     seen: set[str] = set()
     duplicates = 0
@@ -279,7 +279,7 @@ def _check_personal(req: MessageRequest, charset: str, limit: int, errors: list[
                         "detail": f"recipient {recipient.to}, variable {name!r} {problem}",
                     }
                 )
-            errors += _charset_errors(values[name], charset, here, f"recipient {recipient.to}, variable {name!r}: ")
+            errors += charset_errors(values[name], charset, here, f"recipient {recipient.to}, variable {name!r}: ")
         length = provider_length(template.render(values))
         if length > limit:
             detail = f"the text for {recipient.to} is {length} characters; the channel takes at most {limit}"
