@@ -224,7 +224,8 @@ def test_puller_killed_mid_loop_another_takes_over_and_nothing_is_lost(api, work
     takeover = time.monotonic() - killed_at
     wait_for(lambda: delivered() == 2000, what="every report")
     assert status(api, mid)["status"] == "delivered"
-    assert takeover < 2 + 3 + 2  # one lease period (2 s), worker start-up, one tick
+    # one lease period (2 s) after the kill, plus the new worker's start-up and first tick
+    assert takeover < 10
     conn = redis.Redis.from_url(workers.env["SMSGW_REDIS_URL"])
     assert conn.llen("sg:dead") == 0
     print(f"puller takeover after SIGKILL: {takeover:.1f} s")  # noqa: T201
