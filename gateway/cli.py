@@ -74,8 +74,17 @@ def api(bind: str | None, workers: int | None) -> None:
 @cli.command()
 @click.option("--burst", is_flag=True, help="stop when the queues are empty")
 @click.option("--name", default=None, help="worker name (default: RQ's)")
-def worker(burst: bool, name: str | None) -> None:
-    """An RQ worker on smsgw's queues (high, normal, bulk), with the scheduler and sweeper."""
+@click.option(
+    "--queues",
+    default=None,
+    help="comma-separated subset, in priority order (default: smsgw-high,smsgw-normal,smsgw-bulk,smsgw-callbacks)",
+)
+def worker(burst: bool, name: str | None, queues: str | None) -> None:
+    """An RQ worker on smsgw's queues (high, normal, bulk, callbacks), with the scheduler and sweeper.
+
+    Dedicated callback workers (--queues smsgw-callbacks) keep client callbacks flowing during a
+    long bulk campaign, which the default order serves first.
+    """
     import faulthandler
     import signal
 
@@ -86,7 +95,13 @@ def worker(burst: bool, name: str | None) -> None:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     configure(fmt=os.environ.get("SMSGW_LOG_FORMAT", "json"))
     try:
-        run_worker(load_settings(), burst=burst, name=name)
+        from workers.queues import WORKER_QUEUES
+
+        chosen = tuple(q.strip() for q in queues.split(",")) if queues else WORKER_QUEUES
+        unknown = set(chosen) - set(WORKER_QUEUES)
+        if unknown:
+            raise click.ClickException(f"unknown queue(s): {', '.join(sorted(unknown))}")
+        run_worker(load_settings(), burst=burst, name=name, queues=chosen)
     except NotDurable as e:
         raise click.ClickException(f"refusing to start (SMSGW_REDIS_DURABILITY=refuse): {e}") from None
 

@@ -15,13 +15,15 @@ from workers.settings import Settings
 log = logging.getLogger("smsgw.worker")
 
 
-def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
+def run_worker(
+    settings: Settings, *, burst: bool = False, name: str | None = None, queues: tuple[str, ...] = WORKER_QUEUES
+) -> bool:
     runtime = Runtime.from_settings(settings)
     check_durability(runtime.conn, settings.redis_durability)
     install(runtime)  # before RQ forks: every work horse inherits it
-    queues = [Queue(q, connection=runtime.conn) for q in WORKER_QUEUES]
+    served = [Queue(q, connection=runtime.conn) for q in queues]
     # Maintenance also re-takes a dead scheduler's lock: every minute, not RQ's default ten.
-    worker = Worker(queues, connection=runtime.conn, name=name, maintenance_interval=60)
+    worker = Worker(served, connection=runtime.conn, name=name, maintenance_interval=60)
     thread, stop = maintenance.start(runtime)
     try:
         return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
