@@ -51,30 +51,40 @@ def run_local(*, api_port: int, simulator_port: int) -> None:
             subprocess.Popen(
                 [py, "-m", "workers.simulator", "--port", str(simulator_port),
                  "--uid", env["SMSGW_PROVIDER_UID"], "--password", env["SMSGW_PROVIDER_PASSWORD"]],
-                env=env,
+                env=env, start_new_session=True,
             )
         )  # fmt: skip
         _wait_http(f"{sim_url}/_sim/state")
         api_url = f"http://127.0.0.1:{api_port}"
         children.append(
             subprocess.Popen(
-                [py, "-m", "gateway.cli", "api", "--bind", f"127.0.0.1:{api_port}", "--workers", "2"], env=env
+                [py, "-m", "gateway.cli", "api", "--bind", f"127.0.0.1:{api_port}", "--workers", "2"],
+                env=env,
+                start_new_session=True,
             )
         )
-        children.append(subprocess.Popen([py, "-m", "gateway.cli", "worker", "--name", "local-worker"], env=env))
+        children.append(
+            subprocess.Popen(
+                [py, "-m", "gateway.cli", "worker", "--name", "local-worker"], env=env, start_new_session=True
+            )
+        )
         _wait_http(f"{api_url}/readyz")
         key = env["SMSGW_API_KEYS"].split(",")[0].partition(":")[2]
         print(BANNER.format(redis=redis_server.url, sim=sim_url, api=api_url, key=key), flush=True)  # noqa: T201
         _serve_forever(children)
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        # API and worker first (the worker finishes the provider call in hand and records it),
+        # then the simulator, Redis last. One SIGTERM each: a second signal would make RQ's
+        # worker abandon its job.
+        for group in (children[1:], children[:1]):
+            for child in group:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            for child in group:
+                try:
+                    child.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    child.kill()
         redis_server.stop()
 
 
