@@ -38,7 +38,7 @@ def push(api, item: dict[str, str], encoding="gb2312", method="GET"):
     return api.post(PUSH, data=query.encode(), headers={"Content-Type": "application/x-www-form-urlencoded"})
 
 
-def pull_all(runtime, simulator=None, rounds=2000):
+def pull_all(runtime, rounds=2000):
     """Pull until the simulator has nothing left, ingesting as we go."""
     for _ in range(rounds):
         pullers.tick(runtime, "test-owner", now=time.time() + 3600)

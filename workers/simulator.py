@@ -8,7 +8,7 @@ reachable. Strict where the real service would silently do the wrong thing: a ma
 
 Everything it accepted is recorded (``GET /_sim/submissions``) with each linkid's count, so tests
 assert exactly what reached the provider. Faults are injected at run time through the JSON admin
-API under ``/_sim/`` on the same port (see :func:`admin` below and docs/provider.md).
+API under ``/_sim/`` on the same port (the routes below, and docs/provider.md).
 
 State lives in one process behind one lock; the server is threaded.
 """
