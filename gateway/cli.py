@@ -214,21 +214,13 @@ def failed_list(limit: int) -> None:
     """The latest failures, newest first, with their reason and current state."""
     from workers import store
 
-    rt = _runtime()
-    rows = []
-    for raw in rt.conn.lrange(store.FAILURES, 0, limit - 1):
-        at, ref, account, reason = [*raw.decode().split(" ", 3), "", "", ""][:4]
-        mid, _, n = ref.rpartition(":")
-        state = rt.conn.hget(store.chunk_key(mid, int(n or 0)), "st")
-        rows.append({"at": at, "chunk": ref, "account": account, "reason": reason,
-                     "state": state.decode() if state else "expired"})  # fmt: skip
-    _echo(rows)
+    _echo(store.latest_failures(_runtime().conn, limit))
 
 
 @failed.command("requeue")
 @click.argument("chunks", nargs=-1, required=True)
 def failed_requeue(chunks: tuple[str, ...]) -> None:
-    """Send failed chunks (MESSAGE_ID:N, as listed) again; others are left alone."""
+    """Send failed chunks (MESSAGE_ID:N, from message and chunk as listed) again; others are left alone."""
     from workers.jobs import requeue_failed
 
     rt = _runtime()

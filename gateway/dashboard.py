@@ -70,15 +70,9 @@ def overview() -> dict[str, Any]:
     hour = last_hour(conn)
     counts = {k.decode(): int(v) for k, v in conn.hgetall("sg:counts").items()}
     delivered, undelivered = counts.get("reports_delivered", 0), counts.get("reports_undelivered", 0)
-    failures = []
-    for raw in conn.lrange(store.FAILURES, 0, 19):
-        at, ref, account, reason = [*raw.decode().split(" ", 3), "", "", ""][:4]
-        mid, _, n = ref.rpartition(":")
-        state = conn.hget(store.chunk_key(mid, int(n or 0)), "st")
-        failures.append(
-            {"at": datetime.fromtimestamp(float(at), UTC).strftime("%Y-%m-%d %H:%M:%S"), "message": mid, "chunk": n,
-             "account": account, "reason": reason, "state": state.decode() if state else "expired"}
-        )  # fmt: skip
+    failures = store.latest_failures(conn, 20)
+    for failure in failures:
+        failure["at"] = datetime.fromtimestamp(failure["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
     for account in (accounts_ := account_list()):
         if account["since"]:
             account["since"] = datetime.fromtimestamp(float(account["since"]), UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -174,3 +174,15 @@ def test_balance_and_sensitive_words_pass_through(api):
     assert api.get("/v1/balance", headers=AUTH).get_json()["balance"] == "1000000"
     r = api.post("/v1/sensitive-words", json={"text": "开发票"}, headers=AUTH)
     assert r.get_json()["words"] == ["发票"]
+
+
+def test_accept_is_one_redis_transaction(api, redis_conn):
+    """Validation plus one MULTI/EXEC: no read and no second round trip on the accept path."""
+    assert post(api, {"to": ["13800138000"], "text": "warm"}).status_code == 202  # opens the app's connection
+    redis_conn.config_resetstat()
+    assert post(api, {"to": ["13800138000", "13900139000"], "text": "hi"}).status_code == 202
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in redis_conn.info("commandstats").items()}
+    for ours in ("config|resetstat", "info"):  # this test's own commands
+        calls.pop(ours, None)
+    assert calls.pop("multi") == 1 and calls.pop("exec") == 1
+    assert set(calls) <= {"hset", "expire", "zadd", "sadd", "rpush"}, calls

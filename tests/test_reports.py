@@ -141,6 +141,7 @@ def test_no_report_within_the_window_is_unknown(api, runtime, simulator):
                             "status": "DELIVRD", "time": "2030-01-01 10:00:00"})  # fmt: skip
     assert reports.mark_unknown(runtime, time.time() + 10, 5) == 1
     assert view(api, mid)["recipients"]["by_state"] == {"delivered": 1, "unknown": 1}
+    assert runtime.conn.hget(reports.COUNTS, "reports_unknown") == b"1"  # what /metrics reports
     assert view(api, mid)["status"] == "partially_delivered"
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -41,9 +42,12 @@ BATCH = 500
 CST = timezone(timedelta(hours=8))
 STATE_NAMES = {"D": "delivered", "U": "undelivered", "X": "unknown"}
 
-# KEYS: recipient hash, message hash. ARGV: mobile, state (D/U/X), code, report time (epoch s), ttl.
+# KEYS: recipient hash, message hash, fleet counters.
+# ARGV: mobile, state (D/U/X), code, report time (epoch s), ttl, submit time (0: unknown),
+#       counter of the new state, 1 if this is a report (0 for the end of the report window).
 # Returns 1 when the recipient's state changed to a new final one, 0 otherwise.
 MERGE = """
+if ARGV[8] == '1' then redis.call('HINCRBY', KEYS[3], 'reports', 1) end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local st, code, ts = string.match(cur, '^(%a)|(.*)|([%d.]+)$')
@@ -62,6 +66,12 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
 if not cur then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5])) end
 redis.call('HINCRBY', KEYS[2], 'r_' .. ARGV[2], 1)
+redis.call('HINCRBY', KEYS[3], ARGV[7], 1)
+local submitted = tonumber(ARGV[6])
+if submitted > 0 and not cur then
+  redis.call('HINCRBY', KEYS[3], 'report_lag_seconds_sum', math.max(0, tonumber(ARGV[4]) - submitted))
+  redis.call('HINCRBY', KEYS[3], 'report_lag_count', 1)
+end
 return 1
 """
 
@@ -116,6 +126,7 @@ def ingest(rt: Runtime, batch: int = BATCH) -> int:
     conn = rt.conn
     raw_entries = conn.lrange(INBOX, 0, batch - 1)
     applied = 0
+    cache: dict[str, _Sent | None] = {}
     for raw in raw_entries:
         entry = json.loads(raw)
         if entry["src"] == "pull":
@@ -128,9 +139,9 @@ def ingest(rt: Runtime, batch: int = BATCH) -> int:
                     _dead(conn, line, e.reason, entry)
                     continue
                 item["account"] = entry["account"]
-                applied += apply(rt, item)
+                applied += apply(rt, item, cache)
         else:
-            applied += apply(rt, entry)
+            applied += apply(rt, entry, cache)
     if raw_entries:
         conn.ltrim(INBOX, len(raw_entries), -1)
         log.debug("ingested %d entries, %d items applied", len(raw_entries), applied)
@@ -163,45 +174,70 @@ def epoch(provider_time: str) -> float:
         return 0.0
 
 
-def apply(rt: Runtime, item: dict[str, str]) -> int:
-    if item.get("kind") == "mo":
-        return _apply_reply(rt, item)
-    return _apply_report(rt, item)
+@dataclass(frozen=True)
+class _Sent:
+    """What a report needs to know of the chunk its linkid names; looked up once per batch."""
+
+    mid: str
+    n: int
+    submitted: float
+    ttl: int
+    callback: bool
 
 
-def _apply_report(rt: Runtime, item: dict[str, str]) -> int:
-    conn, settings = rt.conn, rt.settings
-    linkid, mobile, status = item.get("linkid", ""), item.get("mobile", ""), item.get("status", "")
+def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | None:
+    if linkid in cache:
+        return cache[linkid]
+    conn = rt.conn
     ref = conn.get(store.linkid_key(linkid)) if linkid else None
     if ref is None:
+        cache[linkid] = None
+        return None
+    mid, _, n_s = ref.decode().rpartition(":")
+    n = int(n_s)
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.set(f"sg:rl:{linkid}", 1, ex=rt.settings.retention_seconds)
+        pipe.hmget(store.chunk_key(mid, n), "st", "sub")
+        pipe.ttl(store.msg_key(mid))
+        pipe.hget(store.msg_key(mid), "cb")
+        _, (state, submitted), ttl, callback = pipe.execute()
+    if state == store.UNCONFIRMED.encode():
+        from workers.jobs import check  # a report proves the ambiguous submission was accepted
+
+        check(rt, mid, n)
+    ttl = int(ttl) if ttl and int(ttl) > 0 else rt.settings.retention_seconds
+    cache[linkid] = _Sent(mid, n, float(submitted or 0), ttl, bool(callback))
+    return cache[linkid]
+
+
+def apply(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | None] | None = None) -> int:
+    if item.get("kind") == "mo":
+        return _apply_reply(rt, item)
+    return _apply_report(rt, item, {} if cache is None else cache)
+
+
+def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | None]) -> int:
+    conn = rt.conn
+    linkid, mobile, status = item.get("linkid", ""), item.get("mobile", ""), item.get("status", "")
+    sent = _sent(rt, linkid, cache)
+    if sent is None:
         with conn.pipeline(transaction=False) as pipe:
             pipe.lpush(ORPHANS, json.dumps(item, ensure_ascii=False))
             pipe.ltrim(ORPHANS, 0, ORPHANS_MAX - 1)
             pipe.hincrby(COUNTS, "orphan_reports", 1)
+            pipe.hincrby(COUNTS, "reports", 1)
             pipe.execute()
         return 0
-    mid, _, n_s = ref.decode().rpartition(":")
-    n = int(n_s)
-    conn.set(f"sg:rl:{linkid}", 1, ex=settings.retention_seconds)
-    chunk = store.load_chunk(conn, mid, n)
-    if chunk.get("st") == store.UNCONFIRMED:
-        from workers.jobs import check  # a report proves the ambiguous submission was accepted
-
-        check(rt, mid, n)
     state = "D" if status == "DELIVRD" else "U"
     ts = epoch(item.get("time", "")) or time.time()
-    ttl = store.ttl_of(conn, store.msg_key(mid), rt.settings.retention_seconds)
-    changed = conn.eval(MERGE, 2, recipients_key(mid, n), store.msg_key(mid), mobile, state, status, f"{ts:.0f}", ttl)
-    conn.hincrby(COUNTS, "reports", 1)
-    if changed:
-        conn.hincrby(COUNTS, f"reports_{STATE_NAMES[state]}", 1)
-        submitted = float(chunk.get("sub", "0") or 0)
-        if submitted:
-            conn.hincrby(COUNTS, "report_lag_seconds_sum", int(max(0, ts - submitted)))
-            conn.hincrby(COUNTS, "report_lag_count", 1)
+    changed = conn.eval(
+        MERGE, 3, recipients_key(sent.mid, sent.n), store.msg_key(sent.mid), COUNTS,
+        mobile, state, status, f"{ts:.0f}", sent.ttl, f"{sent.submitted:.0f}", f"reports_{STATE_NAMES[state]}", 1,
+    )  # fmt: skip
+    if changed and sent.callback:
         queue_event(
             rt,
-            mid,
+            sent.mid,
             {"type": "recipient.final", "mobile": mobile, "state": STATE_NAMES[state], "operator_code": status,
              "reported_at": datetime.fromtimestamp(ts, CST).isoformat(), "linkid": linkid},
         )  # fmt: skip
@@ -249,8 +285,9 @@ def mark_unknown(rt: Runtime, now: float, window: float) -> int:
             for item in chunk.get("to", "").split(";") if chunk else []:
                 mobile = item.split(",", 1)[0]
                 marked += conn.eval(
-                    MERGE, 2, recipients_key(mid, n), store.msg_key(mid), mobile, "X", "", f"{now:.0f}", ttl
-                )
+                    MERGE, 3, recipients_key(mid, n), store.msg_key(mid), COUNTS,
+                    mobile, "X", "", f"{now:.0f}", ttl, 0, "reports_unknown", 0,
+                )  # fmt: skip
             conn.zrem(store.await_key(account), raw)
     return marked
 

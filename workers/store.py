@@ -183,6 +183,21 @@ def _count_final(pipe: Pipeline, mid: str, chunk: dict[str, str], state: str) ->
     pipe.zrem(WATCH, chunk_ref(mid, int(chunk.get("n", "-1"))))
 
 
+def latest_failures(conn: redis.Redis, limit: int) -> list[dict[str, Any]]:
+    """The latest failed chunks, newest first, each with the chunk's state now (an operator may
+    have requeued it since)."""
+    rows = []
+    for raw in conn.lrange(FAILURES, 0, limit - 1):
+        at, ref, account, reason = [*raw.decode().split(" ", 3), "", "", ""][:4]
+        mid, _, n = ref.rpartition(":")
+        state = conn.hget(chunk_key(mid, int(n or 0)), "st")
+        rows.append(
+            {"at": float(at), "message": mid, "chunk": n, "account": account, "reason": reason,
+             "state": state.decode() if state else "expired"}
+        )  # fmt: skip
+    return rows
+
+
 def message_state(msg: dict[str, str]) -> str:
     """A message's state follows its chunks once they are planned, then its recipients' reports."""
     state = msg.get("st", "")

@@ -1,0 +1,33 @@
+"""The operator CLI against our Redis and the simulator."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from gateway.cli import cli
+from tests.conftest import AUTH, drain, sim_admin, sim_submissions
+
+
+def run(settings_env, *args: str):
+    result = CliRunner().invoke(cli, list(args), env=settings_env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_failed_list_requeue_status_and_accounts(api, runtime, simulator, settings_env):
+    sim_admin(simulator, "script", endpoint="post_send_md5", codes=[5])
+    mid = api.post("/v1/messages", json={"to": ["13800138000"], "text": "x"}, headers=AUTH).get_json()["id"]
+    drain(runtime)
+    [row] = json.loads(run(settings_env, "failed", "list"))
+    assert (row["message"], row["chunk"], row["state"]) == (mid, "0", "failed")
+    assert "requeued" in run(settings_env, "failed", "requeue", f"{mid}:0")
+    assert "left alone" in run(settings_env, "failed", "requeue", f"{mid}:0")  # not failed any more
+    drain(runtime)
+    assert json.loads(run(settings_env, "status", mid))["status"] == "submitted"
+    assert len(sim_submissions(simulator)) == 1
+    assert "held" in run(settings_env, "accounts", "hold", "default", "--reason", "maintenance")
+    assert json.loads(run(settings_env, "accounts", "list"))[0]["st"] == "held"
+    assert "active" in run(settings_env, "accounts", "resume", "default")
+    assert run(settings_env, "balance").strip() == "default: 999999"  # one recipient sent
