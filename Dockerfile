@@ -6,6 +6,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml constraints.txt README.md ./
 COPY gateway ./gateway
 COPY workers ./workers
+COPY devkit ./devkit
 RUN pip install --prefix=/install -c constraints.txt .
 
 FROM python:3.11-slim-bookworm

@@ -40,7 +40,7 @@ test-fast: $(STAMP) ## the suite without the slow crash and load tests
 lint: $(STAMP) ## ruff, ruff format --check, mypy, hadolint, docker compose config
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy gateway workers
+	$(BIN)/mypy gateway workers devkit
 	$(BIN)/hadolint Dockerfile
 	$$($(BIN)/python -c "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))") -f docker-compose.yml --profile dev config -q
 

@@ -30,14 +30,14 @@ import requests
 from flask import Flask
 from rq import Queue, SimpleWorker
 
+from devkit.redis_server import RedisServer
+from devkit.simulator import SimState, SimulatorServer
 from gateway import create_app
-from workers import pullers, reports, store
+from workers import lifecycle, pullers, reports, schema
 from workers.jobs import plan
 from workers.queues import QUEUE_NAMES, WORKER_QUEUES
-from workers.redis_server import RedisServer
 from workers.runtime import Runtime, install
 from workers.settings import settings_from_env
-from workers.simulator import SimState, SimulatorServer
 
 KEY = "bench-key-0123456789abcdef"
 
@@ -118,9 +118,9 @@ def bench_chunk_job(rt: Runtime, sim: SimulatorServer) -> None:
 
     mids = []
     for _ in range(n):
-        mid = store.new_message_id()
+        mid = schema.new_message_id()
         conn.hset(
-            store.msg_key(mid),
+            schema.message_key(mid),
             mapping={
                 "st": "accepted",
                 "a": "default",
@@ -146,10 +146,10 @@ def bench_memory(rt: Runtime, sim: SimulatorServer) -> None:
     conn.flushall()
     requests.post(f"{sim.url}/_sim/reset", timeout=5)  # earlier benchmarks' reports
     n = 100_000
-    mid = store.new_message_id()
+    mid = schema.new_message_id()
     to = ";".join(f"13{i:09d}" for i in range(n))
     conn.hset(
-        store.msg_key(mid),
+        schema.message_key(mid),
         mapping={"st": "accepted", "a": "default", "pr": "bulk", "k": "t", "text": "您好", "to": to, "n": n},
     )
     plan(rt, mid)
@@ -160,14 +160,14 @@ def bench_memory(rt: Runtime, sim: SimulatorServer) -> None:
         pullers.tick(rt, "bench", now=time.time() + 3600)
         while reports.ingest(rt):
             pass
-    msg = store.load_message(conn, mid)
-    assert store.message_state(msg) == "delivered", msg
+    msg = schema.Message.load(conn, mid)
+    assert msg is not None and lifecycle.message_state(msg) == "delivered", msg
     total = 0
     smsgw = 0
     for key in conn.scan_iter(count=1000):
         size = conn.memory_usage(key, samples=0) or 0
         total += size
-        if key.startswith(b"sg:"):
+        if key.startswith(schema.PREFIX.encode()):
             smsgw += size
     print(f"  smsgw keys: {smsgw / n:7.1f} bytes per recipient   all keys (RQ's too): {total / n:7.1f}   target <= 200")
 
@@ -181,11 +181,11 @@ def bench_scaling(env: dict[str, str], rt: Runtime, sim: SimulatorServer) -> Non
     rates = {}
     for workers in (1, 2):
         conn.flushall()
-        conn.hset(store.account_key("default"), "chunk_size", 10)
-        mid = store.new_message_id()
+        conn.hset(schema.account_key("default"), "chunk_size", 10)
+        mid = schema.new_message_id()
         chunks = 200
         conn.hset(
-            store.msg_key(mid),
+            schema.message_key(mid),
             mapping={
                 "st": "accepted",
                 "a": "default",
@@ -207,7 +207,7 @@ def bench_scaling(env: dict[str, str], rt: Runtime, sim: SimulatorServer) -> Non
             for i in range(workers)
         ]
         start = time.perf_counter()
-        while store.message_state(store.load_message(conn, mid)) not in (
+        while lifecycle.message_state(schema.Message.load(conn, mid)) not in (
             "submitted",
             "partially_delivered",
             "delivered",

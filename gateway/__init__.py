@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     rt = app.extensions["smsgw"] = Runtime.from_settings(settings)
 
-    from gateway import api, callbacks, dashboard, health, metrics, openapi, operators, problems
+    from gateway import api, dashboard, health, metrics, openapi, operators, problems, provider_push
 
     problems.init_app(app)
     metrics.init_app(app, rt)
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(operators.bp)
-    app.register_blueprint(callbacks.bp)
+    app.register_blueprint(provider_push.bp)
     dashboard.init_app(app, settings.redis_url)
 
     @app.before_request

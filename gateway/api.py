@@ -7,10 +7,11 @@ import json
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request, url_for
+from flask import Blueprint, Response, g, request, url_for
 
 from gateway import messages
 from gateway.auth import authenticate
+from gateway.context import runtime
 from gateway.problems import Problem, validation_problem
 from gateway.validation import (
     MessageRequest,
@@ -20,19 +21,15 @@ from gateway.validation import (
     parse_json,
     parse_model,
 )
+from workers import accounts, lifecycle, schema
 from workers import provider as p
-from workers import store
-from workers.runtime import Runtime
+from workers.schema import Message
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
 IDEMPOTENCY_WAIT = 5.0
 BALANCE_CACHE_SECONDS = 30
 WORDS_CACHE_SECONDS = 300
-
-
-def runtime() -> Runtime:
-    return current_app.extensions["smsgw"]  # type: ignore[no-any-return]
 
 
 @bp.before_request
@@ -62,7 +59,7 @@ def create_message() -> Response:
     if idem is not None:
         if not 0 < len(idem) <= 255:
             raise Problem(400, "Bad Idempotency-Key", "1 to 255 characters")
-        idem_key = f"sg:idem:{g.api_key.name}:{hashlib.sha256(idem.encode()).hexdigest()}"
+        idem_key = schema.idempotency_key(g.api_key.name, hashlib.sha256(idem.encode()).hexdigest())
         fingerprint = hashlib.sha256(raw).hexdigest()
         existing = conn.get(idem_key)
         if existing is not None:
@@ -70,21 +67,26 @@ def create_message() -> Response:
 
     req = parse_model(MessageRequest, request_json())
     accepted = check_message(req, settings)
-    mid = store.new_message_id()
+    mid = schema.new_message_id()
     if idem_key is not None and fingerprint is not None:
         claim = json.dumps({"fp": fingerprint, "id": mid})
         if not conn.set(idem_key, claim, nx=True, ex=settings.idempotency_ttl):
             return _replay(idem_key, conn.get(idem_key) or b"{}", fingerprint)
     try:
         body = messages.accept(
-            conn, settings, mid, accepted,
-            priority=req.priority, reference=req.reference, callback_url=req.callback_url,
+            conn,
+            settings,
+            mid,
+            accepted,
+            priority=req.priority,
+            reference=req.reference,
+            callback_url=req.callback_url,
             key_name=g.api_key.name,
             # An estimate at the configured size, free of a Redis round trip: the plan job cuts
             # the chunks, at the account's size then (lower if the provider once answered 3).
             chunk_size=settings.accounts[accepted.account].chunk_size,
             idempotency=(idem_key, fingerprint) if idem_key and fingerprint else None,
-        )  # fmt: skip
+        )
     except Exception:
         if idem_key is not None:
             conn.delete(idem_key)
@@ -113,9 +115,9 @@ def _replay(idem_key: str, existing: bytes, fingerprint: str) -> Response:
             raise Problem(409, "Request in progress", "retry: the first request with this key failed")
 
 
-def _own_message(mid: str) -> dict[str, str]:
-    msg = store.load_message(runtime().conn, mid)
-    if not msg or msg.get("key") != g.api_key.name:
+def _own_message(mid: str) -> Message:
+    msg = Message.load(runtime().conn, mid)
+    if msg is None or msg.api_key != g.api_key.name:
         raise Problem(404, "Not Found", f"no message {mid}")
     return msg
 
@@ -143,7 +145,7 @@ def get_recipients(mid: str) -> Response:
 @bp.delete("/messages/<mid>")
 def cancel_message(mid: str) -> Response:
     _own_message(mid)
-    result = messages.cancel(runtime().conn, runtime().settings, mid)
+    result = lifecycle.cancel_message(runtime().conn, mid)
     if result is None:
         raise Problem(409, "Nothing to cancel", "every part of this message is already submitted or final")
     return json_response({"id": mid, "cancelled": result, "status": messages.view(runtime().conn, mid)["status"]})  # type: ignore[index]
@@ -161,9 +163,13 @@ def replies() -> Response:
     except ValueError:
         raise Problem(400, "Bad paging", "1 ≤ limit ≤ 500; cursor as returned") from None
     items, nxt = messages.list_replies(
-        runtime().conn, mobile=request.args.get("mobile"), account=request.args.get("account"),
-        message_id=request.args.get("message_id"), before=before, limit=limit,
-    )  # fmt: skip
+        runtime().conn,
+        mobile=request.args.get("mobile"),
+        account=request.args.get("account"),
+        message_id=request.args.get("message_id"),
+        before=before,
+        limit=limit,
+    )
     return json_response({"items": items, "next_cursor": nxt})
 
 
@@ -179,7 +185,7 @@ def _account_arg(name: str | None) -> str:
 def balance() -> Response:
     rt = runtime()
     name = _account_arg(request.args.get("account"))
-    cache = f"sg:cache:bal:{name}"
+    cache = schema.cache_key("bal", name)
     cached = rt.conn.get(cache)
     if cached is None:
         try:
@@ -187,7 +193,7 @@ def balance() -> Response:
         except p.ProviderError as e:
             raise Problem(502, "Provider error", f"{type(e).__name__}: {e.text}") from None
         rt.conn.set(cache, value, ex=BALANCE_CACHE_SECONDS)
-        rt.conn.hset(store.account_key(name), mapping={"balance": value, "balance_at": f"{time.time():.0f}"})
+        accounts.record_balance(rt.conn, name, value, time.time())
         cached = value.encode()
     return json_response({"account": name, "balance": cached.decode()})
 
@@ -200,7 +206,7 @@ def sensitive_words() -> Response:
     problems = charset_errors(req.text, rt.settings.accounts[name].charset, "/text")
     if problems:
         raise validation_problem(problems)
-    cache = f"sg:cache:mgz:{name}:{hashlib.sha256(req.text.encode()).hexdigest()}"
+    cache = schema.cache_key("mgz", f"{name}:{hashlib.sha256(req.text.encode()).hexdigest()}")
     cached = rt.conn.get(cache)
     if cached is None:
         try:

@@ -32,7 +32,7 @@ def run(api_port: int, simulator_port: int) -> None:
 
     Ctrl-C stops all of it. Nothing needs configuring; SMSGW_* variables still apply.
     """
-    from gateway.devrun import run_local
+    from devkit.run import run_local
 
     run_local(api_port=api_port, simulator_port=simulator_port)
 
@@ -124,15 +124,10 @@ def accounts() -> None:
 @accounts.command("list")
 def accounts_list() -> None:
     """Each account's state (active, or held and why), balance and held chunks."""
-    from workers import accounts as acc
+    from gateway.operators import account_row
 
     rt = _runtime()
-    _echo(
-        [
-            {"account": n, **acc.state(rt.conn, n), "held_chunks": rt.conn.zcard(f"sg:held:{n}")}
-            for n in rt.settings.accounts
-        ]
-    )
+    _echo([account_row(rt, n) for n in rt.settings.accounts])
 
 
 @accounts.command("hold")
@@ -153,12 +148,12 @@ def accounts_hold(name: str, reason: str) -> None:
 @click.argument("name")
 def accounts_resume(name: str) -> None:
     """Make a held account active and send its held chunks, once each."""
-    from workers import accounts as acc
+    from workers.lifecycle import resume_account
 
     rt = _runtime()
     if name not in rt.settings.accounts:
         raise click.ClickException(f"unknown account {name!r}")
-    count = acc.resume(rt.settings, rt.conn, name, by="operator (CLI)")
+    count = resume_account(rt.settings, rt.conn, name, by="operator (CLI)")
     click.echo(f"{name}: active; {count} held chunk(s) sent again")
 
 
@@ -212,21 +207,21 @@ def failed() -> None:
 @click.option("--limit", default=50, show_default=True)
 def failed_list(limit: int) -> None:
     """The latest failures, newest first, with their reason and current state."""
-    from workers import store
+    from workers.lifecycle import latest_failures
 
-    _echo(store.latest_failures(_runtime().conn, limit))
+    _echo(latest_failures(_runtime().conn, limit))
 
 
 @failed.command("requeue")
 @click.argument("chunks", nargs=-1, required=True)
 def failed_requeue(chunks: tuple[str, ...]) -> None:
     """Send failed chunks (MESSAGE_ID:N, from message and chunk as listed) again; others are left alone."""
-    from workers.jobs import requeue_failed
+    from workers.lifecycle import requeue_failed
 
     rt = _runtime()
     for ref in chunks:
         mid, _, n = ref.rpartition(":")
-        done = n.isdigit() and requeue_failed(rt, mid, int(n), by="operator (CLI)")
+        done = n.isdigit() and requeue_failed(rt.conn, rt.settings, mid, int(n), by="operator (CLI)")
         click.echo(f"{ref}: {'requeued' if done else 'not failed (left alone)'}")
 
 
@@ -234,7 +229,7 @@ def failed_requeue(chunks: tuple[str, ...]) -> None:
 @click.pass_context
 def simulator(ctx: click.Context) -> None:
     """The provider simulator (same options as smsgw-simulator)."""
-    from workers.simulator import main as simulator_main
+    from devkit.simulator import main as simulator_main
 
     simulator_main(ctx.args)
 

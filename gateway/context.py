@@ -1,10 +1,17 @@
-"""The request id on every log line written while a request is handled."""
+"""What a request handler finds about its process: the runtime, and the request id on logs."""
 
 from __future__ import annotations
 
 import logging
 
-from flask import g, has_request_context
+from flask import current_app, g, has_request_context
+
+from workers.runtime import Runtime
+
+
+def runtime() -> Runtime:
+    """The app's :class:`Runtime`, built once by ``create_app``: the one lookup every blueprint uses."""
+    return current_app.extensions["smsgw"]  # type: ignore[no-any-return]
 
 
 class RequestIdFilter(logging.Filter):

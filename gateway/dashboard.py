@@ -17,21 +17,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import rq_dashboard
-from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, Response, redirect, render_template, request, url_for
 
+from gateway.context import runtime
 from gateway.operators import account_list, require_operator
 from gateway.problems import Problem
-from workers import accounts, jobs, store
+from workers import lifecycle, queues, schema
 from workers.metrics import last_hour
-from workers.queues import WORKER_QUEUES
-from workers.runtime import Runtime
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")
 REFRESH_SECONDS = 10
-
-
-def runtime() -> Runtime:
-    return current_app.extensions["smsgw"]  # type: ignore[no-any-return]
 
 
 def same_origin() -> None:
@@ -68,9 +63,9 @@ def overview() -> dict[str, Any]:
     rt = runtime()
     conn = rt.conn
     hour = last_hour(conn)
-    counts = {k.decode(): int(v) for k, v in conn.hgetall("sg:counts").items()}
+    counts = {k.decode(): int(v) for k, v in conn.hgetall(schema.COUNTS).items()}
     delivered, undelivered = counts.get("reports_delivered", 0), counts.get("reports_undelivered", 0)
-    failures = store.latest_failures(conn, 20)
+    failures = lifecycle.latest_failures(conn, 20)
     for failure in failures:
         failure["at"] = datetime.fromtimestamp(failure["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
     for account in (accounts_ := account_list()):
@@ -78,7 +73,7 @@ def overview() -> dict[str, Any]:
             account["since"] = datetime.fromtimestamp(float(account["since"]), UTC).strftime("%Y-%m-%d %H:%M:%S")
     return {
         "accounts": accounts_,
-        "queues": [(q, conn.llen(f"rq:queue:{q}")) for q in WORKER_QUEUES],
+        "queues": list(queues.depths(conn).items()),
         "hour": {
             "submissions": hour.get("submissions", 0),
             "recipients": hour.get("recipients", 0),
@@ -108,11 +103,11 @@ def resume(name: str) -> Response:
     rt = runtime()
     if name not in rt.settings.accounts:
         raise Problem(404, "Not Found", f"unknown account {name!r}")
-    accounts.resume(rt.settings, rt.conn, name, by="operator (dashboard)")
+    lifecycle.resume_account(rt.settings, rt.conn, name, by="operator (dashboard)")
     return redirect(url_for("dashboard.index"), code=303)  # type: ignore[return-value]
 
 
 @bp.post("/chunks/<mid>/<int:n>/requeue")
 def requeue(mid: str, n: int) -> Response:
-    jobs.requeue_failed(runtime(), mid, n, by="operator (dashboard)")
+    lifecycle.requeue_failed(runtime().conn, runtime().settings, mid, n, by="operator (dashboard)")
     return redirect(url_for("dashboard.index"), code=303)  # type: ignore[return-value]

@@ -25,10 +25,10 @@ from prometheus_client.core import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from workers import accounts, store
-from workers.metrics import LATENCY_BUCKETS, METRICS
-from workers.queues import WORKER_QUEUES
+from workers import accounts, queues, schema
+from workers.metrics import LATENCY_BUCKETS
 from workers.runtime import Runtime
+from workers.schema import ALERTS, COUNTS, METRICS
 
 bp = Blueprint("metrics", __name__)
 
@@ -42,7 +42,7 @@ class RedisCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         conn, settings = self.rt.conn, self.rt.settings
         raw = {k.decode(): v.decode() for k, v in conn.hgetall(METRICS).items()}
-        counts = {k.decode(): int(v) for k, v in conn.hgetall("sg:counts").items()}
+        counts = {k.decode(): int(v) for k, v in conn.hgetall(COUNTS).items()}
 
         calls = CounterMetricFamily(
             "smsgw_provider_calls", "Provider send calls by answer code", labels=["account", "endpoint", "code"]
@@ -71,11 +71,8 @@ class RedisCollector(Collector):
         yield latency
 
         depth = GaugeMetricFamily("smsgw_queue_depth", "Jobs waiting per RQ queue", labels=["queue"])
-        with conn.pipeline(transaction=False) as pipe:
-            for name in WORKER_QUEUES:
-                pipe.llen(f"rq:queue:{name}")
-            for name, length in zip(WORKER_QUEUES, pipe.execute(), strict=True):
-                depth.add_metric([name], length)
+        for name, length in queues.depths(conn).items():
+            depth.add_metric([name], length)
         yield depth
 
         recipients = CounterMetricFamily("smsgw_recipients", "Recipients reaching each state", labels=["state"])
@@ -90,26 +87,28 @@ class RedisCollector(Collector):
             items.add_metric([kind], counts.get(kind, 0))
         yield items
         yield SummaryMetricFamily(
-            "smsgw_report_lag_seconds", "Submission to first final report",
-            count_value=counts.get("report_lag_count", 0), sum_value=counts.get("report_lag_seconds_sum", 0),
-        )  # fmt: skip
+            "smsgw_report_lag_seconds",
+            "Submission to first final report",
+            count_value=counts.get("report_lag_count", 0),
+            sum_value=counts.get("report_lag_seconds_sum", 0),
+        )
 
         held = GaugeMetricFamily("smsgw_account_held", "1 while the account is held", labels=["account", "reason"])
         balance = GaugeMetricFamily("smsgw_account_balance", "Last known provider balance", labels=["account"])
         for name in settings.accounts:
             account = accounts.state(conn, name)
-            held.add_metric([name, account.get("reason", "")], 1 if account["st"] == accounts.HELD else 0)
-            if account.get("balance"):
-                balance.add_metric([name], float(account["balance"]))
+            held.add_metric([name, account.reason], 1 if account.state == accounts.HELD else 0)
+            if account.balance:
+                balance.add_metric([name], float(account.balance))
         yield held
         yield balance
 
         alerts = CounterMetricFamily("smsgw_alerts", "Alerts raised", labels=["event"])
-        for event, value in conn.hgetall("sg:alerts").items():
+        for event, value in conn.hgetall(ALERTS).items():
             alerts.add_metric([event.decode()], int(value))
         yield alerts
         yield GaugeMetricFamily(
-            "smsgw_watched", "Unfinished messages and chunks the sweeper watches", value=conn.zcard(store.WATCH)
+            "smsgw_watched", "Unfinished messages and chunks the sweeper watches", value=conn.zcard(schema.WATCH)
         )
 
 
@@ -129,7 +128,7 @@ def init_app(app: Flask, rt: Runtime) -> None:
         g.metrics_start = time.perf_counter()
 
     @app.after_request
-    def record(response: Response) -> Response:
+    def count_request(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         if "/callbacks/provider/" in route:
             route = "/callbacks/provider/<secret>"

@@ -10,18 +10,15 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
 from gateway.api import json_response
+from gateway.context import runtime
 from gateway.problems import Problem
-from workers import accounts
+from workers import accounts, lifecycle, schema
 from workers.runtime import Runtime
 
 bp = Blueprint("operators", __name__, url_prefix="/admin")
-
-
-def runtime() -> Runtime:
-    return current_app.extensions["smsgw"]  # type: ignore[no-any-return]
 
 
 def require_operator() -> None:
@@ -37,25 +34,25 @@ def require_operator() -> None:
         )
 
 
+def account_row(rt: Runtime, name: str) -> dict[str, Any]:
+    """One account as operators see it (``/admin``, the dashboard and ``smsgw accounts list``)."""
+    state = accounts.state(rt.conn, name)
+    return {
+        "account": name,
+        "state": state.state,
+        "code": state.code or None,
+        "reason": state.reason or None,
+        "since": f"{state.since:.0f}" if state.since else None,
+        "held_chunks": rt.conn.zcard(schema.held_key(name)),
+        "balance": state.balance or None,
+        "balance_at": f"{state.balance_at:.0f}" if state.balance_at else None,
+        "chunk_size": accounts.chunk_size(rt.conn, rt.settings, name),
+    }
+
+
 def account_list() -> list[dict[str, Any]]:
     rt = runtime()
-    out = []
-    for name in rt.settings.accounts:
-        state = accounts.state(rt.conn, name)
-        out.append(
-            {
-                "account": name,
-                "state": state["st"],
-                "code": state.get("code") or None,
-                "reason": state.get("reason") or None,
-                "since": state.get("since") or None,
-                "held_chunks": rt.conn.zcard(f"sg:held:{name}"),
-                "balance": state.get("balance"),
-                "balance_at": state.get("balance_at"),
-                "chunk_size": accounts.chunk_size(rt.conn, rt.settings, name),
-            }
-        )
-    return out
+    return [account_row(rt, name) for name in rt.settings.accounts]
 
 
 def _known(name: str) -> str:
@@ -72,7 +69,7 @@ def list_accounts() -> Response:
 @bp.post("/accounts/<name>/resume")
 def resume(name: str) -> Response:
     rt = runtime()
-    resumed = accounts.resume(rt.settings, rt.conn, _known(name), by="operator (HTTP)")
+    resumed = lifecycle.resume_account(rt.settings, rt.conn, _known(name), by="operator (HTTP)")
     return json_response({"account": name, "state": "active", "resumed_chunks": resumed})
 
 

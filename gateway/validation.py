@@ -179,9 +179,11 @@ def check_message(req: MessageRequest, settings: Settings, now: datetime | None 
         accepted = _check_personal(req, charset, limit, errors)
     if len(accepted.items) > settings.max_recipients:
         errors.append(
-            {"pointer": "/to" if req.to else "/recipients",
-             "detail": f"{len(accepted.items)} recipients; at most {settings.max_recipients} per request"}
-        )  # fmt: skip
+            {
+                "pointer": "/to" if req.to else "/recipients",
+                "detail": f"{len(accepted.items)} recipients; at most {settings.max_recipients} per request",
+            }
+        )
     if errors:
         raise validation_problem(errors)
     accepted.account = account_name

@@ -19,12 +19,12 @@ from rq import Queue, SimpleWorker
 from rq.registry import ScheduledJobRegistry
 from rq.scheduler import RQScheduler
 
+from devkit.redis_server import RedisServer
+from devkit.simulator import SimState, SimulatorServer
 from gateway import create_app
 from workers.queues import WORKER_QUEUES
-from workers.redis_server import RedisServer
 from workers.runtime import Runtime, install
 from workers.settings import Settings, settings_from_env
-from workers.simulator import SimState, SimulatorServer
 
 FORGOT_REDIS = "redis://forgot-the-redis-fixture.invalid:1"
 API_KEY = "test-key-0123456789abcdef"

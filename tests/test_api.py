@@ -135,8 +135,15 @@ def test_unknown_route_and_method_are_problems(api):
 
 
 def test_accept_answers_202_with_counts_and_location(api, redis_conn):
-    r = post(api, {"to": ["13800138000", "+86 138 0013 8000", "bad", "13900139000"], "text": "hi",
-                   "on_invalid": "skip", "reference": "order-1"})  # fmt: skip
+    r = post(
+        api,
+        {
+            "to": ["13800138000", "+86 138 0013 8000", "bad", "13900139000"],
+            "text": "hi",
+            "on_invalid": "skip",
+            "reference": "order-1",
+        },
+    )
     assert r.status_code == 202, r.get_json()
     body = r.get_json()
     assert body["recipients"] == {"accepted": 2, "duplicates_removed": 1, "invalid": [{"index": 2, "value": "bad"}]}

@@ -46,9 +46,17 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     token = base64.b64encode(b"operator:op-pass").decode()
@@ -94,7 +102,7 @@ def test_dashboard_shows_live_numbers_and_resume_works(live, browser, runtime, s
             return False  # the page is being replaced by the redirect
 
     WebDriverWait(browser, 10).until(resumed)
-    assert accounts.state(runtime.conn, "default")["st"] == "active"
+    assert accounts.state(runtime.conn, "default").state == "active"
     drain(runtime)
     assert len(sim_submissions(simulator)) == 2
 

@@ -28,6 +28,6 @@ def test_failed_list_requeue_status_and_accounts(api, runtime, simulator, settin
     assert json.loads(run(settings_env, "status", mid))["status"] == "submitted"
     assert len(sim_submissions(simulator)) == 1
     assert "held" in run(settings_env, "accounts", "hold", "default", "--reason", "maintenance")
-    assert json.loads(run(settings_env, "accounts", "list"))[0]["st"] == "held"
+    assert json.loads(run(settings_env, "accounts", "list"))[0]["state"] == "held"
     assert "active" in run(settings_env, "accounts", "resume", "default")
     assert run(settings_env, "balance").strip() == "default: 999999"  # one recipient sent

@@ -8,7 +8,8 @@ import pytest
 from rq.job import Job
 
 from tests.conftest import AUTH, drain, sim_admin, sim_submissions
-from workers import accounts, store
+from workers import accounts
+from workers.schema import Chunk
 from workers.settings import settings_from_env
 
 OP = {"Authorization": "Basic " + base64.b64encode(b"operator:op-pass").decode()}
@@ -54,7 +55,7 @@ def test_requeued_submitted_chunk_sends_nothing(op_app, runtime, simulator):
     api = op_app.test_client()
     mid = api.post("/v1/messages", json={"to": ["13800138000"], "text": "once"}, headers=AUTH).get_json()["id"]
     drain(runtime)
-    job_id = store.load_chunk(runtime.conn, mid, 0)["job"]
+    job_id = Chunk.load(runtime.conn, mid, 0).job
     # fail the finished job's record as RQ would, then requeue it through rq-dashboard
     job = Job.fetch(job_id, connection=runtime.conn)
     from rq.registry import FailedJobRegistry
@@ -79,7 +80,7 @@ def test_overview_shows_live_numbers_and_resume_works(op_app, runtime, simulator
     sim_admin(simulator, "config", frozen=False)
     r = api.post("/dashboard/accounts/default/resume", headers={**OP, "Origin": "http://localhost"})
     assert r.status_code == 303
-    assert accounts.state(runtime.conn, "default")["st"] == "active"
+    assert accounts.state(runtime.conn, "default").state == "active"
     drain(runtime)
     assert len(sim_submissions(simulator)) == 2
 

@@ -12,9 +12,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from devkit.redis_server import RedisServer
 from tests.conftest import API_KEY, AUTH, drain
 from workers import maintenance
-from workers.redis_server import RedisServer
 from workers.settings import settings_from_env
 
 

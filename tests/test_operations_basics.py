@@ -12,13 +12,13 @@ from typing import ClassVar
 import pytest
 import redis
 
+from devkit.redis_server import RedisServer
+from devkit.simulator import SimState, SimulatorServer
 from tests.conftest import API_KEY, AUTH, drain, sim_admin
-from workers import accounts
+from workers import accounts, lifecycle
 from workers.alerts import alert
-from workers.redis_server import RedisServer
 from workers.runtime import NotDurable, check_durability
 from workers.settings import settings_from_env
-from workers.simulator import SimState, SimulatorServer
 
 
 def test_durability_warns_and_refuses(tmp_path):
@@ -56,9 +56,12 @@ def test_alert_reaches_a_dingtalk_webhook(settings_env, redis_conn, caplog):
     thread.start()
     try:
         settings = settings_from_env(
-            {**settings_env, "SMSGW_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{server.server_port}/robot",
-             "SMSGW_ALERT_WEBHOOK_FORMAT": "dingtalk"}
-        )  # fmt: skip
+            {
+                **settings_env,
+                "SMSGW_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{server.server_port}/robot",
+                "SMSGW_ALERT_WEBHOOK_FORMAT": "dingtalk",
+            }
+        )
         with caplog.at_level(logging.ERROR):
             alert(settings, redis_conn, "account_held", account="default", code=2)
     finally:
@@ -88,8 +91,7 @@ def test_named_accounts_reach_their_own_provider_account(settings_env, redis_con
         rt = Runtime.from_settings(settings)
         install(rt)
         api = create_app(settings).test_client()
-        r = api.post("/v1/messages", json={"to": ["13800138000"], "text": "sale", "account": "marketing"},
-                     headers=AUTH)  # fmt: skip
+        r = api.post("/v1/messages", json={"to": ["13800138000"], "text": "sale", "account": "marketing"}, headers=AUTH)
         assert r.status_code == 202
         drain(rt)
         assert other.state.summary()["submissions"] == 1
@@ -122,8 +124,8 @@ def test_hold_and_resume_are_idempotent(runtime):
     s, c = runtime.settings, runtime.conn
     assert accounts.hold(s, c, "default", 8, "account frozen") is True
     assert accounts.hold(s, c, "default", 8, "account frozen") is False
-    assert accounts.resume(s, c, "default", by="test") == 0
-    assert accounts.state(c, "default")["st"] == "active"
+    assert lifecycle.resume_account(s, c, "default", by="test") == 0
+    assert accounts.state(c, "default").state == "active"
 
 
 def test_operator_routes_need_operator_credentials(settings_env, redis_conn):

@@ -8,12 +8,16 @@ from collections import Counter
 from rq import SimpleWorker
 
 from tests.conftest import AUTH, drain, sim_admin, sim_submissions
-from workers import store
+from workers import schema
+from workers.schema import Chunk
 
 
 def send(api, body, headers=None):
-    r = api.post("/v1/messages", data=json.dumps(body, ensure_ascii=False),
-                 headers={**AUTH, "Content-Type": "application/json", **(headers or {})})  # fmt: skip
+    r = api.post(
+        "/v1/messages",
+        data=json.dumps(body, ensure_ascii=False),
+        headers={**AUTH, "Content-Type": "application/json", **(headers or {})},
+    )
     assert r.status_code == 202, r.get_json()
     return r.get_json()["id"]
 
@@ -48,8 +52,10 @@ def test_3000_personalised_recipients(api, runtime, simulator):
 
 
 def test_replace_separators_opt_in(api, runtime, simulator):
-    send(api, {"template": "{a}!", "recipients": [{"to": "13800138000", "vars": {"a": "x,y;z"}}],
-               "replace_separators": True})  # fmt: skip
+    send(
+        api,
+        {"template": "{a}!", "recipients": [{"to": "13800138000", "vars": {"a": "x,y;z"}}], "replace_separators": True},
+    )
     drain(runtime)
     assert sim_submissions(simulator)[0]["texts"] == ["x，y；z!"]
 
@@ -88,7 +94,7 @@ def test_code_3_splits_in_halves_with_new_linkids_and_lowers_chunk_size(api, run
     subs = sim_submissions(simulator)
     assert sorted(len(s["mobiles"]) for s in subs) == [5, 5]
     assert len({s["linkid"] for s in subs} | {view["chunks"][0]["linkid"]}) == 3
-    assert runtime.conn.hget(store.account_key("default"), "chunk_size") == b"5"
+    assert runtime.conn.hget(schema.account_key("default"), "chunk_size") == b"5"
 
 
 def test_codes_5_and_7_fail_permanently(api, runtime, simulator):
@@ -131,8 +137,9 @@ def test_requeued_job_of_a_submitted_chunk_sends_nothing(api, runtime, simulator
 
     mid = send(api, {"to": ["13800138000"], "text": "once"})
     drain(runtime)
-    chunk = store.load_chunk(runtime.conn, mid, 0)
-    job = Job.fetch(chunk["job"], connection=runtime.conn)
+    chunk = Chunk.load(runtime.conn, mid, 0)
+    assert chunk is not None
+    job = Job.fetch(chunk.job, connection=runtime.conn)
     runtime.queue("normal").enqueue_job(job)  # what an operator's requeue does
     drain(runtime)
     assert len(sim_submissions(simulator)) == 1

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from tests.conftest import AUTH, drain, sim_admin, sim_submissions
-from workers import accounts, maintenance, store
+from workers import accounts, lifecycle, maintenance, schema
 from workers import provider as p
-from workers.jobs import report_seen_key
 from workers.policy import POLICY, Action, backoff, classify
+from workers.schema import report_seen_key
 
 
 @pytest.mark.parametrize(
@@ -66,13 +66,13 @@ def test_hold_codes_hold_the_account_and_burn_nothing(api, runtime, simulator, c
     second = send(api, {"to": ["13900139000"], "text": "b"})
     drain(runtime)
     state = accounts.state(runtime.conn, "default")
-    assert state["st"] == "held" and reason in state["reason"]
+    assert state.state == "held" and reason in state.reason
     for mid in (first, second):
         [chunk] = view(api, mid)["chunks"]
         assert chunk["state"] == "held" and chunk["attempts"] == 0
     assert sim_submissions(simulator) == []
     assert runtime.conn.hget("sg:alerts", "account_held") == b"1"  # one alert per state change
-    assert accounts.resume(runtime.settings, runtime.conn, "default", by="test") == 2
+    assert lifecycle.resume_account(runtime.settings, runtime.conn, "default", by="test") == 2
     drain(runtime)
     assert [view(api, m)["status"] for m in (first, second)] == ["submitted", "submitted"]
     assert len(sim_submissions(simulator)) == 2
@@ -83,11 +83,11 @@ def test_balance_hold_resumes_by_itself_when_topped_up(api, runtime, simulator):
     sim_admin(simulator, "config", balance=0)
     mids = [send(api, {"to": [f"1380000000{i}"], "text": "x"}) for i in range(3)]
     drain(runtime)
-    assert accounts.state(runtime.conn, "default")["code"] == "2"
+    assert accounts.state(runtime.conn, "default").code == "2"
     assert maintenance.run_once(runtime)["resumed"] == 0  # still no money
-    assert accounts.state(runtime.conn, "default")["balance"] == "0"
+    assert accounts.state(runtime.conn, "default").balance == "0"
     sim_admin(simulator, "config", balance=100)
-    runtime.conn.hset(store.account_key("default"), "checked", 0)
+    runtime.conn.hset(schema.account_key("default"), "checked", 0)
     assert maintenance.run_once(runtime)["resumed"] == 3
     drain(runtime)
     assert [view(api, m)["status"] for m in mids] == ["submitted"] * 3
@@ -150,7 +150,7 @@ def test_ambiguous_normal_without_report_resubmits_under_a_new_linkid(api, short
     assert "awaiting_report" in events and "no_report_resubmit_new_linkid" in events
     [sub] = sim_submissions(simulator)
     assert sub["linkid"] == chunk["linkid"]
-    assert runtime.conn.get(store.linkid_key(chunk["linkid"])) == f"{mid}:0".encode()
+    assert runtime.conn.get(schema.linkid_key(chunk["linkid"])) == f"{mid}:0".encode()
 
 
 def test_rate_limit_is_shared_through_redis(runtime):

@@ -12,8 +12,8 @@ from decimal import Decimal
 import pytest
 import requests
 
+from devkit.simulator import SimulatorServer
 from workers import provider as p
-from workers.simulator import SimulatorServer
 
 PASSWORD = "s3cret+%pass"
 MD5 = hashlib.md5(PASSWORD.encode()).hexdigest()

@@ -14,9 +14,9 @@ from urllib.parse import urlencode
 
 import pytest
 
+from devkit.simulator import _share
 from tests.conftest import API_KEY, AUTH, drain, sim_admin
-from workers import notify, pullers, reports, store
-from workers.simulator import _share
+from workers import pullers, reports, schema
 
 PUSH = "/callbacks/provider/push-secret-123"
 
@@ -86,8 +86,10 @@ def test_10000_recipients_half_push_half_pull_duplicated_and_shuffled(api, runti
     assert expected_undelivered
     assert all(_share(it["LinkId"] + it["Mobile"]) < 0.1 for it in items if it["Report"] == "UNDELIV")
     v = view(api, mid)
-    assert v["recipients"]["by_state"] == {"delivered": 10_000 - len(expected_undelivered),
-                                           "undelivered": len(expected_undelivered)}  # fmt: skip
+    assert v["recipients"]["by_state"] == {
+        "delivered": 10_000 - len(expected_undelivered),
+        "undelivered": len(expected_undelivered),
+    }
     assert v["status"] == "partially_delivered"
     states = {}
     cursor = 0
@@ -111,18 +113,18 @@ def test_a_later_delivrd_is_not_undone_by_an_older_report(runtime, api, simulato
     older = {**base, "status": "UNDELIV", "time": "2030-01-01 10:00:00"}
     for order in ([older, newer], [newer, older], [newer, older, newer, older]):
         runtime.conn.delete(reports.recipients_key(mid, 0))
-        runtime.conn.hdel(store.msg_key(mid), "r_D", "r_U")
+        runtime.conn.hdel(schema.message_key(mid), "r_D", "r_U")
         for item in order:
-            reports.apply(runtime, item)
+            reports.apply_item(runtime, item)
         assert view(api, mid)["recipients"]["by_state"] == {"delivered": 1}
         assert view(api, mid)["status"] == "delivered"
 
 
 def test_unknown_linkid_reports_are_kept_and_counted(runtime):
     item = {"kind": "rpt", "mobile": "13800138000", "linkid": "nosuch", "status": "DELIVRD", "time": ""}
-    reports.apply(runtime, item)
+    reports.apply_item(runtime, item)
     assert runtime.conn.llen(reports.ORPHANS) == 1
-    assert runtime.conn.hget(reports.COUNTS, "orphan_reports") == b"1"
+    assert runtime.conn.hget(schema.COUNTS, "orphan_reports") == b"1"
 
 
 def test_unparseable_pulled_line_is_dead_lettered(runtime):
@@ -130,18 +132,25 @@ def test_unparseable_pulled_line_is_dead_lettered(runtime):
     reports.ingest(runtime)
     [dead] = runtime.conn.lrange(reports.DEAD, 0, -1)
     assert json.loads(dead)["line"] == "garbage line"
-    assert runtime.conn.hget(reports.COUNTS, "dead_lettered") == b"1"
+    assert runtime.conn.hget(schema.COUNTS, "dead_lettered") == b"1"
     assert runtime.conn.llen(reports.ORPHANS) == 1  # the good line was kept, not dropped
 
 
 def test_no_report_within_the_window_is_unknown(api, runtime, simulator):
     mid = send(api, {"to": ["13800138000", "13900139000"], "text": "x"})
     drain(runtime)
-    reports.apply(runtime, {"kind": "rpt", "mobile": "13800138000", "linkid": view(api, mid)["chunks"][0]["linkid"],
-                            "status": "DELIVRD", "time": "2030-01-01 10:00:00"})  # fmt: skip
+    linkid = view(api, mid)["chunks"][0]["linkid"]
+    report = {
+        "kind": "rpt",
+        "mobile": "13800138000",
+        "linkid": linkid,
+        "status": "DELIVRD",
+        "time": "2030-01-01 10:00:00",
+    }
+    reports.apply_item(runtime, report)
     assert reports.mark_unknown(runtime, time.time() + 10, 5) == 1
     assert view(api, mid)["recipients"]["by_state"] == {"delivered": 1, "unknown": 1}
-    assert runtime.conn.hget(reports.COUNTS, "reports_unknown") == b"1"  # what /metrics reports
+    assert runtime.conn.hget(schema.COUNTS, "reports_unknown") == b"1"  # what /metrics reports
     assert view(api, mid)["status"] == "partially_delivered"
 
 
@@ -151,8 +160,19 @@ def test_replies_round_trip_exactly_through_push_and_pull(api, runtime, simulato
     drain(runtime)
     linkid = view(api, mid)["chunks"][0]["linkid"]
     text = "好的/收到 1+1=2 100% ok"
-    push(api, {"Class": "mo", "SmsName": "test", "Mobile": "13800138000", "Message": text, "LinkId": linkid,
-               "RevertTime": "2030-01-01 10:00:00"}, encoding=encoding, method="POST")  # fmt: skip
+    push(
+        api,
+        {
+            "Class": "mo",
+            "SmsName": "test",
+            "Mobile": "13800138000",
+            "Message": text,
+            "LinkId": linkid,
+            "RevertTime": "2030-01-01 10:00:00",
+        },
+        encoding=encoding,
+        method="POST",
+    )
     sim_admin(simulator, "reply", mobile="13800138000", content=text + " again", linkid=linkid)
     pull_all(runtime)
     texts = sorted(r["text"] for r in view(api, mid)["replies"])
@@ -163,8 +183,14 @@ def test_replies_round_trip_exactly_through_push_and_pull(api, runtime, simulato
 
 
 def test_push_endpoint_secret_malformed_and_replay(api, runtime):
-    item = {"Class": "rpt", "SmsName": "test", "Mobile": "13800138000", "LinkId": "L1", "Report": "DELIVRD",
-            "ReportTime": "2030-01-01 10:00:00"}  # fmt: skip
+    item = {
+        "Class": "rpt",
+        "SmsName": "test",
+        "Mobile": "13800138000",
+        "LinkId": "L1",
+        "Report": "DELIVRD",
+        "ReportTime": "2030-01-01 10:00:00",
+    }
     wrong = api.get("/callbacks/provider/wrong?" + urlencode(item))
     assert wrong.status_code == 404 and "secret" not in wrong.get_data(as_text=True)
     bad = api.get(f"{PUSH}?Class=rpt&Mobile=")
@@ -187,8 +213,9 @@ class Receiver(BaseHTTPRequestHandler):
         else:
             Receiver.bodies.append((dict(self.headers), json.loads(body)))
             secret = hashlib.sha256(b"smsgw-callback:" + API_KEY.encode()).hexdigest()
-            expected = hmac.new(secret.encode(), self.headers["X-Smsgw-Timestamp"].encode() + b"." + body,
-                                hashlib.sha256).hexdigest()  # fmt: skip
+            expected = hmac.new(
+                secret.encode(), self.headers["X-Smsgw-Timestamp"].encode() + b"." + body, hashlib.sha256
+            ).hexdigest()
             self.send_response(200 if self.headers["X-Smsgw-Signature"] == f"v1={expected}" else 401)
         self.end_headers()
 
@@ -233,7 +260,7 @@ def test_callback_that_never_accepts_stops_after_the_bound(api, runtime, simulat
     drain(runtime, timeout=30)
     cb = view(api, mid)["callbacks"]
     assert cb["state"] == "abandoned" and cb["events_dropped"] == 1 and len(cb["attempts"]) >= 2
-    assert runtime.conn.llen(notify.pending_key(mid)) == 0
+    assert runtime.conn.llen(schema.callback_queue_key(mid)) == 0
 
 
 def test_callback_host_allowlist(settings_env, redis_conn):

@@ -24,8 +24,12 @@ def test_run_sends_end_to_end_and_ctrl_c_stops_everything(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
     run = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "run", "--api-port", str(api_port), "--simulator-port", str(sim_port)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert run.stdout is not None
     try:
         banner = ""

@@ -24,8 +24,12 @@ pytestmark = pytest.mark.slow
 def test_sigterm_during_a_slow_provider_call_loses_nothing(api, settings_env, simulator, tmp_path):
     sim_admin(simulator, "fault", endpoint="post_send_md5", mode="latency", seconds=1.5)
     log = (tmp_path / "w.log").open("wb")
-    worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "worker", "--name", "graceful"],
-                              env={**os.environ, **settings_env}, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "worker", "--name", "graceful"],
+        env={**os.environ, **settings_env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     mid = api.post("/v1/messages", json={"to": ["13800138000"], "text": "x"}, headers=AUTH).get_json()["id"]
     deadline = time.monotonic() + 30

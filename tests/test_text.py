@@ -114,8 +114,8 @@ def test_ddt_params_round_trip_through_the_wire_and_the_simulators_parser(groups
     as GB2312) is what the simulator, decoding as the PHP server does, renders."""
     from urllib.parse import urlencode
 
+    from devkit.simulator import php_urldecode, render_ddt
     from workers.provider import _pre_encode, parse_form
-    from workers.simulator import php_urldecode, render_ddt
 
     template = "{value0}您好{value1}"
     params = ";".join(ddt_group(m, v) for m, v in groups)

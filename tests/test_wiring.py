@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -73,3 +74,48 @@ def test_gunicorn_config_imports_with_expected_values():
     spec.loader.exec_module(conf)
     assert conf.timeout == 30 and conf.graceful_timeout == 30 and conf.worker_class == "sync"
     assert conf.workers >= 1 and callable(conf.child_exit)
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module → the project modules it imports, lazy (function-level) imports included."""
+    mods: dict[str, Path] = {}
+    for top in ("gateway", "workers", "devkit"):
+        for path in (ROOT / top).rglob("*.py"):
+            mods[".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # ``from pkg import sub`` imports the submodule; other names come from the module.
+                subs = {f"{node.module}.{a.name}" for a in node.names} & set(mods)
+                deps |= subs if len(subs) == len(node.names) else {*subs, node.module}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        graph[name] = {d for d in deps if d in mods and d != name}
+    return graph
+
+
+def test_no_import_cycle_anywhere():
+    graph = _imports()
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        for dep in sorted(graph[node]):
+            assert dep not in path, " -> ".join([*path[path.index(dep) :], dep])
+            if dep not in done:
+                visit(dep, [*path, dep])
+        done.add(node)
+
+    for module in sorted(graph):
+        visit(module, [module])
+    assert len(graph) > 30
+
+
+def test_production_code_never_imports_the_fakes_and_workers_never_import_flask():
+    graph = _imports()
+    for module, deps in graph.items():
+        if module.startswith(("workers", "gateway")) and module != "gateway.cli":
+            assert not {d for d in deps if d.startswith("devkit")}, module
+    for path in (ROOT / "workers").rglob("*.py"):
+        assert "import flask" not in path.read_text() and "from flask" not in path.read_text(), path

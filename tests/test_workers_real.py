@@ -17,10 +17,10 @@ import redis
 import requests
 from werkzeug.serving import make_server
 
+from devkit.redis_server import RedisServer
 from tests.conftest import API_KEY, AUTH, sim_admin, sim_submissions
-from workers import store
+from workers import schema
 from workers.queues import QUEUE_NAMES
-from workers.redis_server import RedisServer
 from workers.sweeper import sweep
 
 pytestmark = pytest.mark.slow
@@ -36,8 +36,11 @@ class Workers:
         log = open(f"{self.logdir}/{name}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "worker", "--name", name],
-            env=self.env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env=self.env,
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         self.procs.append(proc)
         return proc
@@ -111,8 +114,10 @@ def test_worker_killed_mid_call_loses_nothing_and_repeats_no_linkid(api, workers
     # The provider takes 3 s and then accepts: the worker dies while it waits.
     sim_admin(simulator, "fault", endpoint="post_send_md5", mode="latency", seconds=3, times=1)
     mid = send(api, {"to": ["13800138000", "13900139000"], "text": "hi"})
-    wait_for(lambda: status(api, mid)["chunks"] and status(api, mid)["chunks"][0]["state"] == "submitting",
-             what="the call to start")  # fmt: skip
+    wait_for(
+        lambda: status(api, mid)["chunks"] and status(api, mid)["chunks"][0]["state"] == "submitting",
+        what="the call to start",
+    )
     killed_at = time.monotonic()
     workers.kill(w1)
     workers.env["SMSGW_AMBIGUOUS_WAIT_SECONDS"] = "2"
@@ -135,7 +140,7 @@ def test_job_lost_between_blpop_and_registration_is_swept(api, runtime, simulato
     queue_key = f"rq:queue:{QUEUE_NAMES['normal']}"
     assert runtime.conn.lpop(queue_key) is not None  # what a worker killed right after BLPOP leaves
     time.sleep(runtime.settings.job_grace_seconds + 0.1)
-    assert sweep(runtime) == 1
+    assert sweep(runtime.conn, runtime.settings) == 1
     workers.start("w1")
     wait_for(lambda: status(api, mid)["status"] in SENT, what="the swept message")
     assert len(sim_submissions(simulator)) == 1
@@ -143,7 +148,7 @@ def test_job_lost_between_blpop_and_registration_is_swept(api, runtime, simulato
 
 def test_high_priority_jumps_200_bulk_chunks(api, runtime, simulator, workers):
     sim_admin(simulator, "fault", endpoint="post_send_md5", mode="latency", seconds=0.02)
-    runtime.conn.hset(store.account_key("default"), "chunk_size", 1)
+    runtime.conn.hset(schema.account_key("default"), "chunk_size", 1)
     bulk = send(api, {"to": [f"135{i:08d}" for i in range(200)], "text": "bulk", "priority": "bulk"})
     # plan the bulk message first, so its 200 chunk jobs are queued before the high one arrives
     from workers.jobs import plan

@@ -15,10 +15,10 @@ from typing import Any
 import redis
 import requests
 
+from workers.schema import ALERTS
 from workers.settings import Settings
 
 log = logging.getLogger("smsgw.alerts")
-ALERT_COUNTS = "sg:alerts"
 
 
 def alert(settings: Settings, conn: redis.Redis | None, event: str, **fields: Any) -> None:
@@ -30,7 +30,7 @@ def alert(settings: Settings, conn: redis.Redis | None, event: str, **fields: An
     )
     if conn is not None:
         try:
-            conn.hincrby(ALERT_COUNTS, event, 1)
+            conn.hincrby(ALERTS, event, 1)
         except redis.RedisError:
             log.warning("could not count alert %s", event)
     if settings.alert_webhook_url:

@@ -13,21 +13,16 @@ import time
 import uuid
 
 import redis
-from rq import Queue
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
-from rq.registry import ScheduledJobRegistry
 
-from workers import accounts, pullers, reports, store
+from workers import accounts, lifecycle, pullers, queues, reports, schema
 from workers import provider as p
-from workers.jobs import fail
-from workers.queues import WORKER_QUEUES
 from workers.runtime import Runtime
+from workers.schema import AccountState, Chunk
 from workers.sweeper import sweep
 
 log = logging.getLogger("smsgw.maintenance")
-LEASE = "sg:lease:maintenance"
-INGEST_LEASE = "sg:lease:ingest"
+MAINTENANCE_LEASE = "maintenance"
+INGEST_LEASE = "ingest"
 TICK = 1.0
 OVERDUE_LAG = 10.0
 BALANCE_REFRESH_SECONDS = 300
@@ -35,7 +30,12 @@ BALANCE_REFRESH_SECONDS = 300
 
 def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
-    out = {"revived": sweep(rt, now), "resumed": 0, "expired_holds": 0, "overdue": rescue_overdue(rt, now)}
+    out = {
+        "revived": sweep(rt.conn, rt.settings, now),
+        "resumed": 0,
+        "expired_holds": 0,
+        "overdue": rescue_overdue(rt, now),
+    }
     out["unknown"] = reports.mark_unknown(rt, now, rt.settings.report_window_seconds)
     for name in rt.settings.accounts:
         out["resumed"] += _balance_check(rt, name, now)
@@ -53,18 +53,9 @@ def rescue_overdue(rt: Runtime, now: float, lag: float = OVERDUE_LAG) -> int:
     chunk already moved on and does nothing.
     """
     rescued = 0
-    for name in WORKER_QUEUES:
-        queue = Queue(name, connection=rt.conn)
-        registry = ScheduledJobRegistry(queue=queue)
-        for job_id in registry.get_jobs_to_schedule(timestamp=int(now - lag)):
-            if not rt.conn.zrem(registry.key, job_id):
-                continue
-            try:
-                job = Job.fetch(job_id, connection=rt.conn)
-            except NoSuchJobError:
-                continue
-            queue.enqueue_job(job)
-            rescued += 1
+    for queue, job in queues.take_overdue(rt.conn, now - lag):
+        queue.enqueue_job(job)
+        rescued += 1
     if rescued:
         log.warning("enqueued %d overdue scheduled jobs (is RQ's scheduler running?)", rescued)
     return rescued
@@ -75,25 +66,25 @@ def _balance_check(rt: Runtime, name: str, now: float) -> int:
     accounts get their balance refreshed now and then, for the dashboard and /metrics."""
     conn = rt.conn
     state = accounts.state(conn, name)
-    if state["st"] != accounts.HELD or state.get("code") != "2":
-        if now - float(state.get("balance_at", "0") or 0) >= BALANCE_REFRESH_SECONDS:
-            conn.hset(store.account_key(name), "balance_at", f"{now:.0f}")
+    if state.state != accounts.HELD or state.code != "2":
+        if now - state.balance_at >= BALANCE_REFRESH_SECONDS:
+            conn.hset(schema.account_key(name), mapping=AccountState.short(balance_at=now))
             try:
-                conn.hset(store.account_key(name), "balance", str(rt.client(name).balance()))
+                accounts.record_balance(conn, name, str(rt.client(name).balance()), now)
             except p.ProviderError as e:
                 log.warning("balance of %s unknown: %s", name, e, extra={"account": name})
         return 0
-    if now - float(state.get("checked", "0")) < rt.settings.balance_check_seconds:
+    if now - state.checked < rt.settings.balance_check_seconds:
         return 0
-    conn.hset(store.account_key(name), "checked", f"{now:.0f}")
+    conn.hset(schema.account_key(name), mapping=AccountState.short(checked=now))
     try:
         balance = rt.client(name).balance()
     except p.ProviderError as e:
         log.warning("balance check of %s failed: %s", name, e, extra={"account": name})
         return 0
-    conn.hset(store.account_key(name), mapping={"balance": str(balance), "balance_at": f"{now:.0f}"})
+    accounts.record_balance(conn, name, str(balance), now)
     if balance > 0:
-        return accounts.resume(rt.settings, conn, name, by="balance check")
+        return lifecycle.resume_account(rt.settings, conn, name, by="balance check")
     return 0
 
 
@@ -101,14 +92,14 @@ def _expire_holds(rt: Runtime, name: str, now: float) -> int:
     conn = rt.conn
     cutoff = now - rt.settings.hold_max_age_seconds
     expired = 0
-    for raw in conn.zrangebyscore(store.held_key(name), "-inf", cutoff):
-        _, mid, n = store.parse_ref(raw.decode())
-        chunk = store.load_chunk(conn, mid, n)
-        if chunk.get("st") == store.HELD:
-            reason = f"held longer than {rt.settings.hold_max_age_seconds} s: {chunk.get('hr', '')}"
-            fail(rt, mid, n, chunk, reason, {})
+    for raw in conn.zrangebyscore(schema.held_key(name), "-inf", cutoff):
+        _, mid, n = schema.parse_ref(raw.decode())
+        chunk = Chunk.load(conn, mid, n)
+        if chunk is not None and chunk.state == lifecycle.HELD:
+            reason = f"held longer than {rt.settings.hold_max_age_seconds} s: {chunk.hold_reason}"
+            lifecycle.fail(conn, rt.settings, chunk, reason, {})
             expired += 1
-        conn.zrem(store.held_key(name), raw)
+        conn.zrem(schema.held_key(name), raw)
     return expired
 
 
@@ -123,7 +114,8 @@ def loop(rt: Runtime, stop: threading.Event) -> None:
             now = time.time()
             if now >= next_round:
                 next_round = now + interval
-                if rt.conn.set(LEASE, me, nx=True, px=int(interval * 1000 * 0.9)):
+                lease = schema.lease_key(MAINTENANCE_LEASE)
+                if rt.conn.set(lease, me, nx=True, px=int(interval * 1000 * 0.9)):
                     result = run_once(rt)
                     if any(result.values()):
                         log.info("maintenance: %s", result)

@@ -13,15 +13,12 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-METRICS = "sg:metrics"
+from workers.schema import METRICS, minute_key
+
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-def minute_key(ts: float) -> str:
-    return f"sg:minute:{int(ts // 60)}"
-
-
-def record(conn: redis.Redis, job: str, outcome: str, call: dict[str, Any]) -> None:
+def job_outcome(conn: redis.Redis, job: str, outcome: str, call: dict[str, Any]) -> None:
     """A job's outcome and, if it called the provider, that call's figures: one round trip."""
     with conn.pipeline(transaction=False) as pipe:
         pipe.hincrby(METRICS, f"jobs|{job}|{outcome}", 1)

@@ -15,7 +15,7 @@ import time
 import redis
 
 from workers import provider as p
-from workers import store
+from workers import schema
 from workers.reports import store_pull
 from workers.runtime import Runtime
 
@@ -24,7 +24,7 @@ FULL = 20  # the provider returns at most 20 items a call
 BURST = 50
 
 # Acquire the lease if free, renew it if ours. KEYS: lease; ARGV: owner, ttl ms.
-LEASE = """
+LEASE_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
@@ -32,15 +32,16 @@ return 0
 """
 
 
-def hold_lease(conn: redis.Redis, key: str, owner: str, seconds: float) -> bool:
-    return bool(conn.eval(LEASE, 1, key, owner, int(seconds * 1000)))
+def hold_lease(conn: redis.Redis, name: str, owner: str, seconds: float) -> bool:
+    """Take or renew the fleet-wide lease ``name`` (see ``schema.lease_key``) for ``owner``."""
+    return bool(conn.eval(LEASE_SCRIPT, 1, schema.lease_key(name), owner, int(seconds * 1000)))
 
 
 def tick(rt: Runtime, owner: str, now: float | None = None) -> int:
     """Pull what is due for every account whose lease this process holds; returns calls made."""
     calls = 0
     for account in rt.settings.accounts:
-        if not hold_lease(rt.conn, f"sg:lease:pull:{account}", owner, rt.settings.lease_seconds):
+        if not hold_lease(rt.conn, f"pull:{account}", owner, rt.settings.lease_seconds):
             continue
         for kind, endpoint in (("rpt", "report"), ("mo", "reve_urlencode")):
             # Keep calling within this tick while the provider has more and the configured gap
@@ -58,7 +59,7 @@ def tick(rt: Runtime, owner: str, now: float | None = None) -> int:
 
 def _pull(rt: Runtime, account: str, kind: str, endpoint: str, now: float) -> int:
     conn, settings = rt.conn, rt.settings
-    schedule = f"sg:pull:{account}"
+    schedule = schema.pull_schedule_key(account)
     due = float(conn.hget(schedule, kind) or 0)
     if now < due:
         return 0
@@ -71,7 +72,7 @@ def _pull(rt: Runtime, account: str, kind: str, endpoint: str, now: float) -> in
     if raw:
         store_pull(conn, account, kind, raw)
     items = sum(1 for line in raw.splitlines() if line.strip())
-    awaiting = conn.zcard(store.await_key(account)) > 0
+    awaiting = conn.zcard(schema.awaiting_key(account)) > 0
     full = items >= FULL
     gap = settings.pull_gap_seconds if full or (kind == "rpt" and awaiting) else settings.pull_interval_seconds
     conn.hset(schedule, kind, f"{now + gap:.3f}")

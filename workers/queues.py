@@ -1,15 +1,68 @@
-"""smsgw's RQ queues, in the order workers take them.
+"""smsgw's RQ queues, and everything smsgw reads from RQ, through RQ's public API only.
 
-A worker listens to all three in this order, so a verification code (``high``) is never stuck
-behind a million-recipient campaign (``bulk``). Callbacks to client services get their own queue
-(delivery-report issue) so a slow receiver never delays a send.
+A worker listens to the send queues in priority order, so a verification code (``high``) is
+never stuck behind a million-recipient campaign (``bulk``); callbacks to client services come
+last, on their own queue, so a slow receiver never delays a send.
+
+RQ's Redis layout is RQ's business: this adapter asks :class:`rq.job.Job`, :class:`rq.Queue`
+and the registries, so an RQ upgrade that changes its keys cannot silently break crash recovery
+(``rq`` is pinned to the major the suite tests).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import ScheduledJobRegistry
+
 PRIORITIES = ("high", "normal", "bulk")
 QUEUE_NAMES = {p: f"smsgw-{p}" for p in PRIORITIES}
 CALLBACK_QUEUE = "smsgw-callbacks"
-#: Every queue smsgw enqueues to, in the order a worker serves them: callbacks to client services
-#: last, so they never delay a send.
+#: Every queue smsgw enqueues to, in the order a worker serves them.
 WORKER_QUEUES = (*(QUEUE_NAMES[p] for p in PRIORITIES), CALLBACK_QUEUE)
+
+
+def job_alive(conn: redis.Redis, job_id: str, timeout: float) -> bool:
+    """Whether RQ will still run (or is running) this job: queued and in its queue's list,
+    scheduled or deferred, or started less than ``timeout`` seconds ago."""
+    try:
+        job = Job.fetch(job_id, connection=conn)
+    except NoSuchJobError:
+        return False
+    status = job.get_status(refresh=False)
+    if status == JobStatus.QUEUED:
+        return Queue(job.origin, connection=conn).get_job_position(job_id) is not None
+    if status in (JobStatus.SCHEDULED, JobStatus.DEFERRED):
+        return True
+    if status == JobStatus.STARTED:
+        started = job.started_at
+        if started is None:
+            return True
+        return (datetime.now(UTC) - started.replace(tzinfo=UTC)).total_seconds() < timeout
+    return False
+
+
+def depths(conn: redis.Redis, names: tuple[str, ...] = WORKER_QUEUES) -> dict[str, int]:
+    """Jobs waiting in each queue."""
+    return {name: Queue(name, connection=conn).count for name in names}
+
+
+def take_overdue(conn: redis.Redis, before: float) -> list[tuple[Queue, Job]]:
+    """Scheduled jobs due before ``before``, each taken out of its registry by this caller
+    alone (so two rescuers never both enqueue one)."""
+    taken = []
+    for name in WORKER_QUEUES:
+        queue = Queue(name, connection=conn)
+        registry = ScheduledJobRegistry(queue=queue)
+        for job_id in registry.get_jobs_to_schedule(timestamp=int(before)):
+            if not registry.remove(job_id):
+                continue
+            try:
+                taken.append((queue, Job.fetch(job_id, connection=conn)))
+            except NoSuchJobError:
+                continue
+    return taken

@@ -1,11 +1,11 @@
 """Status reports and replies: stored raw first, then tied to what was sent.
 
 Both arrive once and never again (by push or by pull), so nothing is parsed before it is in
-Redis: the push receiver and the pullers append raw items to ``sg:inbox``; :func:`ingest` (one
+Redis: the push receiver and the pullers append raw items to the inbox; :func:`ingest` (one
 process at a time, under a lease) applies them and only then trims them off. Applying is
 idempotent, so a crash mid-batch just applies the batch again.
 
-Per recipient, chunk by chunk, ``sg:r:<mid>:<n>`` maps mobile → ``state|code|time`` with state
+Per recipient, chunk by chunk, ``schema.recipients_key`` maps mobile → ``state|code|time`` with state
 ``D`` (delivered), ``U`` (undelivered, keeping the operator's code) or ``X`` (unknown: no report
 within the window). A missing entry means submitted, no report yet. Reports merge in Lua by
 (report time, DELIVRD before the rest): late, duplicated and shuffled reports, by push and pull
@@ -24,18 +24,14 @@ from typing import Any
 
 import redis
 
+from workers import lifecycle, schema
 from workers import provider as p
-from workers import store
-from workers.notify import queue_event
+from workers.notifications import queue_event
 from workers.runtime import Runtime
+from workers.schema import COUNTS, DEAD, INBOX, ORPHANS, REPLIES, Chunk, Message, Reply, recipients_key
 
 log = logging.getLogger("smsgw.reports")
 
-INBOX = "sg:inbox"
-DEAD = "sg:dead"
-ORPHANS = "sg:orphans"
-COUNTS = "sg:counts"
-REPLIES = "sg:replies"
 DEAD_MAX = 10_000
 ORPHANS_MAX = 100_000
 BATCH = 500
@@ -90,10 +86,6 @@ return 1
 """
 
 
-def recipients_key(mid: str, n: int) -> str:
-    return f"sg:r:{mid}:{n}"
-
-
 def item_id(item: dict[str, str]) -> str:
     """The identity of a pushed or pulled item: same linkid, mobile, status or text, and time."""
     parts = [item.get(k, "") for k in ("kind", "linkid", "mobile", "status", "content", "time")]
@@ -105,7 +97,7 @@ def receive(conn: redis.Redis, items: list[dict[str, str]], ttl: int) -> int:
     Returns how many were new."""
     new = 0
     for item in items:
-        seen = f"sg:pushseen:{item_id(item)}"
+        seen = schema.push_seen_key(item_id(item))
         with conn.pipeline() as pipe:
             pipe.set(seen, 1, nx=True, ex=ttl)
             stored = pipe.execute()[0]
@@ -139,9 +131,9 @@ def ingest(rt: Runtime, batch: int = BATCH) -> int:
                     _dead(conn, line, e.reason, entry)
                     continue
                 item["account"] = entry["account"]
-                applied += apply(rt, item, cache)
+                applied += apply_item(rt, item, cache)
         else:
-            applied += apply(rt, entry, cache)
+            applied += apply_item(rt, entry, cache)
     if raw_entries:
         conn.ltrim(INBOX, len(raw_entries), -1)
         log.debug("ingested %d entries, %d items applied", len(raw_entries), applied)
@@ -189,28 +181,28 @@ def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | N
     if linkid in cache:
         return cache[linkid]
     conn = rt.conn
-    ref = conn.get(store.linkid_key(linkid)) if linkid else None
+    ref = conn.get(schema.linkid_key(linkid)) if linkid else None
     if ref is None:
         cache[linkid] = None
         return None
     mid, _, n_s = ref.decode().rpartition(":")
     n = int(n_s)
     with conn.pipeline(transaction=False) as pipe:
-        pipe.set(f"sg:rl:{linkid}", 1, ex=rt.settings.retention_seconds)
-        pipe.hmget(store.chunk_key(mid, n), "st", "sub")
-        pipe.ttl(store.msg_key(mid))
-        pipe.hget(store.msg_key(mid), "cb")
+        pipe.set(schema.report_seen_key(linkid), 1, ex=rt.settings.retention_seconds)
+        pipe.hmget(schema.chunk_key(mid, n), Chunk.field_of("state"), Chunk.field_of("submitted_at"))
+        pipe.ttl(schema.message_key(mid))
+        pipe.hget(schema.message_key(mid), Message.field_of("callback_url"))
         _, (state, submitted), ttl, callback = pipe.execute()
-    if state == store.UNCONFIRMED.encode():
-        from workers.jobs import check  # a report proves the ambiguous submission was accepted
-
-        check(rt, mid, n)
+    if state == lifecycle.UNCONFIRMED.encode():
+        # A report proves the ambiguous submission was accepted.
+        lifecycle.settle_unconfirmed(conn, rt.settings, mid, n)
     ttl = int(ttl) if ttl and int(ttl) > 0 else rt.settings.retention_seconds
     cache[linkid] = _Sent(mid, n, float(submitted or 0), ttl, bool(callback))
     return cache[linkid]
 
 
-def apply(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | None] | None = None) -> int:
+def apply_item(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | None] | None = None) -> int:
+    """Apply one parsed report or reply; returns 1 if it changed something."""
     if item.get("kind") == "mo":
         return _apply_reply(rt, item)
     return _apply_report(rt, item, {} if cache is None else cache)
@@ -231,45 +223,82 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
     state = "D" if status == "DELIVRD" else "U"
     ts = epoch(item.get("time", "")) or time.time()
     changed = conn.eval(
-        MERGE, 3, recipients_key(sent.mid, sent.n), store.msg_key(sent.mid), COUNTS,
-        mobile, state, status, f"{ts:.0f}", sent.ttl, f"{sent.submitted:.0f}", f"reports_{STATE_NAMES[state]}", 1,
-    )  # fmt: skip
+        MERGE,
+        3,
+        recipients_key(sent.mid, sent.n),
+        schema.message_key(sent.mid),
+        COUNTS,
+        mobile,
+        state,
+        status,
+        f"{ts:.0f}",
+        sent.ttl,
+        f"{sent.submitted:.0f}",
+        f"reports_{STATE_NAMES[state]}",
+        1,
+    )
     if changed and sent.callback:
         queue_event(
             rt,
             sent.mid,
-            {"type": "recipient.final", "mobile": mobile, "state": STATE_NAMES[state], "operator_code": status,
-             "reported_at": datetime.fromtimestamp(ts, CST).isoformat(), "linkid": linkid},
-        )  # fmt: skip
+            {
+                "type": "recipient.final",
+                "mobile": mobile,
+                "state": STATE_NAMES[state],
+                "operator_code": status,
+                "reported_at": datetime.fromtimestamp(ts, CST).isoformat(),
+                "linkid": linkid,
+            },
+        )
     return 1
 
 
 def _apply_reply(rt: Runtime, item: dict[str, str]) -> int:
     conn, settings = rt.conn, rt.settings
     linkid = item.get("linkid", "")
-    ref = conn.get(store.linkid_key(linkid)) if linkid else None
+    ref = conn.get(schema.linkid_key(linkid)) if linkid else None
     mid = ref.decode().rpartition(":")[0] if ref else ""
-    account = item.get("account", "")
-    if mid and not account:
-        account = (conn.hget(store.msg_key(mid), "a") or b"").decode()
+    account, api_key = item.get("account", ""), ""
+    if mid:
+        sent_by = conn.hmget(schema.message_key(mid), Message.field_of("account"), Message.field_of("api_key"))
+        account = account or (sent_by[0] or b"").decode()
+        api_key = (sent_by[1] or b"").decode()
     received = time.time()
     rid = f"{int(received * 1000):011x}{item_id(item)[:12]}"
-    fields = {
-        "mobile": item.get("mobile", ""), "content": item.get("content", ""), "linkid": linkid,
-        "time": item.get("time", ""), "account": account, "message_id": mid, "received": f"{received:.3f}",
-    }  # fmt: skip
-    keys = [f"sg:seen:{item_id(item)}", f"sg:reply:{rid}", REPLIES, f"{REPLIES}:m:{fields['mobile']}"]
+    reply = Reply(
+        id=rid,
+        mobile=item.get("mobile", ""),
+        content=item.get("content", ""),
+        linkid=linkid,
+        time=item.get("time", ""),
+        account=account,
+        message_id=mid,
+        api_key=api_key,
+        received=received,
+    )
+    keys = [
+        schema.reply_seen_key(item_id(item)),
+        schema.reply_key(rid),
+        REPLIES,
+        schema.replies_index_key("m", reply.mobile),
+    ]
     if account:
-        keys.append(f"{REPLIES}:a:{account}")
+        keys.append(schema.replies_index_key("a", account))
     if mid:
-        keys.append(f"{REPLIES}:msg:{mid}")
-    stored = conn.eval(STORE_REPLY, len(keys), *keys, settings.retention_seconds, f"{received:.3f}", rid,
-                       json.dumps(fields, ensure_ascii=False))  # fmt: skip
+        keys.append(schema.replies_index_key("msg", mid))
+    fields = json.dumps(reply.to_hash(), ensure_ascii=False)
+    stored = conn.eval(STORE_REPLY, len(keys), *keys, settings.retention_seconds, f"{received:.3f}", rid, fields)
     if stored:
         conn.hincrby(COUNTS, "replies", 1)
         if mid:
-            queue_event(rt, mid, {"type": "reply", "mobile": fields["mobile"], "text": fields["content"],
-                                  "replied_at": fields["time"], "linkid": linkid})  # fmt: skip
+            event = {
+                "type": "reply",
+                "mobile": reply.mobile,
+                "text": reply.content,
+                "replied_at": reply.time,
+                "linkid": linkid,
+            }
+            queue_event(rt, mid, event)
     return int(stored)
 
 
@@ -278,17 +307,27 @@ def mark_unknown(rt: Runtime, now: float, window: float) -> int:
     conn = rt.conn
     marked = 0
     for account in rt.settings.accounts:
-        for raw in conn.zrangebyscore(store.await_key(account), "-inf", now - window, start=0, num=200):
-            _, mid, n = store.parse_ref(raw.decode())
-            chunk = store.load_chunk(conn, mid, n)
-            ttl = store.ttl_of(conn, store.msg_key(mid), rt.settings.retention_seconds)
-            for item in chunk.get("to", "").split(";") if chunk else []:
-                mobile = item.split(",", 1)[0]
+        for raw in conn.zrangebyscore(schema.awaiting_key(account), "-inf", now - window, start=0, num=200):
+            _, mid, n = schema.parse_ref(raw.decode())
+            chunk = Chunk.load(conn, mid, n)
+            ttl = schema.ttl_of(conn, schema.message_key(mid), rt.settings.retention_seconds)
+            for mobile in chunk.mobiles if chunk else []:
                 marked += conn.eval(
-                    MERGE, 3, recipients_key(mid, n), store.msg_key(mid), COUNTS,
-                    mobile, "X", "", f"{now:.0f}", ttl, 0, "reports_unknown", 0,
-                )  # fmt: skip
-            conn.zrem(store.await_key(account), raw)
+                    MERGE,
+                    3,
+                    recipients_key(mid, n),
+                    schema.message_key(mid),
+                    COUNTS,
+                    mobile,
+                    "X",
+                    "",
+                    f"{now:.0f}",
+                    ttl,
+                    0,
+                    "reports_unknown",
+                    0,
+                )
+            conn.zrem(schema.awaiting_key(account), raw)
     return marked
 
 

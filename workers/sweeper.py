@@ -3,119 +3,102 @@
 Why smsgw needs its own: a worker listening on several queues dequeues with ``BLPOP``; killed
 between the pop and its registration, the job is in no list and no registry and stays
 ``queued`` for ever. A Redis that lost its last second of writes can likewise hold a chunk
-whose job is gone. Every ref in ``sg:watch`` has a deadline; when it passes, the sweeper looks
-for the job that should own it and re-enqueues when there is none. Re-enqueueing is always
-safe: the job reads the chunk's state and does only what that state allows.
+whose job is gone. Every ref in the watch set (``schema.WATCH``) has a deadline; when it passes,
+the sweeper asks RQ (``workers.queues.job_alive``) for the job that should own it and
+re-enqueues when there is none. Re-enqueueing is always safe: the job reads the chunk's state
+and does only what that state allows.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 
 import redis
 
-from workers import store
-from workers.jobs import CHECK, PLAN, SEND, enqueue_send, job_timeout
-from workers.queues import QUEUE_NAMES
-from workers.runtime import Runtime
+from workers import lifecycle, schema
+from workers.lifecycle import CHECK, SEND
+from workers.queues import job_alive
+from workers.schema import Chunk, Message
+from workers.settings import Settings
 
 log = logging.getLogger("smsgw.sweeper")
 
 
-def job_alive(conn: redis.Redis, job_id: str, queue_name: str, timeout: float) -> bool:
-    """Whether RQ will still run (or is running) this job."""
-    status, started = conn.hmget(f"rq:job:{job_id}", "status", "started_at")
-    if status is None:
-        return False
-    status_s = status.decode()
-    if status_s == "queued":
-        return conn.lpos(f"rq:queue:{queue_name}", job_id) is not None
-    if status_s in ("scheduled", "deferred"):
-        return True
-    if status_s == "started":
-        if not started:
-            return True
-        begun = datetime.strptime(started.decode().rstrip("Z"), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
-        return (datetime.now(UTC) - begun).total_seconds() < timeout
-    return False
-
-
-def sweep(rt: Runtime, now: float | None = None, limit: int = 1000) -> int:
+def sweep(conn: redis.Redis, settings: Settings, now: float | None = None, limit: int = 1000) -> int:
     """Check every ref whose deadline passed; returns how many got a new job."""
-    conn = rt.conn
     now = time.time() if now is None else now
     revived = 0
-    for raw in conn.zrangebyscore(store.WATCH, "-inf", now, start=0, num=limit):
+    for raw in conn.zrangebyscore(schema.WATCH, "-inf", now, start=0, num=limit):
         ref = raw.decode()
-        kind, mid, n = store.parse_ref(ref)
+        kind, mid, n = schema.parse_ref(ref)
         try:
-            revived += _message(rt, mid, now) if kind == "m" else _chunk(rt, mid, n, now)
+            if kind == "m":
+                revived += _message(conn, settings, mid, now)
+            else:
+                revived += _chunk(conn, settings, mid, n, now)
         except redis.RedisError:
             raise
         except Exception:  # one corrupt record must not stop the sweep of the others
             log.exception("sweeping %s failed", ref)
-            conn.zadd(store.WATCH, {ref: now + rt.settings.job_grace_seconds}, xx=True)
+            conn.zadd(schema.WATCH, {ref: now + settings.job_grace_seconds}, xx=True)
     return revived
 
 
-def _message(rt: Runtime, mid: str, now: float) -> int:
-    conn, settings = rt.conn, rt.settings
-    ref = f"m:{mid}"
-    state, account, priority, job_id = (
-        v.decode() if v else "" for v in conn.hmget(store.msg_key(mid), "st", "a", "pr", "job")
-    )
-    if state not in ("accepted", "scheduled"):
-        conn.zrem(store.WATCH, ref)
+def _message(conn: redis.Redis, settings: Settings, mid: str, now: float) -> int:
+    ref = schema.message_ref(mid)
+    msg = Message.load(conn, mid)
+    if msg is None or msg.state not in lifecycle.UNPLANNED:
+        conn.zrem(schema.WATCH, ref)
         return 0
-    queue = QUEUE_NAMES[priority]
-    if job_alive(conn, job_id, queue, job_timeout(settings, account) + settings.job_grace_seconds):
-        conn.zadd(store.WATCH, {ref: now + settings.job_grace_seconds}, xx=True)
+    if job_alive(conn, msg.job, lifecycle.PLAN_TIMEOUT + settings.job_grace_seconds):
+        conn.zadd(schema.WATCH, {ref: now + settings.job_grace_seconds}, xx=True)
         return 0
-    seq = int(conn.hincrby(store.msg_key(mid), "jq", 1))
-    new_id = f"p-{mid}-{seq}"
+    seq = int(conn.hincrby(schema.message_key(mid), Message.field_of("job_seq"), 1))
     with conn.pipeline() as pipe:
-        pipe.hset(store.msg_key(mid), "job", new_id)
-        rt.queue(priority).enqueue_many(
-            [rt.queue(priority).prepare_data(PLAN, args=(mid,), job_id=new_id, timeout=600)],
-            pipeline=pipe,
+        jid = lifecycle.enqueue_plan(
+            pipe, conn, settings, mid, account=msg.account, priority=msg.priority, seq=seq, now=now
         )
-        pipe.zadd(store.WATCH, {ref: now + settings.job_grace_seconds})
+        pipe.hset(schema.message_key(mid), mapping=Message.short(job=jid))
         pipe.execute()
-    log.warning("message %s had no live plan job; enqueued %s", mid, new_id, extra={"message_id": mid})
+    log.warning("message %s had no live plan job; enqueued %s", mid, jid, extra={"message_id": mid})
     return 1
 
 
-def _chunk(rt: Runtime, mid: str, n: int, now: float) -> int:
-    conn, settings = rt.conn, rt.settings
-    ref = store.chunk_ref(mid, n)
-    chunk = store.load_chunk(conn, mid, n)
-    state = chunk.get("st")
-    if state is None or state in store.FINAL or state == store.HELD:
-        conn.zrem(store.WATCH, ref)
+def _chunk(conn: redis.Redis, settings: Settings, mid: str, n: int, now: float) -> int:
+    ref = schema.chunk_ref(mid, n)
+    chunk = Chunk.load(conn, mid, n)
+    if chunk is None or chunk.state in lifecycle.FINAL or chunk.state == lifecycle.HELD:
+        conn.zrem(schema.WATCH, ref)
         return 0
-    timeout = job_timeout(settings, chunk["a"]) + settings.job_grace_seconds
-    queue = QUEUE_NAMES[chunk["pr"]]
-    if state == store.SUBMITTING:
+    timeout = lifecycle.job_timeout(settings, chunk.account) + settings.job_grace_seconds
+    if chunk.state == lifecycle.SUBMITTING:
         # The provider call is bounded by its timeouts: past the deadline, whoever made it is
         # gone. A new run finds 'submitting' and takes the ambiguous path.
-        lost = now > float(chunk.get("dl", "0"))
+        lost = now > chunk.deadline
         func = SEND
-    elif state == store.UNCONFIRMED:
-        lost = now > float(chunk.get("uw", "0")) and not job_alive(conn, chunk["job"], queue, timeout)
+    elif chunk.state == lifecycle.UNCONFIRMED:
+        lost = now > chunk.wait_until and not job_alive(conn, chunk.job, timeout)
         func = CHECK
     else:
-        lost = not job_alive(conn, chunk.get("job", ""), queue, timeout)
+        lost = not job_alive(conn, chunk.job, timeout)
         func = SEND
     if not lost:
-        conn.zadd(store.WATCH, {ref: now + settings.job_grace_seconds}, xx=True)
+        conn.zadd(schema.WATCH, {ref: now + settings.job_grace_seconds}, xx=True)
         return 0
-    revived = enqueue_send(
-        conn, mid, n, from_states={state}, to_state=state, settings=settings, func=func,
-        event="sweeper_revived", found=state, lost_job=chunk.get("job", ""),
-    )  # fmt: skip
+    revived = lifecycle.enqueue_next(
+        conn,
+        settings,
+        mid,
+        n,
+        from_states={chunk.state},
+        to_state=chunk.state,
+        func=func,
+        event="sweeper_revived",
+        found=chunk.state,
+        lost_job=chunk.job,
+    )
     if revived:
-        log.warning("chunk %s:%d (%s) had no live job; re-enqueued", mid, n, state,
-                    extra={"message_id": mid, "chunk": n, "linkid": chunk.get("lk")})  # fmt: skip
+        extra = {"message_id": mid, "chunk": n, "linkid": chunk.linkid}
+        log.warning("chunk %s:%d (%s) had no live job; re-enqueued", mid, n, chunk.state, extra=extra)
     return int(revived)

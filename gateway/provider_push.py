@@ -13,19 +13,15 @@ from __future__ import annotations
 import hmac
 import logging
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
+from gateway.context import runtime
 from gateway.problems import Problem
 from workers.provider import parse_form
 from workers.reports import receive
-from workers.runtime import Runtime
 
-log = logging.getLogger("smsgw.callbacks")
-bp = Blueprint("callbacks", __name__)
-
-
-def runtime() -> Runtime:
-    return current_app.extensions["smsgw"]  # type: ignore[no-any-return]
+log = logging.getLogger("smsgw.provider_push")
+bp = Blueprint("provider_push", __name__)
 
 
 def _text(value: bytes) -> str:
@@ -41,8 +37,12 @@ def parse_push(raw: dict[str, bytes], uid_to_account: dict[str, str]) -> dict[st
     mobile = fields.get("Mobile", "")
     if kind not in ("rpt", "mo") or not mobile:
         raise ValueError("needs Class=rpt or Class=mo and a Mobile")
-    item = {"kind": kind, "mobile": mobile, "linkid": fields.get("LinkId", ""),
-            "account": uid_to_account.get(fields.get("SmsName", ""), "")}  # fmt: skip
+    item = {
+        "kind": kind,
+        "mobile": mobile,
+        "linkid": fields.get("LinkId", ""),
+        "account": uid_to_account.get(fields.get("SmsName", ""), ""),
+    }
     if kind == "rpt":
         if not fields.get("Report"):
             raise ValueError("a report needs Report")

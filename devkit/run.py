@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from workers.redis_server import RedisServer
+from devkit.redis_server import RedisServer
 
 LOCAL_API_KEY = "local-dev-key-change-me-0123456789"
 BANNER = """
@@ -49,11 +49,21 @@ def run_local(*, api_port: int, simulator_port: int) -> None:
     try:
         children.append(
             subprocess.Popen(
-                [py, "-m", "workers.simulator", "--port", str(simulator_port),
-                 "--uid", env["SMSGW_PROVIDER_UID"], "--password", env["SMSGW_PROVIDER_PASSWORD"]],
-                env=env, start_new_session=True,
+                [
+                    py,
+                    "-m",
+                    "devkit.simulator",
+                    "--port",
+                    str(simulator_port),
+                    "--uid",
+                    env["SMSGW_PROVIDER_UID"],
+                    "--password",
+                    env["SMSGW_PROVIDER_PASSWORD"],
+                ],
+                env=env,
+                start_new_session=True,
             )
-        )  # fmt: skip
+        )
         _wait_http(f"{sim_url}/_sim/state")
         api_url = f"http://127.0.0.1:{api_port}"
         children.append(

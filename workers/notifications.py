@@ -1,4 +1,4 @@
-"""Telling the calling service: events POSTed as JSON to the message's ``callback_url``.
+"""Caller notifications: telling the calling service, by events POSTed as JSON to the message's ``callback_url``.
 
 Events (a recipient reached a final state, a reply came) queue per message in Redis and go out
 in batches of up to ``SMSGW_CALLBACK_MAX_BATCH`` on their own RQ queue, so a slow receiver never
@@ -25,24 +25,17 @@ from typing import Any
 import requests
 from rq import Queue
 
-from workers import store
+from workers import schema
 from workers.alerts import alert
 from workers.policy import backoff
 from workers.queues import CALLBACK_QUEUE
 from workers.runtime import Runtime, current
+from workers.schema import Message, callback_job_key, callback_log_key, callback_queue_key
 
-log = logging.getLogger("smsgw.notify")
+log = logging.getLogger("smsgw.notifications")
 PENDING_MAX = 10_000
 HISTORY_MAX = 50
-DELIVER = "workers.notify.deliver"
-
-
-def pending_key(mid: str) -> str:
-    return f"sg:cbq:{mid}"
-
-
-def history_key(mid: str) -> str:
-    return f"sg:cbh:{mid}"
+DELIVER = "workers.notifications.deliver"
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -51,15 +44,16 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 def queue_event(rt: Runtime, mid: str, event: dict[str, Any]) -> None:
     conn = rt.conn
-    url, reference = (v.decode() if v else "" for v in conn.hmget(f"sg:m:{mid}", "cb", "ref"))
+    fields = (Message.field_of("callback_url"), Message.field_of("reference"))
+    url, reference = (v.decode() if v else "" for v in conn.hmget(schema.message_key(mid), *fields))
     if not url:
         return
     event = {**event, "message_id": mid, "reference": reference or None}
-    ttl = store.ttl_of(conn, f"sg:m:{mid}", rt.settings.retention_seconds)
+    ttl = schema.ttl_of(conn, schema.message_key(mid), rt.settings.retention_seconds)
     with conn.pipeline(transaction=False) as pipe:
-        pipe.rpush(pending_key(mid), json.dumps(event, ensure_ascii=False))
-        pipe.ltrim(pending_key(mid), -PENDING_MAX, -1)
-        pipe.expire(pending_key(mid), ttl)
+        pipe.rpush(callback_queue_key(mid), json.dumps(event, ensure_ascii=False))
+        pipe.ltrim(callback_queue_key(mid), -PENDING_MAX, -1)
+        pipe.expire(callback_queue_key(mid), ttl)
         pipe.execute()
     _schedule(rt, mid, 0.0)
 
@@ -67,7 +61,7 @@ def queue_event(rt: Runtime, mid: str, event: dict[str, Any]) -> None:
 def _schedule(rt: Runtime, mid: str, delay: float, *, force: bool = False) -> None:
     """One delivery job per message at a time (a marker with expiry, in case a job is lost)."""
     conn = rt.conn
-    marker = f"sg:cbjob:{mid}"
+    marker = callback_job_key(mid)
     if force:
         conn.set(marker, 1, ex=int(delay) + 120)
     elif not conn.set(marker, 1, nx=True, ex=int(delay) + 120):
@@ -85,12 +79,15 @@ def deliver(mid: str) -> str:
 
 def deliver_now(rt: Runtime, mid: str) -> str:
     conn, settings = rt.conn, rt.settings
-    raw = conn.lrange(pending_key(mid), 0, settings.callback_max_batch - 1)
-    msg_key = f"sg:m:{mid}"
+    raw = conn.lrange(callback_queue_key(mid), 0, settings.callback_max_batch - 1)
+    msg_key = schema.message_key(mid)
     if not raw:
-        conn.delete(f"sg:cbjob:{mid}")
+        conn.delete(callback_job_key(mid))
         return "empty"
-    url, key_name = (v.decode() if v else "" for v in conn.hmget(msg_key, "cb", "key"))
+    url, key_name = (
+        v.decode() if v else ""
+        for v in conn.hmget(msg_key, Message.field_of("callback_url"), Message.field_of("api_key"))
+    )
     secret = next((k.callback_secret.reveal() for k in settings.api_keys if k.name == key_name), "")
     body = json.dumps({"events": [json.loads(e) for e in raw]}, ensure_ascii=False).encode()
     stamp = int(time.time())
@@ -107,30 +104,30 @@ def deliver_now(rt: Runtime, mid: str) -> str:
     except requests.RequestException as e:
         ok, outcome = False, type(e).__name__
     attempt = {"at": round(time.time(), 3), "events": len(raw), "outcome": outcome, "ok": ok}
-    ttl = store.ttl_of(conn, msg_key, rt.settings.retention_seconds)
+    ttl = schema.ttl_of(conn, msg_key, rt.settings.retention_seconds)
     with conn.pipeline(transaction=False) as pipe:
-        pipe.rpush(history_key(mid), json.dumps(attempt))
-        pipe.ltrim(history_key(mid), -HISTORY_MAX, -1)
-        pipe.expire(history_key(mid), ttl)
+        pipe.rpush(callback_log_key(mid), json.dumps(attempt))
+        pipe.ltrim(callback_log_key(mid), -HISTORY_MAX, -1)
+        pipe.expire(callback_log_key(mid), ttl)
         if ok:
-            pipe.ltrim(pending_key(mid), len(raw), -1)
-            pipe.hdel(msg_key, "cb_fail_since", "cb_fails")
-            pipe.hincrby(msg_key, "cb_sent", len(raw))
+            pipe.ltrim(callback_queue_key(mid), len(raw), -1)
+            pipe.hdel(msg_key, Message.field_of("callback_fail_since"), Message.field_of("callback_fails"))
+            pipe.hincrby(msg_key, Message.field_of("callbacks_sent"), len(raw))
         pipe.execute()
     if ok:
-        if conn.llen(pending_key(mid)):
+        if conn.llen(callback_queue_key(mid)):
             _schedule(rt, mid, 0.0, force=True)
         else:
-            conn.delete(f"sg:cbjob:{mid}")
+            conn.delete(callback_job_key(mid))
         return "delivered"
     now = time.time()
-    conn.hsetnx(msg_key, "cb_fail_since", f"{now:.3f}")
-    fails = conn.hincrby(msg_key, "cb_fails", 1)
-    since = float(conn.hget(msg_key, "cb_fail_since") or now)
+    conn.hsetnx(msg_key, Message.field_of("callback_fail_since"), f"{now:.3f}")
+    fails = conn.hincrby(msg_key, Message.field_of("callback_fails"), 1)
+    since = float(conn.hget(msg_key, Message.field_of("callback_fail_since")) or now)
     if now - since >= settings.callback_retry_seconds:
-        dropped = conn.llen(pending_key(mid))
-        conn.delete(pending_key(mid), f"sg:cbjob:{mid}")
-        conn.hset(msg_key, mapping={"cb_state": "abandoned", "cb_dropped": dropped})
+        dropped = conn.llen(callback_queue_key(mid))
+        conn.delete(callback_queue_key(mid), callback_job_key(mid))
+        conn.hset(msg_key, mapping=Message.short(callback_state="abandoned", callbacks_dropped=dropped))
         alert(settings, conn, "callback_abandoned", message_id=mid, events=dropped, last=outcome)
         return "abandoned"
     _schedule(rt, mid, backoff(fails, settings.retry_base_seconds, settings.retry_max_seconds), force=True)

@@ -1,0 +1,36 @@
+"""Unit tests of account state on fakeredis: holds alert once per change, the rate is shared."""
+
+from __future__ import annotations
+
+import fakeredis
+
+from tests.conftest import make_settings
+from workers import accounts, schema
+
+
+def test_hold_alerts_once_and_activate_reports_what_it_changed():
+    conn, settings = fakeredis.FakeRedis(), make_settings()
+    assert accounts.hold(settings, conn, "default", 8, "account frozen") is True
+    assert accounts.hold(settings, conn, "default", 8, "account frozen") is False
+    assert conn.hget(schema.ALERTS, "account_held") == b"1"
+    state = accounts.state(conn, "default")
+    assert state.state == "held" and state.code == "8" and state.since > 0
+    assert accounts.is_held(conn, "default")
+    assert accounts.activate(settings, conn, "default", by="test") is True
+    assert accounts.activate(settings, conn, "default", by="test") is False
+    assert conn.hget(schema.ALERTS, "account_resumed") == b"1"
+
+
+def test_chunk_size_only_goes_down_and_never_above_the_setting():
+    conn, settings = fakeredis.FakeRedis(), make_settings(SMSGW_PROVIDER_CHUNK_SIZE="500")
+    assert accounts.chunk_size(conn, settings, "default") == 500
+    accounts.lower_chunk_size(conn, "default", 300)
+    accounts.lower_chunk_size(conn, "default", 400)
+    assert accounts.chunk_size(conn, settings, "default") == 300
+
+
+def test_rate_slots_are_counted_in_redis_for_every_caller():
+    conn = fakeredis.FakeRedis()
+    slots = [accounts.hold_and_slot(conn, "default")[1] for _ in range(3)]
+    assert slots[-1] >= 3  # one counter, whoever asks (a new second may start between calls)
+    assert accounts.acquire_rate(conn, "default", 1000)

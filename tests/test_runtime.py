@@ -1,0 +1,53 @@
+"""The runtime is looked up by entry points only; everything below takes it as arguments."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from gateway import create_app
+from tests.conftest import TEST_ENV, make_settings
+from workers.runtime import install
+
+
+@pytest.fixture
+def no_smsgw_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in __import__("os").environ if n.startswith("SMSGW_")]:
+        monkeypatch.delenv(name)
+    install(None)  # no process-global runtime either: only what is passed down
+
+
+def test_resume_with_explicit_settings_and_no_environment(no_smsgw_env, redis_server, redis_conn, simulator):
+    """Regression: resuming held chunks used to fall back to a runtime built from os.environ,
+    so with explicit settings and no SMSGW_REDIS_URL it raised after marking the account
+    active, and its chunks stayed held for good (the sweeper skips held chunks)."""
+    settings = make_settings(
+        redis_server.url, SMSGW_PROVIDER_URL=simulator.api_url, SMSGW_OPERATOR_PASSWORD="operator-pass-123"
+    )
+    app = create_app(settings)
+    api = app.test_client()
+    auth = {"Authorization": f"Bearer {TEST_ENV['SMSGW_API_KEYS'].partition(':')[2]}"}
+    operator = {"Authorization": "Basic " + __import__("base64").b64encode(b"operator:operator-pass-123").decode()}
+
+    assert api.post("/admin/accounts/default/hold", headers=operator).status_code == 200
+    mid = api.post("/v1/messages", json={"to": ["13800138000"], "text": "held"}, headers=auth).get_json()["id"]
+    from rq import Queue, SimpleWorker
+
+    from workers.queues import WORKER_QUEUES
+
+    conn = redis.Redis.from_url(redis_server.url)
+    queues = [Queue(q, connection=conn) for q in WORKER_QUEUES]
+    # A worker process has its own runtime (its entry point installs it); the API process has none.
+    from workers.runtime import Runtime
+
+    install(Runtime.from_settings(settings))
+    SimpleWorker(queues, connection=conn).work(burst=True, logging_level="WARNING")
+    install(None)
+    chunk = api.get(f"/v1/messages/{mid}", headers=auth).get_json()["chunks"][0]
+    assert chunk["state"] == "held"
+
+    answer = api.post("/admin/accounts/default/resume", headers=operator)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert answer.get_json()["resumed_chunks"] == 1
+    assert api.get(f"/v1/messages/{mid}", headers=auth).get_json()["chunks"][0]["state"] == "pending"
+    assert sum(q.count for q in queues) == 1

@@ -1,0 +1,507 @@
+"""A chunk's life, in one place: how it is made, named, moved, parked, resumed, failed, cancelled.
+
+A chunk is one provider submission: up to 1000 recipients under one linkid. Its state moves
+only by :func:`transition` (compare-and-set with an allowed-from set), so a second run of a job,
+the sweeper and an operator can never both act on it::
+
+    pending ─► submitting ─► submitted                     (provider answered 0)
+       ▲            ├──────► retry ─► submitting …         (nothing reached the provider)
+       │            ├──────► unconfirmed ─► submitted      (ambiguous; a report came)
+       │            │              └─────► pending         (no report: new linkid)
+       │            ├──────► held ─► pending               (account held; resumed)
+       │            ├──────► split                          (answer 3: two new chunks)
+       │            └──────► failed                         (5, 7, budget spent, held too long)
+       └── cancelled (from pending, retry, held)
+
+Every chunk is owned by exactly one RQ job at a time, named by :func:`job_id` and written on the
+chunk; the sweeper (``workers.sweeper``) gives a chunk whose job is gone a new one. Nothing here
+calls the provider: that is ``workers.jobs``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+from rq import Queue
+
+from workers import accounts, schema
+from workers.alerts import alert
+from workers.chunks import new_linkid
+from workers.queues import QUEUE_NAMES
+from workers.schema import Chunk, Message
+from workers.settings import Settings
+
+log = logging.getLogger("smsgw.lifecycle")
+
+PENDING = "pending"
+SUBMITTING = "submitting"
+SUBMITTED = "submitted"
+RETRY = "retry"
+UNCONFIRMED = "unconfirmed"
+HELD = "held"
+SPLIT = "split"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+#: A chunk in one of these states will never be submitted again.
+FINAL = frozenset({SUBMITTED, FAILED, CANCELLED, SPLIT})
+#: States a send job may start a provider call from.
+SENDABLE = frozenset({PENDING, RETRY})
+CANCELLABLE = frozenset({PENDING, RETRY, HELD})
+
+#: Message states before the plan job cut it into chunks.
+UNPLANNED = frozenset({"accepted", "scheduled"})
+
+HISTORY_MAX = 50
+FAILURES_MAX = 200
+
+# The RQ entry points (``workers.jobs``), by dotted path so that this module never imports them.
+PLAN = "workers.jobs.plan_message"
+SEND = "workers.jobs.send_chunk"
+CHECK = "workers.jobs.check_unconfirmed"
+_JOB_LETTER = {PLAN: "p", SEND: "s", CHECK: "k"}
+PLAN_TIMEOUT = 600
+RESULT_TTL = 300
+FAILURE_TTL = 7 * 24 * 3600
+
+
+def job_id(func: str, mid: str, n: int | None, seq: int) -> str:
+    """The one way to name a job: a plan job per message, a send or check job per chunk, each
+    with a sequence number so a retry never collides with the job that scheduled it."""
+    letter = _JOB_LETTER[func]
+    return f"{letter}-{mid}-{seq}" if n is None else f"{letter}-{mid}-{n}-{seq}"
+
+
+def job_timeout(settings: Settings, account: str) -> int:
+    """Well under RQ's ~90 s heartbeat window, so a live job is never declared abandoned."""
+    a = settings.accounts[account]
+    return int(a.connect_timeout + a.read_timeout + 35)
+
+
+def _job_data(settings: Settings, account: str, func: str, args: tuple[Any, ...], jid: str) -> Any:
+    timeout = PLAN_TIMEOUT if func == PLAN else job_timeout(settings, account)
+    return Queue.prepare_data(
+        func, args=args, job_id=jid, timeout=timeout, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL
+    )
+
+
+def _enqueue(pipe: Pipeline, conn: redis.Redis, priority: str, datas: list[Any], at: datetime | None = None) -> None:
+    queue = Queue(QUEUE_NAMES[priority], connection=conn)
+    if at is None:
+        queue.enqueue_many(datas, pipeline=pipe)
+        return
+    for data in datas:
+        queue.enqueue_at(
+            at,
+            data.func,
+            args=data.args,
+            job_id=data.job_id,
+            timeout=data.timeout,
+            result_ttl=data.result_ttl,
+            failure_ttl=data.failure_ttl,
+            pipeline=pipe,
+        )
+
+
+# -- history ----------------------------------------------------------------------------------
+
+
+def append_history(pipe: Pipeline | redis.Redis, mid: str, n: int, event: str, **fields: Any) -> None:
+    """Append one step to the chunk's history (kept to the last ``HISTORY_MAX``)."""
+    line = json.dumps({"at": round(time.time(), 3), "event": event, **fields}, ensure_ascii=False)
+    key = schema.history_key(mid, n)
+    pipe.rpush(key, line)
+    pipe.ltrim(key, -HISTORY_MAX, -1)
+
+
+# -- the plan job -----------------------------------------------------------------------------
+
+
+def enqueue_plan(
+    pipe: Pipeline,
+    conn: redis.Redis,
+    settings: Settings,
+    mid: str,
+    *,
+    account: str,
+    priority: str,
+    seq: int,
+    at: datetime | None = None,
+    now: float | None = None,
+) -> str:
+    """Add the message's plan job (now, or at ``at``) and its sweeper entry to ``pipe``; returns
+    the job id, which the caller writes on the message. Accept and the sweeper both use this."""
+    now = time.time() if now is None else now
+    jid = job_id(PLAN, mid, None, seq)
+    _enqueue(pipe, conn, priority, [_job_data(settings, account, PLAN, (mid,), jid)], at)
+    due = at.timestamp() if at is not None else now
+    pipe.zadd(schema.WATCH, {schema.message_ref(mid): due + settings.job_grace_seconds})
+    return jid
+
+
+# -- making chunks ----------------------------------------------------------------------------
+
+
+def create_chunks(
+    pipe: Pipeline,
+    conn: redis.Redis,
+    settings: Settings,
+    mid: str,
+    parts: Sequence[tuple[int, Sequence[str]]],
+    *,
+    account: str,
+    priority: str,
+    ttl: int,
+    split_from: int = -1,
+) -> list[int]:
+    """Add to ``pipe`` each chunk ``(n, items)``: its hash with a fresh linkid, the linkid's
+    mapping back to it, its sweeper entry, its history and its first send job. The plan job and
+    a split both make chunks this way."""
+    now = time.time()
+    datas = []
+    for n, items in parts:
+        linkid = new_linkid()
+        jid = job_id(SEND, mid, n, 1)
+        chunk = Chunk(
+            mid=mid,
+            n=n,
+            state=PENDING,
+            linkid=linkid,
+            items=";".join(items),
+            recipients=len(items),
+            account=account,
+            priority=priority,
+            job_seq=1,
+            job=jid,
+            updated=now,
+            split_from=split_from,
+        )
+        key = schema.chunk_key(mid, n)
+        pipe.hset(key, mapping=chunk.to_hash())
+        pipe.expire(key, ttl)
+        pipe.set(schema.linkid_key(linkid), f"{mid}:{n}", ex=ttl)
+        pipe.zadd(schema.WATCH, {schema.chunk_ref(mid, n): now + settings.job_grace_seconds})
+        extra = {"split_from": split_from} if split_from >= 0 else {}
+        append_history(pipe, mid, n, "planned", linkid=linkid, **extra)
+        pipe.expire(schema.history_key(mid, n), ttl)
+        datas.append(_job_data(settings, account, SEND, (mid, n), jid))
+    _enqueue(pipe, conn, priority, datas)
+    return [n for n, _ in parts]
+
+
+# -- moving chunks ----------------------------------------------------------------------------
+
+
+def transition(
+    conn: redis.Redis,
+    mid: str,
+    n: int,
+    allowed: Iterable[str],
+    new_state: str,
+    updates: dict[str, Any] | None = None,
+    *,
+    linkid: str | None = None,
+    also: Callable[[Pipeline, Chunk], None] | None = None,
+) -> Chunk | None:
+    """Move chunk ``n`` to ``new_state`` if its state is in ``allowed`` (and, given ``linkid``,
+    it still carries that linkid); returns the chunk as it was, or ``None`` if it did not move.
+
+    ``updates`` are :class:`Chunk` attributes to write with the state. WATCH/MULTI: a concurrent
+    writer (a second run of the same job, the sweeper, an operator) makes one of the two fail
+    the check instead of both acting. ``also`` adds writes to the same transaction (message
+    counters, indexes, the next job) and sees the chunk as it was.
+    """
+    key = schema.chunk_key(mid, n)
+    allowed = frozenset(allowed)
+    fields = Chunk.short(state=new_state, updated=time.time(), **(updates or {}))
+    with conn.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.hgetall(key)
+                before = Chunk.from_hash(raw, mid=mid)
+                if not raw or before.state not in allowed:
+                    return None
+                if linkid is not None and before.linkid != linkid:
+                    return None
+                pipe.multi()
+                pipe.hset(key, mapping=fields)
+                if new_state in FINAL:
+                    _count_final(pipe, mid, before, new_state)
+                if also is not None:
+                    also(pipe, before)
+                pipe.execute()
+                return before
+            except redis.WatchError:
+                continue
+
+
+def _count_final(pipe: Pipeline, mid: str, chunk: Chunk, state: str) -> None:
+    """A chunk reached a final state: the message's counters follow, in the same transaction."""
+    key = schema.message_key(mid)
+    pipe.hincrby(key, Message.final_field(schema.CHUNKS_IN, state), 1)
+    if state != SPLIT:
+        pipe.hincrby(key, Message.final_field(schema.RECIPIENTS_IN, state), chunk.recipients)
+        pipe.hincrby(schema.COUNTS, f"recipients_{state}", chunk.recipients)
+    pipe.zrem(schema.WATCH, schema.chunk_ref(mid, chunk.n))
+
+
+def enqueue_next(
+    conn: redis.Redis,
+    settings: Settings,
+    mid: str,
+    n: int,
+    *,
+    from_states: Iterable[str],
+    to_state: str = PENDING,
+    delay: float = 0.0,
+    updates: dict[str, Any] | None = None,
+    event: str,
+    func: str = SEND,
+    extra: Callable[[Pipeline], None] | None = None,
+    **event_fields: Any,
+) -> bool:
+    """Move the chunk ``from_states`` → ``to_state`` and enqueue its next job (now or after
+    ``delay``), atomically; the chunk names the job that now owns it."""
+    now = time.time()
+
+    def also(pipe: Pipeline, before: Chunk) -> None:
+        seq = before.job_seq + 1
+        jid = job_id(func, mid, n, seq)
+        pipe.hset(schema.chunk_key(mid, n), mapping=Chunk.short(job_seq=seq, job=jid))
+        at = datetime.now(UTC) + timedelta(seconds=delay) if delay > 0 else None
+        _enqueue(pipe, conn, before.priority, [_job_data(settings, before.account, func, (mid, n), jid)], at)
+        pipe.zadd(schema.WATCH, {schema.chunk_ref(mid, n): now + delay + settings.job_grace_seconds})
+        append_history(pipe, mid, n, event, job=jid, delay=round(delay, 3), **event_fields)
+        if extra is not None:
+            extra(pipe)
+
+    return transition(conn, mid, n, from_states, to_state, updates, also=also) is not None
+
+
+def mark_submitted(
+    conn: redis.Redis,
+    mid: str,
+    n: int,
+    *,
+    from_states: Iterable[str],
+    linkid: str,
+    event: str,
+    updates: dict[str, Any] | None = None,
+    **event_fields: Any,
+) -> bool:
+    """The provider has the chunk: it is final, and its recipients now await reports."""
+    now = time.time()
+
+    def also(pipe: Pipeline, before: Chunk) -> None:
+        pipe.zadd(schema.awaiting_key(before.account), {schema.chunk_ref(mid, n): now})
+        append_history(pipe, mid, n, event, linkid=linkid, **event_fields)
+
+    fields = {"code": "0", "submitted_at": now, **(updates or {})}
+    return transition(conn, mid, n, from_states, SUBMITTED, fields, linkid=linkid, also=also) is not None
+
+
+def park_held(
+    conn: redis.Redis,
+    settings: Settings,
+    chunk: Chunk,
+    from_states: Iterable[str],
+    updates: dict[str, Any] | None = None,
+) -> str:
+    """Park the chunk on its held account; it burns nothing while it waits for a resume."""
+    mid, n, account = chunk.mid, chunk.n, chunk.account
+    reason = accounts.state(conn, account).reason
+
+    def also(pipe: Pipeline, before: Chunk) -> None:
+        pipe.zadd(schema.held_key(account), {schema.chunk_ref(mid, n): time.time()}, nx=True)
+        pipe.zrem(schema.WATCH, schema.chunk_ref(mid, n))
+        append_history(pipe, mid, n, "held", account=account, reason=reason)
+
+    transition(conn, mid, n, from_states, HELD, {"hold_reason": reason, **(updates or {})}, also=also)
+    # The account may have been resumed between our hold and our park: never strand a chunk.
+    if not accounts.is_held(conn, account) and enqueue_next(
+        conn, settings, mid, n, from_states={HELD}, event="resumed"
+    ):
+        conn.zrem(schema.held_key(account), schema.chunk_ref(mid, n))
+    return "held"
+
+
+def resume_account(settings: Settings, conn: redis.Redis, name: str, *, by: str) -> int:
+    """Make the account active and send its held chunks again; returns how many were resumed.
+
+    Safe to call twice or concurrently: each chunk moves held → pending by compare-and-set, and
+    only the caller that moved it enqueues it.
+    """
+    accounts.activate(settings, conn, name, by=by)
+    resumed = 0
+    for raw in conn.zrange(schema.held_key(name), 0, -1):
+        _, mid, n = schema.parse_ref(raw.decode())
+        if enqueue_next(conn, settings, mid, n, from_states={HELD}, event="resumed", by=by):
+            resumed += 1
+        conn.zrem(schema.held_key(name), raw)
+    return resumed
+
+
+def fail(conn: redis.Redis, settings: Settings, chunk: Chunk, reason: str, updates: dict[str, Any]) -> str:
+    """A final failure: counted, listed for operators, alerted."""
+    mid, n = chunk.mid, chunk.n
+    line = f"{time.time():.0f} {mid}:{n} {chunk.account} {reason}"[:500]
+
+    def also(pipe: Pipeline, before: Chunk) -> None:
+        pipe.lpush(schema.FAILURES, line)
+        pipe.ltrim(schema.FAILURES, 0, FAILURES_MAX - 1)
+        append_history(pipe, mid, n, "failed", reason=reason)
+
+    moved = transition(
+        conn, mid, n, CANCELLABLE | {SUBMITTING, UNCONFIRMED}, FAILED, {**updates, "reason": reason}, also=also
+    )
+    if moved is not None:
+        alert(settings, conn, "chunk_failed", message_id=mid, chunk=n, account=chunk.account, reason=reason)
+    return "failed"
+
+
+def requeue_failed(conn: redis.Redis, settings: Settings, mid: str, n: int, *, by: str) -> bool:
+    """An operator sends a failed chunk again: same linkid (the provider never accepted it), a
+    fresh attempt budget. Safe to click twice: only a chunk still ``failed`` moves."""
+    chunk = Chunk.load(conn, mid, n)
+    if chunk is None:
+        return False
+
+    def uncount(pipe: Pipeline) -> None:
+        key = schema.message_key(mid)
+        pipe.hincrby(key, Message.final_field(schema.CHUNKS_IN, FAILED), -1)
+        pipe.hincrby(key, Message.final_field(schema.RECIPIENTS_IN, FAILED), -chunk.recipients)
+        pipe.hincrby(schema.COUNTS, f"recipients_{FAILED}", -chunk.recipients)
+
+    return enqueue_next(
+        conn,
+        settings,
+        mid,
+        n,
+        from_states={FAILED},
+        updates={"attempts": 0, "reason": ""},
+        event="requeued",
+        by=by,
+        extra=uncount,
+    )
+
+
+def cancel_message(conn: redis.Redis, mid: str) -> dict[str, int] | None:
+    """Cancel what is not yet submitted. ``None`` if nothing could be cancelled."""
+    key = schema.message_key(mid)
+    with conn.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                state, count = (
+                    v.decode() if v else ""
+                    for v in pipe.hmget(key, Message.field_of("state"), Message.field_of("recipients"))
+                )
+                if state in UNPLANNED:
+                    pipe.multi()
+                    pipe.hset(key, mapping=Message.short(state=CANCELLED, cancelled=time.time()))
+                    pipe.zrem(schema.WATCH, schema.message_ref(mid))
+                    pipe.execute()
+                    return {"chunks": 0, "recipients": int(count or 0)}
+                pipe.reset()
+                break
+            except redis.WatchError:
+                continue
+    cancelled = {"chunks": 0, "recipients": 0}
+    planned = int(conn.hget(key, Message.field_of("chunk_seq")) or 0)
+    for n in range(planned):
+
+        def note(pipe: Pipeline, before: Chunk, n: int = n) -> None:
+            append_history(pipe, mid, n, "cancelled")
+            if before.state == HELD:
+                pipe.zrem(schema.held_key(before.account), schema.chunk_ref(mid, n))
+
+        before = transition(conn, mid, n, CANCELLABLE, CANCELLED, also=note)
+        if before is not None:
+            cancelled["chunks"] += 1
+            cancelled["recipients"] += before.recipients
+    return cancelled if cancelled["chunks"] else None
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def message_state(msg: Message) -> str:
+    """A message's state follows its chunks once they are planned, then its recipients' reports."""
+    if msg.state != "sending":
+        return msg.state
+    done = {s: msg.chunks_final.get(s, 0) for s in (SUBMITTED, FAILED, CANCELLED, SPLIT)}
+    if sum(done.values()) < msg.chunks:
+        return "sending"
+    live = msg.chunks - done[SPLIT]
+    if done[SUBMITTED] == 0:
+        return "failed" if done[FAILED] else "cancelled"
+    submitted = msg.recipients_final.get(SUBMITTED, 0)
+    delivered, undelivered, unknown = (msg.recipients_final.get(s, 0) for s in ("D", "U", "X"))
+    if delivered and delivered == submitted and done[SUBMITTED] == live:
+        return "delivered"
+    if delivered:
+        return "partially_delivered"
+    if undelivered + unknown >= submitted:
+        return "undelivered" if undelivered else "unknown"
+    return "submitted" if done[SUBMITTED] == live else "partially_submitted"
+
+
+def latest_failures(conn: redis.Redis, limit: int) -> list[dict[str, Any]]:
+    """The latest failed chunks, newest first, each with the chunk's state now (an operator may
+    have requeued it since)."""
+    rows = []
+    for raw in conn.lrange(schema.FAILURES, 0, limit - 1):
+        at, ref, account, reason = [*raw.decode().split(" ", 3), "", "", ""][:4]
+        mid, _, n = ref.rpartition(":")
+        state = conn.hget(schema.chunk_key(mid, int(n or 0)), Chunk.field_of("state"))
+        rows.append(
+            {
+                "at": float(at),
+                "message": mid,
+                "chunk": n,
+                "account": account,
+                "reason": reason,
+                "state": state.decode() if state else "expired",
+            }
+        )
+    return rows
+
+
+# -- the ambiguous path -----------------------------------------------------------------------
+
+
+def settle_unconfirmed(conn: redis.Redis, settings: Settings, mid: str, n: int) -> str:
+    """The wait for a report on an ambiguous linkid is over (or a report came): a report means
+    the provider accepted it; none means it did not, and the chunk goes again under a new
+    linkid (the old one stays mapped, so a late report on it still counts)."""
+    chunk = Chunk.load(conn, mid, n)
+    if chunk is None or chunk.state != UNCONFIRMED:
+        return chunk.state if chunk is not None else "missing"
+    old = chunk.linkid
+    if conn.exists(schema.report_seen_key(old)):
+        mark_submitted(conn, mid, n, from_states={UNCONFIRMED}, linkid=old, event="confirmed_by_report")
+        return "submitted"
+    fresh = new_linkid()
+    ttl = schema.ttl_of(conn, schema.chunk_key(mid, n), settings.retention_seconds)
+    if enqueue_next(
+        conn,
+        settings,
+        mid,
+        n,
+        from_states={UNCONFIRMED},
+        updates={"linkid": fresh},
+        event="no_report_resubmit_new_linkid",
+        old_linkid=old,
+        linkid=fresh,
+        extra=lambda pipe: pipe.set(schema.linkid_key(fresh), f"{mid}:{n}", ex=ttl),
+    ):
+        return "resubmitted"
+    return "raced"

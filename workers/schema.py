@@ -1,0 +1,391 @@
+"""What smsgw keeps in Redis: every key, and the records its hashes hold. Nothing else spells a key.
+
+Keys are short on purpose: a million-recipient campaign has a thousand chunks and a million
+recipient entries, and every byte of key name is paid per entry. Every family, the function
+that builds it, and what it holds (``tests/test_schema.py`` keeps this table true against the
+functions below and against a live Redis after a full run)::
+
+    sg:m:<mid>                 message_key       hash  the message (:class:`Message`)
+    sg:c:<mid>:<n>             chunk_key         hash  chunk n of a message (:class:`Chunk`)
+    sg:ce:<mid>:<n>            history_key       list  chunk n's history, one JSON line per step
+    sg:r:<mid>:<n>             recipients_key    hash  mobile -> "state|code|time" once reported
+    sg:lk:<linkid>             linkid_key        str   "<mid>:<n>": ties reports and replies to a chunk
+    sg:rl:<linkid>             report_seen_key   str   some report came for this linkid: it was accepted
+    sg:acct:<account>          account_key       hash  account state (:class:`AccountState`)
+    sg:held:<account>          held_key          zset  chunk refs parked on a held account, by hold time
+    sg:await:<account>         awaiting_key      zset  chunk refs submitted, awaiting reports, by submit time
+    sg:rate:<account>:<sec>    rate_key          str   provider calls of the account in that second
+    sg:pull:<account>          pull_schedule_key hash  kind -> when the next pull of that kind is due
+    sg:lease:<name>            lease_key         str   which process holds a fleet-wide lease
+    sg:watch                   WATCH             zset  refs the sweeper checks ("m:<mid>", "c:<mid>:<n>")
+    sg:failures                FAILURES          list  the latest failed chunks, for operators
+    sg:counts                  COUNTS            hash  fleet counters (recipients, reports, replies, …)
+    sg:alerts                  ALERTS            hash  alerts raised, by event
+    sg:metrics                 METRICS           hash  provider call and job figures
+    sg:minute:<minute>         minute_key        hash  the same figures per minute, kept two hours
+    sg:idem:<key>:<sha256>     idempotency_key   str   an API key's Idempotency-Key and its answer
+    sg:cache:<what>:<id>       cache_key         str   cached provider answers (balance, sensitive words)
+    sg:inbox                   INBOX             list  raw pushed and pulled items, not yet applied
+    sg:dead                    DEAD              list  pulled lines that could not be parsed
+    sg:orphans                 ORPHANS           list  reports for linkids smsgw does not know
+    sg:pushseen:<item>         push_seen_key     str   a pushed item already stored (replays)
+    sg:seen:<item>             reply_seen_key    str   a reply already applied
+    sg:reply:<rid>             reply_key         hash  one reply (:class:`Reply`)
+    sg:replies                 REPLIES           zset  every reply id, by receive time
+    sg:replies:<by>:<value>    replies_index_key zset  reply ids by mobile (m), account (a), message (msg)
+    sg:cbq:<mid>               callback_queue_key list events waiting for the caller's callback URL
+    sg:cbh:<mid>               callback_log_key  list  the caller callback attempts, one JSON line each
+    sg:cbjob:<mid>             callback_job_key  str   marker: a callback delivery job is scheduled
+
+Records map readable attribute names to the short hash fields in one place (each class's
+``FIELDS``); code reads and writes attributes, never the two-letter names. Counters that the
+Lua scripts and ``HINCRBY`` update are named by :meth:`Message.final_field`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Self
+
+import redis
+from redis.client import Pipeline
+
+PREFIX = "sg:"
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def message_key(mid: str) -> str:
+    return f"sg:m:{mid}"
+
+
+def chunk_key(mid: str, n: int) -> str:
+    return f"sg:c:{mid}:{n}"
+
+
+def history_key(mid: str, n: int) -> str:
+    return f"sg:ce:{mid}:{n}"
+
+
+def recipients_key(mid: str, n: int) -> str:
+    return f"sg:r:{mid}:{n}"
+
+
+def linkid_key(linkid: str) -> str:
+    return f"sg:lk:{linkid}"
+
+
+def report_seen_key(linkid: str) -> str:
+    return f"sg:rl:{linkid}"
+
+
+def account_key(account: str) -> str:
+    return f"sg:acct:{account}"
+
+
+def held_key(account: str) -> str:
+    return f"sg:held:{account}"
+
+
+def awaiting_key(account: str) -> str:
+    return f"sg:await:{account}"
+
+
+def rate_key(account: str, second: int) -> str:
+    return f"sg:rate:{account}:{second}"
+
+
+def pull_schedule_key(account: str) -> str:
+    return f"sg:pull:{account}"
+
+
+def lease_key(name: str) -> str:
+    """``maintenance``, ``ingest`` or ``pull:<account>``."""
+    return f"sg:lease:{name}"
+
+
+def minute_key(ts: float) -> str:
+    return f"sg:minute:{int(ts // 60)}"
+
+
+def idempotency_key(api_key: str, digest: str) -> str:
+    return f"sg:idem:{api_key}:{digest}"
+
+
+def cache_key(what: str, ident: str) -> str:
+    return f"sg:cache:{what}:{ident}"
+
+
+def push_seen_key(item: str) -> str:
+    return f"sg:pushseen:{item}"
+
+
+def reply_seen_key(item: str) -> str:
+    return f"sg:seen:{item}"
+
+
+def reply_key(rid: str) -> str:
+    return f"sg:reply:{rid}"
+
+
+def replies_index_key(by: str, value: str) -> str:
+    """``by``: ``m`` (mobile), ``a`` (account) or ``msg`` (message id)."""
+    return f"sg:replies:{by}:{value}"
+
+
+def callback_queue_key(mid: str) -> str:
+    return f"sg:cbq:{mid}"
+
+
+def callback_log_key(mid: str) -> str:
+    return f"sg:cbh:{mid}"
+
+
+def callback_job_key(mid: str) -> str:
+    return f"sg:cbjob:{mid}"
+
+
+WATCH = "sg:watch"
+FAILURES = "sg:failures"
+COUNTS = "sg:counts"
+ALERTS = "sg:alerts"
+METRICS = "sg:metrics"
+INBOX = "sg:inbox"
+DEAD = "sg:dead"
+ORPHANS = "sg:orphans"
+REPLIES = "sg:replies"
+
+
+# -- references the sweeper and the account sets hold -----------------------------------------
+
+
+def chunk_ref(mid: str, n: int) -> str:
+    return f"c:{mid}:{n}"
+
+
+def message_ref(mid: str) -> str:
+    return f"m:{mid}"
+
+
+def parse_ref(ref: str) -> tuple[str, str, int]:
+    """``"c:<mid>:<n>"`` → ``("c", mid, n)``; ``"m:<mid>"`` → ``("m", mid, -1)``."""
+    kind, _, rest = ref.partition(":")
+    if kind == "c":
+        mid, _, n = rest.rpartition(":")
+        return kind, mid, int(n)
+    return kind, rest, -1
+
+
+def new_message_id() -> str:
+    """Time-ordered (milliseconds, hex), then 48 random bits: sortable, no coordination."""
+    return f"{int(time.time() * 1000):011x}{secrets.token_hex(6)}"
+
+
+def ttl_of(conn: redis.Redis | Pipeline, key: str, fallback: int = 60) -> int:
+    """Seconds the key has left, so what belongs to it expires with it (``fallback`` if none)."""
+    ttl = int(conn.ttl(key) or 0)
+    return ttl if ttl > 0 else fallback
+
+
+def decode(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+# -- records ----------------------------------------------------------------------------------
+
+
+def _h(short: str, default: Any = "") -> Any:
+    """A record attribute stored in the hash field ``short``."""
+    return field(default=default, metadata={"h": short})
+
+
+class Record:
+    """A hash as a typed record: ``FIELDS`` maps attribute → hash field, in one place."""
+
+    FIELDS: ClassVar[dict[str, str]]
+    _TYPES: ClassVar[dict[str, type]]
+
+    @classmethod
+    def _setup(cls) -> None:
+        cls.FIELDS = {f.name: f.metadata["h"] for f in fields(cls) if "h" in f.metadata}  # type: ignore[arg-type]
+        hints = {"int": int, "float": float, "str": str}
+        cls._TYPES = {f.name: hints[str(f.type)] for f in fields(cls) if "h" in f.metadata}  # type: ignore[arg-type]
+
+    @classmethod
+    def short(cls, **values: Any) -> dict[str, Any]:
+        """Attribute names → hash fields, for a partial write; an unknown name raises."""
+        return {cls.FIELDS[name]: _wire(value) for name, value in values.items()}
+
+    @classmethod
+    def field_of(cls, name: str) -> str:
+        return cls.FIELDS[name]
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes] | dict[str, str], **ids: Any) -> Self:
+        values = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+        kwargs: dict[str, Any] = dict(ids)
+        for name, short in cls.FIELDS.items():
+            if short in values and values[short] != "":
+                kind = cls._TYPES[name]
+                kwargs[name] = kind(float(values[short])) if kind is int else kind(values[short])
+        record = cls(**kwargs)
+        record._extra(values)
+        return record
+
+    def _extra(self, values: dict[str, str]) -> None:
+        """Fields outside ``FIELDS`` (counters); records that have some read them here."""
+
+    def to_hash(self) -> dict[str, Any]:
+        """The fields that differ from their default: an absent field reads as its default."""
+        defaults = {f.name: f.default for f in fields(self)}  # type: ignore[arg-type]
+        return {
+            short: _wire(getattr(self, name))
+            for name, short in self.FIELDS.items()
+            if getattr(self, name) != defaults[name]
+        }
+
+
+def _wire(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return value
+
+
+# Hash fields of the message's per-state counters (HINCRBY and Lua scripts write them).
+CHUNKS_IN = "c_"  # c_<state>: chunks that reached a final state
+RECIPIENTS_IN = "r_"  # r_<state>: recipients of those chunks; r_D/r_U/r_X: by report
+
+
+@dataclass
+class Message(Record):
+    """``sg:m:<mid>``. ``items`` (the recipients) is dropped once the message is planned."""
+
+    id: str = ""
+    state: str = _h("st")
+    account: str = _h("a")
+    priority: str = _h("pr")
+    kind: str = _h("k", "t")  # t: plain text, p: 点点通 template
+    text: str = _h("text")
+    items: str = _h("to")  # mobiles (or 点点通 groups) joined by ';'
+    recipients: int = _h("n", 0)
+    duplicates: int = _h("dup", 0)
+    invalid: str = _h("inv", "[]")  # JSON list of {index, value}
+    reference: str = _h("ref")
+    callback_url: str = _h("cb")
+    api_key: str = _h("key")
+    created: float = _h("created", 0.0)
+    send_at: float = _h("send_at", 0.0)
+    job: str = _h("job")  # the plan job that owns it until planned
+    job_seq: int = _h("jq", 0)
+    chunks: int = _h("chunks", 0)  # live count (a split adds two)
+    chunk_seq: int = _h("nseq", 0)  # chunk numbers handed out
+    planned: float = _h("planned", 0.0)
+    cancelled: float = _h("cancelled", 0.0)
+    callbacks_sent: int = _h("cb_sent", 0)
+    callback_fail_since: float = _h("cb_fail_since", 0.0)
+    callback_fails: int = _h("cb_fails", 0)
+    callback_state: str = _h("cb_state")
+    callbacks_dropped: int = _h("cb_dropped", 0)
+    chunks_final: dict[str, int] = field(default_factory=dict)
+    recipients_final: dict[str, int] = field(default_factory=dict)
+
+    def _extra(self, values: dict[str, str]) -> None:
+        for k, v in values.items():
+            if k.startswith(CHUNKS_IN):
+                self.chunks_final[k[len(CHUNKS_IN) :]] = int(v)
+            elif k.startswith(RECIPIENTS_IN):
+                self.recipients_final[k[len(RECIPIENTS_IN) :]] = int(v)
+
+    @staticmethod
+    def final_field(counter: str, state: str) -> str:
+        """``final_field(CHUNKS_IN, "failed")`` → ``"c_failed"``."""
+        return counter + state
+
+    @classmethod
+    def load(cls, conn: redis.Redis, mid: str) -> Message | None:
+        raw = conn.hgetall(message_key(mid))
+        return cls.from_hash(raw, id=mid) if raw else None
+
+
+@dataclass
+class Chunk(Record):
+    """``sg:c:<mid>:<n>``: one provider submission and everything about its life."""
+
+    mid: str = ""
+    n: int = _h("n", -1)
+    state: str = _h("st")
+    linkid: str = _h("lk")
+    items: str = _h("to")  # mobiles (or 点点通 groups) joined by ';'
+    recipients: int = _h("nr", 0)
+    account: str = _h("a")
+    priority: str = _h("pr")
+    attempts: int = _h("att", 0)
+    job_seq: int = _h("jq", 0)
+    job: str = _h("job")  # the one job that owns the chunk now
+    updated: float = _h("ts", 0.0)
+    deadline: float = _h("dl", 0.0)  # a provider call in hand is over by then
+    wait_until: float = _h("uw", 0.0)  # unconfirmed: when the wait for a report ends
+    hold_reason: str = _h("hr")
+    code: str = _h("code")  # the provider's last answer code
+    provider_text: str = _h("ptext")
+    error: str = _h("err")  # the last error's class
+    reason: str = _h("reason")  # why it failed
+    submitted_at: float = _h("sub", 0.0)
+    split_from: int = _h("from", -1)
+
+    @property
+    def mobiles(self) -> list[str]:
+        return [item.split(",", 1)[0] for item in self.items.split(";") if item]
+
+    @classmethod
+    def load(cls, conn: redis.Redis, mid: str, n: int) -> Chunk | None:
+        raw = conn.hgetall(chunk_key(mid, n))
+        return cls.from_hash(raw, mid=mid) if raw else None
+
+
+@dataclass
+class AccountState(Record):
+    """``sg:acct:<account>``: what every worker must know of a provider account."""
+
+    name: str = ""
+    state: str = _h("st", "active")
+    code: str = _h("code")  # the provider code that held it ('' when an operator did)
+    reason: str = _h("reason")
+    since: float = _h("since", 0.0)
+    chunk_size: int = _h("chunk_size", 0)  # lowered after answer 3 (0: as configured)
+    balance: str = _h("balance")
+    balance_at: float = _h("balance_at", 0.0)
+    checked: float = _h("checked", 0.0)  # last balance check while held for balance
+
+    @classmethod
+    def load(cls, conn: redis.Redis, name: str) -> AccountState:
+        return cls.from_hash(conn.hgetall(account_key(name)), name=name)
+
+
+@dataclass
+class Reply(Record):
+    """``sg:reply:<rid>``: a reply from a mobile, tied to a message when its linkid is ours."""
+
+    id: str = ""
+    mobile: str = _h("mobile")
+    content: str = _h("content")
+    linkid: str = _h("linkid")
+    time: str = _h("time")  # as the provider gave it (China time)
+    account: str = _h("account")
+    message_id: str = _h("message_id")
+    api_key: str = _h("key")  # the key that sent the message it answers ('' if unmatched)
+    received: float = _h("received", 0.0)
+
+    @classmethod
+    def load(cls, conn: redis.Redis, rid: str) -> Reply | None:
+        raw = conn.hgetall(reply_key(rid))
+        return cls.from_hash(raw, id=rid) if raw else None
+
+
+for _record in (Message, Chunk, AccountState, Reply):
+    _record._setup()
