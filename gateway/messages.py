@@ -115,6 +115,7 @@ def chunk_view(chunk: Chunk, history: list[bytes]) -> dict[str, Any]:
         "error": chunk.error or None,
         "reason": chunk.reason or chunk.hold_reason or None,
         "updated_at": _iso(chunk.updated),
+        "possible_duplicates": chunk.possible_duplicates,
         "history": [json.loads(h) for h in history],
     }
 

@@ -82,6 +82,11 @@ class RedisCollector(Collector):
             recipients.add_metric([state], counts.get(f"reports_{state}", 0))
         yield recipients
 
+        yield CounterMetricFamily(
+            "smsgw_possible_duplicates",
+            "high priority chunks resubmitted under a new linkid after an ambiguous outcome (may deliver twice)",
+            value=counts.get("possible_duplicates", 0),
+        )
         items = CounterMetricFamily("smsgw_inbound_items", "Reports and replies by outcome", labels=["kind"])
         for kind in ("reports", "replies", "orphan_reports", "dead_lettered"):
             items.add_metric([kind], counts.get(kind, 0))

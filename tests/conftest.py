@@ -60,6 +60,8 @@ TEST_ENV = {
     "SMSGW_API_KEYS": f"tester:{API_KEY}",
     "SMSGW_RETRY_BASE_SECONDS": "0.2",
     "SMSGW_RETRY_MAX_SECONDS": "1",
+    # Ambiguous outcomes wait this long for a report before a new linkid (production: 900 s).
+    "SMSGW_AMBIGUOUS_WAIT_SECONDS": "1",
 }
 
 

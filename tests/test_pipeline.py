@@ -60,7 +60,9 @@ def test_replace_separators_opt_in(api, runtime, simulator):
     assert sim_submissions(simulator)[0]["texts"] == ["x，y；z!"]
 
 
-def test_transient_errors_retry_with_the_same_linkid(api, runtime, simulator):
+def test_http_errors_never_resend_a_linkid(api, runtime, simulator):
+    """A 503 may hide an accepted submission: each waits for a report, none comes (the
+    simulator refused before processing), so each retry goes under a new linkid."""
     sim_admin(simulator, "fault", endpoint="post_send_md5", mode="http", status=503, times=2)
     mid = send(api, {"to": ["13800138000"], "text": "hi"})
     drain(runtime)
@@ -68,7 +70,9 @@ def test_transient_errors_retry_with_the_same_linkid(api, runtime, simulator):
     [chunk] = view["chunks"]
     assert chunk["state"] == "submitted" and chunk["attempts"] == 3
     assert [s["linkid"] for s in sim_submissions(simulator)] == [chunk["linkid"]]
-    assert [h["event"] for h in chunk["history"]].count("retry") == 2
+    events = [h["event"] for h in chunk["history"]]
+    assert events.count("no_report_resubmit_new_linkid") == 2 and "retry" not in events
+    assert len({h["linkid"] for h in chunk["history"] if "linkid" in h}) == 3
 
 
 def test_garbage_then_budget_exhausted_fails_with_last_error(api, runtime, simulator):
@@ -79,7 +83,7 @@ def test_garbage_then_budget_exhausted_fails_with_last_error(api, runtime, simul
     assert view["status"] == "failed"
     [chunk] = view["chunks"]
     assert chunk["state"] == "failed" and chunk["attempts"] == runtime.settings.retry_max_attempts
-    assert chunk["error"] == "UnknownAnswer" and "gave up" in chunk["reason"]
+    assert chunk["error"] == "UnknownAnswer" and "gave up" in chunk["reason"] and "no report" in chunk["reason"]
     assert sim_submissions(simulator) == []
 
 
@@ -107,15 +111,24 @@ def test_codes_5_and_7_fail_permanently(api, runtime, simulator):
 
 
 def test_cancel_stops_what_is_not_submitted(api, runtime, simulator):
-    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="http", status=500)
+    sim_admin(simulator, "script", endpoint="post_send_md5", codes=[8])  # frozen: the chunk waits, held
     mid = send(api, {"to": ["13800138000"], "text": "hi"})
-    drain(runtime, until=lambda: status(api, mid)["chunks"][0]["state"] == "retry")
+    drain(runtime, until=lambda: status(api, mid)["chunks"][0]["state"] == "held")
     r = api.delete(f"/v1/messages/{mid}", headers=AUTH)
     assert r.status_code == 200 and r.get_json()["cancelled"]["recipients"] == 1
-    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="none")
+    from workers.lifecycle import resume_account
+
+    resume_account(runtime.settings, runtime.conn, "default", by="test")
     drain(runtime)
     assert status(api, mid)["status"] == "cancelled"
     assert sim_submissions(simulator) == []
+
+
+def test_a_chunk_that_may_be_with_the_provider_cannot_be_cancelled(api, runtime, simulator):
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="http", status=502, accept=True, times=1)
+    mid = send(api, {"to": ["13800138000"], "text": "hi"})
+    drain(runtime, until=lambda: status(api, mid)["chunks"][0]["state"] == "unconfirmed")
+    assert api.delete(f"/v1/messages/{mid}", headers=AUTH).status_code == 409
 
 
 def test_send_at_holds_the_message_until_then(api, runtime, simulator):

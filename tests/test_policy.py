@@ -18,8 +18,10 @@ from workers.schema import report_seen_key
     [
         (None, Action.SUBMITTED),
         (p.ConnectError("x"), Action.RETRY),
-        (p.HTTPStatusError("x", status=502), Action.RETRY),
-        (p.UnknownAnswer("x"), Action.RETRY),
+        (p.HTTPStatusError("x", status=502), Action.AMBIGUOUS),
+        (p.HTTPStatusError("x", status=500), Action.AMBIGUOUS),
+        (p.UnknownAnswer("x"), Action.AMBIGUOUS),
+        (p.TransportError("x"), Action.AMBIGUOUS),
         (p.ReadTimeout("x"), Action.AMBIGUOUS),
         (p.InsufficientBalance("x"), Action.HOLD),
         (p.AccountFrozen("x"), Action.HOLD),
@@ -106,17 +108,6 @@ def test_chunks_held_too_long_fail_with_the_reason(api, runtime, simulator):
     assert chunk["state"] == "failed" and "frozen" in chunk["reason"]
 
 
-def test_ambiguous_timeout_high_priority_retries_same_linkid(api, runtime, simulator):
-    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="hang", seconds=3, accept=True, times=1)
-    mid = send(api, {"to": ["13800138000"], "text": "code 1234", "priority": "high"})
-    drain(runtime, timeout=30)
-    [chunk] = view(api, mid)["chunks"]
-    assert chunk["state"] == "submitted"
-    subs = sim_submissions(simulator)
-    assert [s["linkid"] for s in subs] == [chunk["linkid"]] * 2  # the documented double send
-    assert "ambiguous_retry_same_linkid" in [h["event"] for h in chunk["history"]]
-
-
 @pytest.fixture
 def short_wait(runtime, monkeypatch):
     import dataclasses
@@ -160,3 +151,93 @@ def test_rate_limit_is_shared_through_redis(runtime):
     for _ in range(25):
         assert accounts.acquire_rate(runtime.conn, "default", 10)
     assert time.monotonic() - started >= 1.0  # 25 calls at 10/s need at least two second boundaries
+
+
+# -- no linkid twice: every outcome, with the simulator's faults, counted exactly ------------------
+
+ACCEPT_THEN_FAIL = {
+    "502": {"mode": "http", "status": 502},
+    "500": {"mode": "http", "status": 500},
+    "garbage": {"mode": "garbage"},
+    "reset": {"mode": "drop"},
+    "read timeout": {"mode": "hang", "seconds": 3},
+}
+
+
+def linkids(simulator) -> list[str]:
+    return [s["linkid"] for s in sim_submissions(simulator)]
+
+
+@pytest.mark.parametrize("outcome", list(ACCEPT_THEN_FAIL))
+def test_accepted_then_failed_normal_waits_for_the_report_and_never_resends(api, runtime, simulator, outcome):
+    from tests.test_reports import pull_all
+
+    sim_admin(simulator, "fault", endpoint="post_send_md5", accept=True, times=1, **ACCEPT_THEN_FAIL[outcome])
+    mid = send(api, {"to": ["13800138000"], "text": "order shipped"})
+    drain(runtime, until=lambda: view(api, mid)["chunks"][0]["state"] == "unconfirmed", timeout=30)
+    pull_all(runtime)  # the provider's report on the linkid proves it was accepted
+    drain(runtime)
+    [chunk] = view(api, mid)["chunks"]
+    assert chunk["state"] == "submitted" and "confirmed_by_report" in [h["event"] for h in chunk["history"]]
+    assert linkids(simulator) == [chunk["linkid"]]
+    assert view(api, mid)["status"] == "delivered"
+
+
+@pytest.mark.parametrize("outcome", list(ACCEPT_THEN_FAIL))
+def test_accepted_then_failed_high_resubmits_under_a_new_linkid_and_counts_it(api, runtime, simulator, outcome):
+    sim_admin(simulator, "fault", endpoint="post_send_md5", accept=True, times=1, **ACCEPT_THEN_FAIL[outcome])
+    mid = send(api, {"to": ["13800138000"], "text": "code 1234", "priority": "high"})
+    drain(runtime, timeout=30)
+    [chunk] = view(api, mid)["chunks"]
+    sent = linkids(simulator)
+    assert len(sent) == 2 and len(set(sent)) == 2  # delivered twice, never one linkid twice
+    assert chunk["state"] == "submitted" and chunk["linkid"] == sent[1] and chunk["possible_duplicates"] == 1
+    assert "ambiguous_resubmit_new_linkid" in [h["event"] for h in chunk["history"]]
+    for linkid in sent:  # a report on either linkid reaches the message
+        assert runtime.conn.get(schema.linkid_key(linkid)) == f"{mid}:0".encode()
+    assert runtime.conn.hget(schema.COUNTS, "possible_duplicates") == b"1"
+
+
+@pytest.mark.parametrize("outcome", ["502", "garbage"])
+def test_refused_then_failed_normal_resubmits_once_under_a_new_linkid(api, runtime, simulator, outcome):
+    """The provider did not take it (a proxy's 502): no report comes, so after the wait the
+    chunk goes under a new linkid; the provider sees one submission."""
+    sim_admin(simulator, "fault", endpoint="post_send_md5", accept=False, times=1, **ACCEPT_THEN_FAIL[outcome])
+    mid = send(api, {"to": ["13800138000"], "text": "hello"})
+    drain(runtime, timeout=30)
+    [chunk] = view(api, mid)["chunks"]
+    events = [h["event"] for h in chunk["history"]]
+    assert "no_report_resubmit_new_linkid" in events
+    first = next(h["linkid"] for h in chunk["history"] if h["event"] == "planned")
+    assert linkids(simulator) == [chunk["linkid"]] and chunk["linkid"] != first
+
+
+def test_connection_refused_retries_under_the_same_linkid(redis_server, redis_conn):
+    """Nothing reached the provider (its port was closed): the same linkid is safe to send."""
+    from devkit.simulator import SimState, SimulatorServer
+    from gateway import create_app
+    from tests.conftest import make_settings
+    from workers.runtime import Runtime, install
+
+    with __import__("socket").socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/smsmarketing/wwwroot/api/"
+    settings = make_settings(redis_server.url, SMSGW_PROVIDER_URL=url)
+    rt = Runtime.from_settings(settings)
+    install(rt)
+    try:
+        api = create_app(settings).test_client()
+        mid = send(api, {"to": ["13800138000"], "text": "hi"})
+        drain(rt, until=lambda: view(api, mid)["chunks"] and view(api, mid)["chunks"][0]["state"] == "retry")
+        first = view(api, mid)["chunks"][0]["linkid"]
+        sim = SimulatorServer(SimState(uid="test", password="s3cret+%pass"), port=port).start()
+        try:
+            drain(rt)
+            [chunk] = view(api, mid)["chunks"]
+            assert chunk["state"] == "submitted" and chunk["linkid"] == first
+            assert linkids(sim) == [first]
+        finally:
+            sim.stop()
+    finally:
+        install(None)

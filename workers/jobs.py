@@ -23,7 +23,7 @@ from rq import get_current_job
 from workers import accounts, lifecycle, metrics, schema
 from workers import provider as p
 from workers.alerts import alert
-from workers.chunks import chunked
+from workers.chunks import chunked, new_linkid
 from workers.lifecycle import SENDABLE, SUBMITTING
 from workers.policy import HOLD_REASONS, Action, backoff, classify
 from workers.runtime import Runtime, current
@@ -267,14 +267,26 @@ def split(rt: Runtime, chunk: Chunk, error_fields: dict[str, Any]) -> str:
 
 
 def handle_ambiguous(rt: Runtime, chunk: Chunk, why: str) -> str:
-    """The provider may have accepted this linkid. ``high``: retry at once with the same linkid
-    (a second verification code is cheaper than none). Others: wait for a status report on the
-    linkid; :func:`workers.lifecycle.settle_unconfirmed` decides when the wait is over."""
+    """The provider may have accepted this linkid, so it is never submitted again.
+
+    ``high``: resubmit at once under a new linkid (a second verification code is cheaper than
+    none); the old linkid stays mapped, so a report on either counts, and the possible double
+    delivery is recorded on the chunk and counted (``smsgw_possible_duplicates_total``).
+    Others: wait for a status report on the linkid; :func:`workers.lifecycle.settle_unconfirmed`
+    decides when the wait is over (a report: accepted; none: a new linkid)."""
     conn, settings = rt.conn, rt.settings
     mid, n = chunk.mid, chunk.n
     if chunk.priority == "high":
         if chunk.attempts >= settings.retry_max_attempts:
             return lifecycle.fail(conn, settings, chunk, f"gave up after {chunk.attempts} attempts: {why}", {})
+        old, fresh = chunk.linkid, new_linkid()
+        ttl = schema.ttl_of(conn, schema.chunk_key(mid, n), settings.retention_seconds)
+
+        def possible_duplicate(pipe: redis.client.Pipeline) -> None:
+            pipe.set(schema.linkid_key(fresh), f"{mid}:{n}", ex=ttl)
+            pipe.hincrby(schema.chunk_key(mid, n), Chunk.field_of("possible_duplicates"), 1)
+            pipe.hincrby(schema.COUNTS, "possible_duplicates", 1)
+
         lifecycle.enqueue_next(
             conn,
             settings,
@@ -282,11 +294,18 @@ def handle_ambiguous(rt: Runtime, chunk: Chunk, why: str) -> str:
             n,
             from_states={SUBMITTING},
             to_state=lifecycle.RETRY,
-            event="ambiguous_retry_same_linkid",
+            updates={"linkid": fresh},
+            event="ambiguous_resubmit_new_linkid",
+            extra=possible_duplicate,
             why=why,
-            linkid=chunk.linkid,
+            old_linkid=old,
+            linkid=fresh,
         )
-        return "retry"
+        log.warning(
+            "high priority chunk resubmitted under a new linkid after an ambiguous outcome: may deliver twice",
+            extra={"message_id": mid, "chunk": n, "linkid": fresh},
+        )
+        return "resubmitted"
     until = time.time() + settings.ambiguous_wait_seconds
     lifecycle.enqueue_next(
         conn,

@@ -489,6 +489,9 @@ def settle_unconfirmed(conn: redis.Redis, settings: Settings, mid: str, n: int) 
     if conn.exists(schema.report_seen_key(old)):
         mark_submitted(conn, mid, n, from_states={UNCONFIRMED}, linkid=old, event="confirmed_by_report")
         return "submitted"
+    if chunk.attempts >= settings.retry_max_attempts:
+        reason = f"gave up after {chunk.attempts} attempts: no report on any of its linkids"
+        return fail(conn, settings, chunk, reason, {})
     fresh = new_linkid()
     ttl = schema.ttl_of(conn, schema.chunk_key(mid, n), settings.retention_seconds)
     if enqueue_next(

@@ -337,6 +337,7 @@ class Chunk(Record):
     reason: str = _h("reason")  # why it failed
     submitted_at: float = _h("sub", 0.0)
     split_from: int = _h("from", -1)
+    possible_duplicates: int = _h("pdup", 0)  # high: resubmitted after an ambiguous outcome
 
     @property
     def mobiles(self) -> list[str]:
