@@ -69,7 +69,7 @@ def create_message() -> Response:
     accepted = check_message(req, settings)
     mid = schema.new_message_id()
     if idem_key is not None and fingerprint is not None:
-        claim = json.dumps({"fp": fingerprint, "id": mid})
+        claim = json.dumps({"fp": fingerprint, "id": mid, "at": time.time()})
         if not conn.set(idem_key, claim, nx=True, ex=settings.idempotency_ttl):
             return _replay(idem_key, conn.get(idem_key) or b"{}", fingerprint)
     try:
@@ -87,9 +87,19 @@ def create_message() -> Response:
             chunk_size=settings.accounts[accepted.account].chunk_size,
             idempotency=(idem_key, fingerprint) if idem_key and fingerprint else None,
         )
-    except Exception:
+    except messages.OutcomeUnknown:
+        # The claim stays: a retry with this key waits for it instead of accepting a twin.
+        raise Problem(
+            503,
+            "Outcome unknown",
+            f"storage did not answer; message {mid} may have been accepted: retry with the same Idempotency-Key",
+            headers={"Retry-After": "5"},
+        ) from None
+    except Exception as e:
         if idem_key is not None:
             conn.delete(idem_key)
+        if isinstance(e, messages.NotAccepted):
+            raise Problem(503, "Service Unavailable", "storage is unreachable; nothing was accepted: retry") from None
         raise
     location = url_for("api.get_message", mid=mid)
     return json_response(body, 202, {"Location": location})
@@ -107,6 +117,11 @@ def _replay(idem_key: str, existing: bytes, fingerprint: str) -> Response:
         if "body" in record:
             location = url_for("api.get_message", mid=record["id"])
             return json_response(record["body"], 202, {"Location": location, "Idempotent-Replayed": "true"})
+        settings = runtime().settings
+        if time.time() - record.get("at", 0) > settings.redis_socket_timeout + settings.accept_settle_seconds + 5:
+            # Past every fence and settle bound: the first request's transaction never committed.
+            conn.delete(idem_key)
+            raise Problem(409, "Request in progress", "retry: the first request with this key failed")
         if time.monotonic() > deadline:
             raise Problem(409, "Request in progress", "a request with this key is still being accepted")
         time.sleep(0.02)

@@ -44,11 +44,11 @@ def api(bind: str | None, workers: int | None) -> None:
     """The HTTP API under gunicorn, configured by the SMSGW_* environment."""
     import redis
 
-    from workers.runtime import NotDurable, check_durability
+    from workers.runtime import NotDurable, check_durability, connect
 
     settings = load_settings()
     try:
-        check_durability(redis.Redis.from_url(settings.redis_url), settings.redis_durability)
+        check_durability(connect(settings), settings.redis_durability)
     except NotDurable as e:
         raise click.ClickException(f"refusing to start (SMSGW_REDIS_DURABILITY=refuse): {e}") from None
     except redis.RedisError as e:

@@ -2,8 +2,14 @@
 
 Accepting is one Redis transaction: the message record, its entry for the sweeper and its first
 job (the plan, now or at ``send_at``, built by ``workers.lifecycle.enqueue_plan``) exist together
-or not at all; the API answers 5xx if the transaction fails, and nothing half exists. Cancelling
-is ``workers.lifecycle.cancel_message``.
+or not at all. Cancelling is ``workers.lifecycle.cancel_message``.
+
+The API never answers an error for a message it then sends. When the transaction's outcome is
+unknown (a timeout after EXEC was sent: a stalled Redis executes it when it wakes), a fence
+decides: before the transaction a key with a short expiry is set and WATCHed, so an EXEC that
+reaches Redis after the fence expired aborts (Redis 7 treats an expired watched key as changed).
+Once the fence's time is past, one look at the message key tells the truth for good:
+:func:`settle`.
 """
 
 from __future__ import annotations
@@ -73,30 +79,63 @@ def accept(
         send_at=msg.send_at.timestamp() if msg.send_at else 0.0,
         job_seq=1,
     )
-    key = schema.message_key(mid)
-    with conn.pipeline(transaction=True) as pipe:
-        record.job = lifecycle.enqueue_plan(
-            pipe,
-            conn,
-            settings,
-            mid,
-            account=msg.account,
-            priority=priority,
-            seq=1,
-            at=msg.send_at if delay > 0 else None,
-            now=now,
-        )
-        pipe.hset(key, mapping=record.to_hash())
-        pipe.expire(key, ttl)
-        if idempotency is not None:
-            idem_key, fingerprint = idempotency
-            pipe.set(
-                idem_key,
-                json.dumps({"fp": fingerprint, "id": mid, "body": body}),
-                ex=settings.idempotency_ttl,
+    key, fence = schema.message_key(mid), schema.accept_fence_key(mid)
+    fence_seconds = settings.redis_socket_timeout + 0.5
+    # Nothing that could commit has been sent if this fails: the caller's 503 is the truth.
+    conn.set(fence, 1, px=int(fence_seconds * 1000))
+    fence_over = time.monotonic() + fence_seconds
+    try:
+        with conn.pipeline(transaction=True) as pipe:
+            pipe.watch(fence)
+            pipe.multi()
+            record.job = lifecycle.enqueue_plan(
+                pipe,
+                conn,
+                settings,
+                mid,
+                account=msg.account,
+                priority=priority,
+                seq=1,
+                at=msg.send_at if delay > 0 else None,
+                now=now,
             )
-        pipe.execute()
+            pipe.hset(key, mapping=record.to_hash())
+            pipe.expire(key, ttl)
+            pipe.delete(fence)
+            if idempotency is not None:
+                idem_key, fingerprint = idempotency
+                pipe.set(
+                    idem_key,
+                    json.dumps({"fp": fingerprint, "id": mid, "body": body}),
+                    ex=settings.idempotency_ttl,
+                )
+            pipe.execute()
+    except (redis.ConnectionError, redis.TimeoutError, redis.WatchError):
+        if not settle(conn, mid, fence_over, settings.accept_settle_seconds):
+            raise NotAccepted(mid) from None
     return body
+
+
+class NotAccepted(Exception):
+    """The accept transaction did not commit and never will: nothing was stored."""
+
+
+class OutcomeUnknown(Exception):
+    """Redis did not answer within ``SMSGW_ACCEPT_SETTLE_SECONDS``: the message may exist."""
+
+
+def settle(conn: redis.Redis, mid: str, fence_over: float, bound: float) -> bool:
+    """Whether an accept transaction whose answer was lost committed. Waits until its fence has
+    expired (a later EXEC is void), then asks until Redis answers, for at most ``bound`` s."""
+    give_up = time.monotonic() + bound
+    while True:
+        time.sleep(max(0.0, fence_over - time.monotonic()))
+        try:
+            return bool(conn.exists(schema.message_key(mid)))
+        except redis.RedisError:
+            if time.monotonic() >= give_up:
+                raise OutcomeUnknown(mid) from None
+            time.sleep(0.2)
 
 
 def _iso(ts: float | str) -> str | None:

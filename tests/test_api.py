@@ -184,7 +184,7 @@ def test_balance_and_sensitive_words_pass_through(api):
 
 
 def test_accept_is_one_redis_transaction(api, redis_conn):
-    """Validation plus one MULTI/EXEC: no read and no second round trip on the accept path."""
+    """Validation, the fence (SET PX, WATCH), then one MULTI/EXEC that writes: no read."""
     assert post(api, {"to": ["13800138000"], "text": "warm"}).status_code == 202  # opens the app's connection
     redis_conn.config_resetstat()
     assert post(api, {"to": ["13800138000", "13900139000"], "text": "hi"}).status_code == 202
@@ -192,4 +192,5 @@ def test_accept_is_one_redis_transaction(api, redis_conn):
     for ours in ("config|resetstat", "info"):  # this test's own commands
         calls.pop(ours, None)
     assert calls.pop("multi") == 1 and calls.pop("exec") == 1
+    assert calls.pop("watch") == 1 and calls.pop("set") == 1 and calls.pop("del") == 1  # the fence
     assert set(calls) <= {"hset", "expire", "zadd", "sadd", "rpush"}, calls

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from rq import Queue
 
 from workers.provider import ProviderClient
@@ -30,7 +32,7 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        return cls(settings, redis.Redis.from_url(settings.redis_url, health_check_interval=30))
+        return cls(settings, connect(settings))
 
     def client(self, account: str) -> ProviderClient:
         if account not in self._clients:
@@ -41,6 +43,23 @@ class Runtime:
         if priority not in self._queues:
             self._queues[priority] = Queue(QUEUE_NAMES[priority], connection=self.conn)
         return self._queues[priority]
+
+
+def connect(settings: Settings, *, socket_timeout: float | None = -1.0) -> redis.Redis:
+    """A client for smsgw's Redis, with timeouts from the settings, so a stalled Redis costs a
+    request ``SMSGW_REDIS_SOCKET_TIMEOUT`` (and one quick retry), not redis-py's unbounded wait.
+
+    ``socket_timeout=None`` is for RQ's own worker connection, which blocks in ``BLPOP`` (RQ
+    sets a timeout longer than its dequeue wait on it).
+    """
+    timeout = settings.redis_socket_timeout if socket_timeout == -1.0 else socket_timeout
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=settings.redis_connect_timeout,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+    )
 
 
 _current: Runtime | None = None

@@ -6,6 +6,7 @@ that builds it, and what it holds (``tests/test_schema.py`` keeps this table tru
 functions below and against a live Redis after a full run)::
 
     sg:m:<mid>                 message_key       hash  the message (:class:`Message`)
+    sg:af:<mid>                accept_fence_key  str   lives a moment: a late accept transaction is void
     sg:c:<mid>:<n>             chunk_key         hash  chunk n of a message (:class:`Chunk`)
     sg:ce:<mid>:<n>            history_key       list  chunk n's history, one JSON line per step
     sg:r:<mid>:<n>             recipients_key    hash  mobile -> "state|code|time" once reported
@@ -59,6 +60,10 @@ PREFIX = "sg:"
 
 def message_key(mid: str) -> str:
     return f"sg:m:{mid}"
+
+
+def accept_fence_key(mid: str) -> str:
+    return f"sg:af:{mid}"
 
 
 def chunk_key(mid: str, n: int) -> str:

@@ -109,6 +109,9 @@ class Settings:
     pull_gap_seconds: float = 5.0
     lease_seconds: int = 15
     operator_password: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    redis_socket_timeout: float = 2.0
+    redis_connect_timeout: float = 1.0
+    accept_settle_seconds: int = 30
 
     @property
     def account(self) -> AccountSettings:
@@ -253,4 +256,7 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         lease_seconds=_int(env, "SMSGW_LEASE_SECONDS", 15, 2),
         callback_secret=Secret(env.get("SMSGW_CALLBACK_SECRET", "")),
         operator_password=Secret(env.get("SMSGW_OPERATOR_PASSWORD", "")),
+        redis_socket_timeout=_float(env, "SMSGW_REDIS_SOCKET_TIMEOUT", 2.0),
+        redis_connect_timeout=_float(env, "SMSGW_REDIS_CONNECT_TIMEOUT", 1.0),
+        accept_settle_seconds=_int(env, "SMSGW_ACCEPT_SETTLE_SECONDS", 30, 0),
     )

@@ -1,0 +1,78 @@
+"""The API never answers an error for a message it then sends, and never a 202 for one it lost.
+
+The wire to Redis is broken for real (a loopback proxy that stalls or cuts the connection just
+as the accept transaction's EXEC goes out); the answer is then checked against what Redis holds,
+also after the stalled EXEC has finally arrived.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from rq import Queue
+
+from gateway import create_app
+from tests.conftest import AUTH, make_settings
+from tests.faultproxy import FaultProxy
+from workers import schema
+from workers.queues import QUEUE_NAMES
+
+
+@pytest.fixture
+def proxied(redis_server, redis_conn):
+    proxy = FaultProxy(str(redis_server.socket))
+    settings = make_settings(proxy.url, SMSGW_REDIS_SOCKET_TIMEOUT="0.5", SMSGW_ACCEPT_SETTLE_SECONDS="5")
+    yield create_app(settings).test_client(), proxy
+    proxy.close()
+
+
+def post(api, **headers):
+    return api.post("/v1/messages", json={"to": ["13800138000"], "text": "hi"}, headers={**AUTH, **headers})
+
+
+def test_an_exec_that_arrives_after_the_fence_is_void_and_the_answer_says_so(proxied, redis_conn):
+    api, proxy = proxied
+    assert post(api).status_code == 202  # opens the connections
+    proxy.delay(b"EXEC", 3.0)
+    started = time.monotonic()
+    answer = post(api)
+    assert answer.status_code == 503 and answer.mimetype == "application/problem+json"
+    assert "nothing was accepted" in answer.get_json()["detail"]
+    assert time.monotonic() - started < 3.0
+    time.sleep(3.5)  # the stalled EXEC has reached Redis by now, and was aborted
+    assert len(list(redis_conn.scan_iter(match=schema.message_key("*")))) == 1
+    assert Queue(QUEUE_NAMES["normal"], connection=redis_conn).count == 1
+
+
+def test_an_exec_whose_answer_was_lost_is_found_and_answered_202(proxied, redis_conn):
+    api, proxy = proxied
+    assert post(api).status_code == 202
+    proxy.cut_after(b"EXEC")
+    answer = post(api)
+    assert answer.status_code == 202, answer.get_json()
+    mid = answer.get_json()["id"]
+    assert redis_conn.exists(schema.message_key(mid))
+    assert Queue(QUEUE_NAMES["normal"], connection=redis_conn).count == 2
+
+
+def test_a_redis_that_does_not_answer_in_time_gets_503_fast_and_recovers(redis_server, redis_conn):
+    import os
+    import signal
+
+    settings = make_settings(redis_server.url, SMSGW_REDIS_SOCKET_TIMEOUT="0.5", SMSGW_ACCEPT_SETTLE_SECONDS="1")
+    api = create_app(settings).test_client()
+    assert post(api).status_code == 202
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        answer = post(api, **{"Idempotency-Key": "once"})
+        assert answer.status_code == 503 and time.monotonic() - started < 3.0
+        assert api.get("/readyz").status_code == 503
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    assert api.get("/readyz").status_code == 200  # no restart needed
+    again = post(api, **{"Idempotency-Key": "once"})
+    assert again.status_code in (202, 409)
+    stored = len(list(redis_conn.scan_iter(match=schema.message_key("*"))))
+    assert stored == 1 + (again.status_code == 202)  # never a twin from the retried key
