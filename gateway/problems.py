@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from flask import Flask, Response
@@ -34,6 +35,7 @@ class Problem(Exception):
         self.detail = detail
         self.errors = errors or []
         self.headers = headers or {}
+        self.omitted = 0
 
     def response(self) -> Response:
         body: dict[str, Any] = {"type": "about:blank", "title": self.title, "status": self.status}
@@ -41,8 +43,9 @@ class Problem(Exception):
             body["detail"] = self.detail
         if self.errors:
             body["errors"] = self.errors[:MAX_ERRORS]
-            if len(self.errors) > MAX_ERRORS:
-                body["errors_omitted"] = len(self.errors) - MAX_ERRORS
+            omitted = max(0, len(self.errors) - MAX_ERRORS) + self.omitted
+            if omitted:
+                body["errors_omitted"] = omitted
         response = Response(
             json.dumps(body, ensure_ascii=False),
             status=self.status,
@@ -52,8 +55,34 @@ class Problem(Exception):
         return response
 
 
+class ErrorList(list[dict[str, str]]):
+    """Errors collected while a request is checked, bounded as they are built: past
+    ``MAX_ERRORS`` they are only counted, so no request can make the error itself unbounded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.omitted = 0
+
+    def append(self, item: dict[str, str]) -> None:
+        if len(self) < MAX_ERRORS:
+            super().append(item)
+        else:
+            self.omitted += 1
+
+    def extend(self, items: Iterable[dict[str, str]]) -> None:
+        for item in items:
+            self.append(item)
+
+    def __iadd__(self, items: Iterable[dict[str, str]]) -> ErrorList:  # type: ignore[override,misc]
+        self.extend(items)
+        return self
+
+
 def validation_problem(errors: list[dict[str, str]]) -> Problem:
-    return Problem(422, "The request is not valid", f"{len(errors)} problem(s) found", errors)
+    total = len(errors) + getattr(errors, "omitted", 0)
+    problem = Problem(422, "The request is not valid", f"{total} problem(s) found", list(errors))
+    problem.omitted = getattr(errors, "omitted", 0)
+    return problem
 
 
 def init_app(app: Flask) -> None:

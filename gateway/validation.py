@@ -19,13 +19,14 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.problems import Problem, validation_problem
+from gateway.problems import ErrorList, Problem, validation_problem
 from workers.mobiles import normalise, normalise_all
 from workers.settings import Settings
 from workers.text import (
     Template,
     TemplateError,
     check_vars,
+    control_problems,
     ddt_group,
     gb2312_problems,
     provider_length,
@@ -142,18 +143,27 @@ def parse_model(model: type[BaseModel], data: Any) -> Any:
 
 
 def charset_errors(text: str, charset: str, where: str, what: str = "") -> list[dict[str, str]]:
-    return [
+    """Characters the channel cannot carry, and control characters other than newline."""
+    errors = [
         {
             "pointer": where,
             "detail": f"{what}character {p.char!r} ({p.codepoint}) at index {p.index} is not in {charset.upper()}",
         }
         for p in gb2312_problems(text, charset)
     ]
+    errors += [
+        {
+            "pointer": where,
+            "detail": f"{what}control character {p.codepoint} at index {p.index}: only newline is allowed",
+        }
+        for p in control_problems(text)
+    ]
+    return errors
 
 
 def check_message(req: MessageRequest, settings: Settings, now: datetime | None = None) -> Accepted:
     """Apply smsgw's rules; raise one 422 problem listing everything wrong."""
-    errors: list[dict[str, str]] = []
+    errors = ErrorList()
     account_name = req.account or settings.default_account
     if account_name not in settings.accounts:
         raise validation_problem([{"pointer": "/account", "detail": f"unknown account {account_name!r}"}])
@@ -200,6 +210,11 @@ def _check_send_at(raw: str, settings: Settings, now: datetime, errors: list[dic
     if when.tzinfo is None:
         errors.append({"pointer": "/send_at", "detail": "needs an offset, e.g. +08:00 or Z"})
         return None
+    try:
+        when = when.astimezone(UTC)  # 9999-12-31T23:59:59-14:00 is past the end of time in UTC
+    except OverflowError:
+        errors.append({"pointer": "/send_at", "detail": "is out of range"})
+        return None
     if when < now - SEND_AT_PAST_TOLERANCE:
         errors.append({"pointer": "/send_at", "detail": "is in the past"})
     elif when > now + timedelta(days=settings.send_at_max_days):
@@ -221,6 +236,8 @@ def _check_plain(
     errors: list[dict[str, str]],
 ) -> Accepted:
     errors += charset_errors(text, charset, "/text")
+    if not text.strip():
+        errors.append({"pointer": "/text", "detail": "is empty once blanks are removed"})
     length = provider_length(text)
     if length > limit:
         errors.append(
@@ -282,7 +299,10 @@ def _check_personal(req: MessageRequest, charset: str, limit: int, errors: list[
                     }
                 )
             errors += charset_errors(values[name], charset, here, f"recipient {recipient.to}, variable {name!r}: ")
-        length = provider_length(template.render(values))
+        rendered = template.render(values)
+        if not rendered.strip():
+            errors.append({"pointer": where, "detail": f"the text for {recipient.to} is empty"})
+        length = provider_length(rendered)
         if length > limit:
             detail = f"the text for {recipient.to} is {length} characters; the channel takes at most {limit}"
             errors.append({"pointer": where, "detail": detail})

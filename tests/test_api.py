@@ -194,3 +194,72 @@ def test_accept_is_one_redis_transaction(api, redis_conn):
     assert calls.pop("multi") == 1 and calls.pop("exec") == 1
     assert calls.pop("watch") == 1 and calls.pop("set") == 1 and calls.pop("del") == 1  # the fence
     assert set(calls) <= {"hset", "expire", "zadd", "sadd", "rpush"}, calls
+
+
+# -- the door: bounded, clear, before anything is queued ---------------------------------------
+
+
+def queued(runtime) -> int:
+    return sum(runtime.queue(p).count for p in ("high", "normal", "bulk"))
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+def test_send_at_out_of_range_is_422_not_500(api, runtime, when):
+    r = post(api, {"to": ["13800138000"], "text": "x", "send_at": when})
+    assert r.status_code == 422 and r.mimetype == "application/problem+json"
+    assert queued(runtime) == 0
+
+
+def test_millions_of_bad_characters_cost_one_bounded_error_list(api, runtime):
+    import tracemalloc
+
+    text = "€" * 2_600_000
+    tracemalloc.start()
+    r = post(api, {"to": ["13800138000"], "text": text})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    body = r.get_json()
+    assert r.status_code == 422 and len(body["errors"]) <= 100
+    assert peak < 200 * 1024 * 1024, peak  # the body and its JSON are ~20 MB; one error each was 1.6 GB
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"to": ["13800138000"], "text": "   "},
+        {"to": ["13800138000"], "text": "code\x00123"},
+        {"to": ["13800138000"], "text": "tab\there"},
+        {"template": "{a}", "recipients": [{"to": "13800138000", "vars": {"a": ""}}]},
+        {"template": "hi {a}", "recipients": [{"to": "13800138000", "vars": {"a": "x\x1by"}}]},
+    ],
+)
+def test_empty_texts_and_control_characters_are_refused(api, runtime, body):
+    r = post(api, body)
+    assert r.status_code == 422, r.get_json()
+    assert queued(runtime) == 0
+
+
+def test_a_newline_is_fine(api):
+    assert post(api, {"to": ["13800138000"], "text": "line one\nline two"}).status_code == 202
+
+
+def test_a_chunked_body_over_the_limit_is_413_never_truncated_and_accepted(app, runtime):
+    import io
+    import json as _json
+
+    limit = runtime.settings.max_body_bytes
+    body = _json.dumps({"to": ["13800138000"], "text": "x"}).encode() + b" " * limit + b"garbage"
+    client = app.test_client()
+    r = client.post(
+        "/v1/messages",
+        input_stream=io.BytesIO(body),
+        headers={**AUTH, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert r.status_code == 413 and r.mimetype == "application/problem+json"
+    assert queued(runtime) == 0
+
+
+def test_too_many_recipients_are_refused_before_they_are_validated(api, runtime):
+    r = post(api, {"to": [1] * (runtime.settings.max_recipients + 1), "text": "x"})
+    assert r.status_code == 422 and len(r.get_json()["errors"]) == 1

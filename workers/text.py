@@ -36,8 +36,9 @@ def _encodable(char: str, charset: str) -> bool:
     return True
 
 
-def gb2312_problems(text: str, charset: str = "gb2312") -> list[CharProblem]:
-    """Every character of ``text`` that ``charset`` cannot encode, with its index.
+def gb2312_problems(text: str, charset: str = "gb2312", limit: int = 100) -> list[CharProblem]:
+    """The first ``limit`` characters of ``text`` that ``charset`` cannot encode, with their
+    index (bounded: a text of a million such characters costs one error list, not a million).
 
     The charset is the account's own: Python's ``gbk`` accepts 體 or 堃, which a GB2312 channel
     cannot carry, so never check with a wider one by accident. The fast path encodes the whole
@@ -46,8 +47,28 @@ def gb2312_problems(text: str, charset: str = "gb2312") -> list[CharProblem]:
     try:
         text.encode(charset)
     except UnicodeEncodeError:
-        return [CharProblem(i, c) for i, c in enumerate(text) if not _encodable(c, charset)]
+        found: list[CharProblem] = []
+        for i, c in enumerate(text):
+            if not _encodable(c, charset):
+                found.append(CharProblem(i, c))
+                if len(found) >= limit:
+                    break
+        return found
     return []
+
+
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def control_problems(text: str, limit: int = 10) -> list[CharProblem]:
+    """Control characters (NUL, tab, carriage return, escape, …): newline is the only one a
+    text message may carry; the rest reach a phone as garbage or cut the provider's form."""
+    found = []
+    for match in _CONTROL.finditer(text):
+        found.append(CharProblem(match.start(), match.group()))
+        if len(found) >= limit:
+            break
+    return found
 
 
 def provider_length(text: str) -> int:
