@@ -8,8 +8,12 @@ import os
 
 bind = os.environ.get("SMSGW_BIND", "0.0.0.0:8080")
 workers = int(os.environ.get("SMSGW_API_WORKERS", "2"))
-worker_class = "sync"
-# A request does validation and one Redis round trip; 30 s means something is stuck.
+# gevent: a slow or idle client holds a greenlet, not one of a few sync workers or threads,
+# so slowloris sockets cannot take the API's capacity (tests/test_api_server.py measures it).
+# Put a buffering reverse proxy in front in production anyway (README: "Behind a proxy").
+worker_class = "gevent"
+worker_connections = int(os.environ.get("SMSGW_API_CONNECTIONS", "1000"))
+# A request does validation and a few Redis round trips; 30 s means something is stuck.
 timeout = 30
 # SIGTERM: stop accepting, let requests in flight finish for up to this long.
 graceful_timeout = 30
@@ -18,6 +22,8 @@ keepalive = 5
 max_requests = 10000
 max_requests_jitter = 1000
 accesslog = "-"
+# The provider's push path carries its secret and mobiles: logged by shape only.
+logger_class = "gateway.access_log.AccessLogger"
 errorlog = "-"
 loglevel = "info"
 # JSON lines like the workers (SMSGW_LOG_FORMAT=text for humans).

@@ -72,7 +72,8 @@ def test_gunicorn_config_imports_with_expected_values():
     assert spec and spec.loader
     conf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conf)
-    assert conf.timeout == 30 and conf.graceful_timeout == 30 and conf.worker_class == "sync"
+    assert conf.timeout == 30 and conf.graceful_timeout == 30 and conf.worker_class == "gevent"
+    assert conf.logger_class == "gateway.access_log.AccessLogger"
     assert conf.workers >= 1 and callable(conf.child_exit)
 
 

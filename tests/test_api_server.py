@@ -1,0 +1,121 @@
+"""The API as production runs it (``smsgw api``: gunicorn, gevent workers) over real sockets:
+slow clients cannot stall it, streamed bodies are bounded, the access log keeps no secret."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.conftest import AUTH
+from tests.test_metrics import free_port
+
+pytestmark = pytest.mark.slow
+PUSH_SECRET = "push-secret-123"
+
+
+@pytest.fixture
+def server(settings_env, tmp_path) -> Iterator[tuple[str, object]]:
+    port = free_port()
+    log_path = tmp_path / "api.log"
+    env = {
+        **os.environ,
+        **settings_env,
+        "SMSGW_MAX_BODY_BYTES": "65536",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+    }
+    command = [sys.executable, "-m", "gateway.cli", "api", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/healthz", timeout=1).ok:
+                break
+        except requests.RequestException:
+            time.sleep(0.1)
+    try:
+        yield base, log_path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def slowloris(port: int, count: int, stop: threading.Event) -> list[socket.socket]:
+    """``count`` connections that send one header byte a second and never finish."""
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n")
+        socks.append(s)
+
+    def drip() -> None:
+        while not stop.wait(1.0):
+            for s in socks:
+                with contextlib.suppress(OSError):
+                    s.sendall(b"X")
+
+    threading.Thread(target=drip, daemon=True).start()
+    return socks
+
+
+def test_dozens_of_slow_sockets_do_not_stall_health_or_sends(server):
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    stop = threading.Event()
+    socks = slowloris(port, 48, stop)  # far more than 2 workers (or 2 x a thread pool)
+    try:
+        time.sleep(1.5)
+        worst = 0.0
+        for _ in range(5):
+            started = time.monotonic()
+            assert requests.get(f"{base}/healthz", timeout=5).ok
+            body = {"to": ["13800138000"], "text": "still here"}
+            assert requests.post(f"{base}/v1/messages", json=body, headers=AUTH, timeout=5).status_code == 202
+            worst = max(worst, time.monotonic() - started)
+            time.sleep(0.5)
+        assert worst < 1.0, worst
+    finally:
+        stop.set()
+        for s in socks:
+            s.close()
+
+
+def test_a_chunked_body_over_the_limit_is_413(server):
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    payload = json.dumps({"to": ["13800138000"], "text": "x"}).encode() + b" " * 70000 + b"garbage"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        head = f"POST /v1/messages HTTP/1.1\r\nHost: x\r\n{AUTH_LINE}\r\nContent-Type: application/json\r\n"
+        s.sendall(head.encode() + b"Transfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, len(payload), 8192):
+            piece = payload[i : i + 8192]
+            s.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        s.sendall(b"0\r\n\r\n")
+        answer = s.recv(4096).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+
+
+AUTH_LINE = f"Authorization: {AUTH['Authorization']}"
+
+
+def test_the_access_log_holds_neither_the_push_secret_nor_a_mobile(server):
+    base, log_path = server
+    query = "Class=rpt&Mobile=13912345678&LinkId=abc&Report=DELIVRD&ReportTime=2030-01-01+10:00:00"
+    assert requests.get(f"{base}/callbacks/provider/{PUSH_SECRET}?{query}", timeout=5).ok
+    requests.get(f"{base}/callbacks/provider/{PUSH_SECRET}?Class=rpt&Mobile=13912345678", timeout=5)  # malformed
+    assert requests.get(f"{base}/healthz", timeout=5).ok
+    time.sleep(0.5)
+    text = log_path.read_text()
+    assert "/callbacks/provider/<secret>" in text  # the requests were logged, by shape
+    assert PUSH_SECRET not in text and "13912345678" not in text
