@@ -185,7 +185,15 @@ def cancel_message(mid: str) -> Response:
 
 @bp.get("/replies")
 def replies() -> Response:
-    """Replies, newest first, by mobile, account or message; ``cursor`` pages on."""
+    """Replies to this key's messages, newest first, by mobile, account or message; ``cursor``
+    pages on. Replies that match no message are for operators only (``/admin/replies``)."""
+    message_id = request.args.get("message_id")
+    if message_id:
+        _own_message(message_id)
+    return json_response(replies_page(g.api_key.name))
+
+
+def replies_page(api_key: str | None) -> dict[str, Any]:
     try:
         limit = min(int(request.args.get("limit", "50")), 500)
         cursor = request.args.get("cursor")
@@ -196,13 +204,14 @@ def replies() -> Response:
         raise Problem(400, "Bad paging", "1 ≤ limit ≤ 500; cursor as returned") from None
     items, nxt = messages.list_replies(
         runtime().conn,
+        api_key=api_key,
         mobile=request.args.get("mobile"),
         account=request.args.get("account"),
         message_id=request.args.get("message_id"),
         before=before,
         limit=limit,
     )
-    return json_response({"items": items, "next_cursor": nxt})
+    return {"items": items, "next_cursor": nxt}
 
 
 def _account_arg(name: str | None) -> str:

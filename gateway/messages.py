@@ -236,10 +236,12 @@ def replies_for(conn: redis.Redis, mid: str, limit: int = 100) -> list[dict[str,
 
 def reply_view(conn: redis.Redis, rid: str) -> dict[str, Any] | None:
     reply = Reply.load(conn, rid)
-    if reply is None:
-        return None
+    return _reply_view(reply) if reply is not None else None
+
+
+def _reply_view(reply: Reply) -> dict[str, Any]:
     return {
-        "id": rid,
+        "id": reply.id,
         "mobile": reply.mobile,
         "text": reply.content,
         "linkid": reply.linkid or None,
@@ -253,14 +255,20 @@ def reply_view(conn: redis.Redis, rid: str) -> dict[str, Any] | None:
 def list_replies(
     conn: redis.Redis,
     *,
+    api_key: str | None,
     mobile: str | None,
     account: str | None,
     message_id: str | None,
     before: float | None,
     limit: int,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Newest first; the cursor is the receive time of the last item returned."""
-    key = schema.REPLIES
+    """Newest first; the cursor is the receive time of the last item returned.
+
+    ``api_key``: only replies to that key's messages (an API client); ``None``: every reply,
+    unmatched ones included (operators). Filters narrow within that; the scan reads at most
+    ``SCAN_PAGES`` pages of the index, so a filter that matches little costs bounded work.
+    """
+    key = schema.REPLIES if api_key is None else schema.replies_index_key("k", api_key)
     if message_id:
         key = schema.replies_index_key("msg", message_id)
     elif mobile:
@@ -270,17 +278,24 @@ def list_replies(
     top = f"({before}" if before is not None else "+inf"
     out: list[dict[str, Any]] = []
     last = None
-    for rid, score in conn.zrevrangebyscore(key, top, "-inf", start=0, num=limit * 4, withscores=True):
-        reply = reply_view(conn, rid.decode())
-        if reply is None:
-            continue
-        if (mobile and reply["mobile"] != mobile) or (account and reply["account"] != account):
-            continue
-        out.append(reply)
-        last = score
-        if len(out) == limit:
-            break
-    return out, (f"{last:.3f}" if last is not None and len(out) == limit else None)
+    for _ in range(SCAN_PAGES):
+        page = conn.zrevrangebyscore(key, top, "-inf", start=0, num=limit * 2, withscores=True)
+        for rid, score in page:
+            last, top = score, f"({score}"
+            reply = Reply.load(conn, rid.decode())
+            if reply is None or (api_key is not None and reply.api_key != api_key):
+                continue
+            if (mobile and reply.mobile != mobile) or (account and reply.account != account):
+                continue
+            out.append(_reply_view(reply))
+            if len(out) == limit:
+                return out, f"{score:.3f}"
+        if len(page) < limit * 2:
+            return out, None
+    return out, (f"{last:.3f}" if last is not None else None)
+
+
+SCAN_PAGES = 10
 
 
 def recipients(conn: redis.Redis, mid: str, cursor: int, limit: int) -> tuple[list[dict[str, Any]], int | None]:

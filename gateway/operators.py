@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from gateway.api import json_response
+from gateway.api import json_response, replies_page
 from gateway.context import runtime
 from gateway.problems import Problem
 from workers import accounts, lifecycle, schema
@@ -59,6 +59,12 @@ def _known(name: str) -> str:
     if name not in runtime().settings.accounts:
         raise Problem(404, "Not Found", f"unknown account {name!r}")
     return name
+
+
+@bp.get("/replies")
+def list_replies() -> Response:
+    """Every reply, those matching no message included: only operators see them."""
+    return json_response(replies_page(None))
 
 
 @bp.get("/accounts")

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.problems import ErrorList, Problem, validation_problem
+from workers.egress import door_problem
 from workers.mobiles import normalise, normalise_all
 from workers.settings import Settings
 from workers.text import (
@@ -175,8 +176,14 @@ def check_message(req: MessageRequest, settings: Settings, now: datetime | None 
         send_at = _check_send_at(req.send_at, settings, now or datetime.now(UTC), errors)
     if req.callback_url is not None:
         parts = urlsplit(req.callback_url)
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            parts = parts._replace(scheme="")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             errors.append({"pointer": "/callback_url", "detail": "must be an http:// or https:// URL"})
+        elif (problem := door_problem(parts.hostname, settings.callback_allow_networks)) is not None:
+            errors.append({"pointer": "/callback_url", "detail": f"the host {problem}"})
         elif settings.callback_hosts and parts.hostname.lower() not in settings.callback_hosts:
             errors.append(
                 {"pointer": "/callback_url", "detail": f"host {parts.hostname!r} is not in SMSGW_CALLBACK_HOSTS"}

@@ -6,9 +6,14 @@ cannot resolve, and the only server flushed is the one this suite started.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any, ClassVar
 
 import pytest
 import redis
@@ -27,6 +32,21 @@ from workers.runtime import Runtime, install
 from workers.settings import Settings, settings_from_env
 
 FORGOT_REDIS = "redis://forgot-the-redis-fixture.invalid:1"
+
+
+def outside_address() -> str:
+    """This machine's address on its network (not loopback), for callback receivers: callbacks
+    never reach loopback, so tests open this one address with SMSGW_CALLBACK_ALLOW_NETWORKS."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the route
+        address = probe.getsockname()[0]
+    if address.startswith("127."):
+        pytest.skip("this machine has no address outside loopback for a callback receiver")
+    return address
+
+
 API_KEY = "test-key-0123456789abcdef"
 
 
@@ -84,6 +104,7 @@ def settings_env(redis_server: RedisServer, simulator: SimulatorServer) -> dict[
         "SMSGW_PULL_GAP_SECONDS": "0.01",
         "SMSGW_PULL_INTERVAL_SECONDS": "1",
         "SMSGW_LEASE_SECONDS": "2",
+        "SMSGW_CALLBACK_ALLOW_NETWORKS": f"{outside_address()}/32",
     }
 
 
@@ -148,3 +169,42 @@ def sim_admin(sim: SimulatorServer, path: str, **body: Any) -> dict[str, Any]:
     response = requests.post(f"{sim.url}/_sim/{path}", json=body, timeout=5)
     response.raise_for_status()
     return response.json()
+
+
+class Receiver(BaseHTTPRequestHandler):
+    fail_first: ClassVar[int] = 0
+    calls: ClassVar[int] = 0
+    bodies: ClassVar[list[tuple[dict, dict]]] = []
+    redirect_to: ClassVar[str] = ""
+
+    def do_POST(self) -> None:
+        Receiver.calls += 1
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Receiver.redirect_to:
+            self.send_response(302)
+            self.send_header("Location", Receiver.redirect_to)
+        elif Receiver.calls <= Receiver.fail_first:
+            self.send_response(503)
+        else:
+            Receiver.bodies.append((dict(self.headers), json.loads(body)))
+            secret = hashlib.sha256(b"smsgw-callback:" + API_KEY.encode()).hexdigest()
+            expected = hmac.new(
+                secret.encode(), self.headers["X-Smsgw-Timestamp"].encode() + b"." + body, hashlib.sha256
+            ).hexdigest()
+            self.send_response(200 if self.headers["X-Smsgw-Signature"] == f"v1={expected}" else 401)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver():
+    Receiver.calls, Receiver.bodies = 0, []
+    server = HTTPServer((outside_address(), 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{outside_address()}:{server.server_port}/hook"
+    server.shutdown()
+    server.server_close()
+    thread.join()

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import random
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import ClassVar
 from urllib.parse import urlencode
 
 import pytest
 
 from devkit.simulator import _share
-from tests.conftest import API_KEY, AUTH, drain, sim_admin
+from tests.conftest import AUTH, Receiver, drain, sim_admin
 from workers import pullers, reports, schema
 
 PUSH = "/callbacks/provider/push-secret-123"
@@ -200,41 +196,6 @@ def test_push_endpoint_secret_malformed_and_replay(api, runtime):
     assert runtime.conn.llen(reports.INBOX) == 1
 
 
-class Receiver(BaseHTTPRequestHandler):
-    fail_first: ClassVar[int] = 0
-    calls: ClassVar[int] = 0
-    bodies: ClassVar[list[tuple[dict, dict]]] = []
-
-    def do_POST(self) -> None:
-        Receiver.calls += 1
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if Receiver.calls <= Receiver.fail_first:
-            self.send_response(503)
-        else:
-            Receiver.bodies.append((dict(self.headers), json.loads(body)))
-            secret = hashlib.sha256(b"smsgw-callback:" + API_KEY.encode()).hexdigest()
-            expected = hmac.new(
-                secret.encode(), self.headers["X-Smsgw-Timestamp"].encode() + b"." + body, hashlib.sha256
-            ).hexdigest()
-            self.send_response(200 if self.headers["X-Smsgw-Signature"] == f"v1={expected}" else 401)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver():
-    Receiver.calls, Receiver.bodies = 0, []
-    server = HTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/hook"
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
 def test_callback_retried_until_accepted_gets_each_event_once(api, runtime, simulator, receiver):
     Receiver.fail_first = 3
     mid = send(api, {"to": ["13800138000", "13900139000"], "text": "x", "callback_url": receiver, "reference": "r-1"})
@@ -268,7 +229,7 @@ def test_callback_host_allowlist(settings_env, redis_conn):
     from workers.settings import settings_from_env
 
     app = create_app(settings_from_env({**settings_env, "SMSGW_CALLBACK_HOSTS": "hooks.example.com"}))
-    body = {"to": ["13800138000"], "text": "x", "callback_url": "http://169.254.169.254/x"}
+    body = {"to": ["13800138000"], "text": "x", "callback_url": "http://hooks.example.net/x"}
     r = app.test_client().post("/v1/messages", headers=AUTH, json=body)
     assert r.status_code == 422 and "SMSGW_CALLBACK_HOSTS" in r.get_data(as_text=True)
 

@@ -22,12 +22,17 @@ COMPOSE = os.path.join(os.path.dirname(compose.__file__), "docker-compose")
 def test_every_queue_smsgw_enqueues_to_is_served_by_the_worker(api, runtime, simulator):
     """Drive every flow that enqueues (plan, send, a scheduled retry, callbacks), then read the
     queues RQ itself registered: each must be one the worker serves."""
-    from tests.conftest import AUTH, drain, sim_admin
+    from tests.conftest import AUTH, drain, outside_address, sim_admin
     from tests.test_reports import pull_all
 
     sim_admin(simulator, "fault", endpoint="post_send_md5", mode="http", status=503, times=1)
     for priority in ("high", "normal", "bulk"):
-        body = {"to": ["13800138000"], "text": "x", "priority": priority, "callback_url": "http://127.0.0.1:9/dead"}
+        body = {
+            "to": ["13800138000"],
+            "text": "x",
+            "priority": priority,
+            "callback_url": f"http://{outside_address()}:9/dead",
+        }
         assert api.post("/v1/messages", json=body, headers=AUTH).status_code == 202
     drain(runtime)
     pull_all(runtime)

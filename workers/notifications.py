@@ -21,11 +21,12 @@ import logging
 import time
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from rq import Queue
 
-from workers import schema
+from workers import egress, schema
 from workers.alerts import alert
 from workers.policy import backoff
 from workers.queues import CALLBACK_QUEUE
@@ -36,6 +37,32 @@ log = logging.getLogger("smsgw.notifications")
 PENDING_MAX = 10_000
 HISTORY_MAX = 50
 DELIVER = "workers.notifications.deliver"
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], networks: tuple[egress.Network, ...]) -> tuple[bool, str]:
+    """POST to the caller's URL at an address checked just now (workers.egress); no redirects."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        address = egress.resolve(host, parts.port or (443 if parts.scheme == "https" else 80), networks)
+    except egress.Refused as e:
+        log.warning("callback refused: %s", e)
+        return False, f"refused: {e}"
+    with requests.Session() as session:
+        adapter = egress.PinnedAdapter(host, address)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        try:
+            response = session.post(
+                url,
+                data=body,
+                headers={**headers, "Host": parts.netloc.rpartition("@")[2]},
+                timeout=(3, 10),
+                allow_redirects=False,
+            )
+        except requests.RequestException as e:
+            return False, type(e).__name__
+    return 200 <= response.status_code < 300, f"HTTP {response.status_code}"
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -96,13 +123,7 @@ def deliver_now(rt: Runtime, mid: str) -> str:
         "X-Smsgw-Timestamp": str(stamp),
         "X-Smsgw-Signature": f"v1={sign(secret, stamp, body)}",
     }
-    outcome: str
-    try:
-        response = requests.post(url, data=body, headers=headers, timeout=(3, 10), allow_redirects=False)
-        ok = 200 <= response.status_code < 300
-        outcome = f"HTTP {response.status_code}"
-    except requests.RequestException as e:
-        ok, outcome = False, type(e).__name__
+    ok, outcome = _post(url, body, headers, settings.callback_allow_networks)
     attempt = {"at": round(time.time(), 3), "events": len(raw), "outcome": outcome, "ok": ok}
     ttl = schema.ttl_of(conn, msg_key, rt.settings.retention_seconds)
     with conn.pipeline(transaction=False) as pipe:

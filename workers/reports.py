@@ -286,6 +286,8 @@ def _apply_reply(rt: Runtime, item: dict[str, str]) -> int:
         keys.append(schema.replies_index_key("a", account))
     if mid:
         keys.append(schema.replies_index_key("msg", mid))
+    if api_key:
+        keys.append(schema.replies_index_key("k", api_key))
     fields = json.dumps(reply.to_hash(), ensure_ascii=False)
     stored = conn.eval(STORE_REPLY, len(keys), *keys, settings.retention_seconds, f"{received:.3f}", rid, fields)
     if stored:

@@ -33,7 +33,7 @@ functions below and against a live Redis after a full run)::
     sg:seen:<item>             reply_seen_key    str   a reply already applied
     sg:reply:<rid>             reply_key         hash  one reply (:class:`Reply`)
     sg:replies                 REPLIES           zset  every reply id, by receive time
-    sg:replies:<by>:<value>    replies_index_key zset  reply ids by mobile (m), account (a), message (msg)
+    sg:replies:<by>:<value>    replies_index_key zset  reply ids by mobile (m), account (a), message (msg), API key (k)
     sg:cbq:<mid>               callback_queue_key list events waiting for the caller's callback URL
     sg:cbh:<mid>               callback_log_key  list  the caller callback attempts, one JSON line each
     sg:cbjob:<mid>             callback_job_key  str   marker: a callback delivery job is scheduled
@@ -136,7 +136,8 @@ def reply_key(rid: str) -> str:
 
 
 def replies_index_key(by: str, value: str) -> str:
-    """``by``: ``m`` (mobile), ``a`` (account) or ``msg`` (message id)."""
+    """``by``: ``m`` (mobile), ``a`` (account), ``msg`` (message id) or ``k`` (the API key that
+    sent the message replied to)."""
     return f"sg:replies:{by}:{value}"
 
 

@@ -13,6 +13,7 @@ to the default account's value for any field they do not set.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -102,6 +103,7 @@ class Settings:
     retention_seconds: int = 7 * 24 * 3600
     callback_secret: Secret = field(default_factory=lambda: Secret(""), repr=False)
     callback_hosts: tuple[str, ...] = ()
+    callback_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     callback_max_batch: int = 100
     callback_retry_seconds: int = 3600
     report_window_seconds: int = 72 * 3600
@@ -142,6 +144,16 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     if not value > minimum:
         raise SettingsError(f"{name}={value} must be above {minimum}")
     return value
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for part in filter(None, (p.strip() for p in env.get(name, "").split(","))):
+        try:
+            out.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise SettingsError(f"{name}: {part!r} is not a network like 10.20.0.0/16") from None
+    return tuple(out)
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -248,6 +260,7 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         alert_webhook_format=_choice(env, "SMSGW_ALERT_WEBHOOK_FORMAT", "json", ("json", "dingtalk", "wecom")),  # type: ignore[arg-type]
         retention_seconds=_int(env, "SMSGW_RETENTION_SECONDS", 7 * 24 * 3600, 1),
         callback_hosts=tuple(h.strip().lower() for h in env.get("SMSGW_CALLBACK_HOSTS", "").split(",") if h.strip()),
+        callback_allow_networks=_networks(env, "SMSGW_CALLBACK_ALLOW_NETWORKS"),
         callback_max_batch=_int(env, "SMSGW_CALLBACK_MAX_BATCH", 100, 1),
         callback_retry_seconds=_int(env, "SMSGW_CALLBACK_RETRY_SECONDS", 3600, 1),
         report_window_seconds=_int(env, "SMSGW_REPORT_WINDOW_SECONDS", 72 * 3600, 1),

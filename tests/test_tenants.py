@@ -1,0 +1,51 @@
+"""A key sees only its own messages and replies; unmatched replies are for operators only."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from gateway import create_app
+from tests.conftest import API_KEY, drain, sim_admin
+from tests.test_reports import pull_all
+from workers.settings import settings_from_env
+
+OTHER_KEY = "other-key-0123456789abcdef"
+MINE = {"Authorization": f"Bearer {API_KEY}"}
+THEIRS = {"Authorization": f"Bearer {OTHER_KEY}"}
+OPERATOR = {"Authorization": "Basic " + base64.b64encode(b"operator:operator-pass-123").decode()}
+
+
+@pytest.fixture
+def two_keys(settings_env, runtime):
+    env = {
+        **settings_env,
+        "SMSGW_API_KEYS": f"tester:{API_KEY},other:{OTHER_KEY}",
+        "SMSGW_OPERATOR_PASSWORD": "operator-pass-123",
+    }
+    return create_app(settings_from_env(env)).test_client()
+
+
+def test_replies_are_seen_by_the_key_that_sent_the_message_only(two_keys, runtime, simulator):
+    api = two_keys
+    mid = api.post("/v1/messages", json={"to": ["13800138000"], "text": "hi"}, headers=MINE).get_json()["id"]
+    drain(runtime)
+    linkid = api.get(f"/v1/messages/{mid}", headers=MINE).get_json()["chunks"][0]["linkid"]
+    sim_admin(simulator, "reply", mobile="13800138000", content="好的", linkid=linkid)
+    sim_admin(simulator, "reply", mobile="13700137000", content="who is this", linkid="")  # matches nothing
+    pull_all(runtime)
+
+    mine = api.get("/v1/replies", headers=MINE).get_json()["items"]
+    assert [r["text"] for r in mine] == ["好的"]
+    assert api.get("/v1/replies?mobile=13800138000", headers=MINE).get_json()["items"] == mine
+    assert api.get(f"/v1/replies?message_id={mid}", headers=MINE).get_json()["items"] == mine
+
+    for query in ("", "?mobile=13800138000", "?mobile=13700137000", "?account=default"):
+        assert api.get(f"/v1/replies{query}", headers=THEIRS).get_json()["items"] == [], query
+    assert api.get(f"/v1/replies?message_id={mid}", headers=THEIRS).status_code == 404
+    assert api.get(f"/v1/messages/{mid}", headers=THEIRS).status_code == 404
+
+    everything = api.get("/admin/replies", headers=OPERATOR).get_json()["items"]
+    assert sorted(r["text"] for r in everything) == ["who is this", "好的"]
+    assert api.get("/admin/replies", headers=MINE).status_code == 401

@@ -1,0 +1,120 @@
+"""Where a caller's ``callback_url`` may lead: never inside.
+
+A message's ``callback_url`` is chosen by whoever holds an API key, and a worker POSTs to it,
+so without care it reaches Redis on loopback, the simulator's admin API, a cloud's metadata
+service (169.254.169.254, 100.100.100.200, fd00:ec2::254) or any private host. The rules:
+
+- At the door (:func:`door_problem`): a host that is an address in any spelling (dotted, the
+  integer ``2130706433``, hex ``0x7f000001``, short ``127.1``, IPv6, IPv4-mapped IPv6) or a
+  ``localhost`` name is refused when the address is not allowed.
+- At delivery (:func:`resolve`): the name is resolved, every address it gives must be allowed,
+  and the connection goes to the address that was checked (:class:`PinnedAdapter`, with TLS
+  still verified against the name), so a DNS answer that changes in between (rebinding) cannot
+  slip through. Redirects are never followed.
+
+Allowed means a global unicast address. ``SMSGW_CALLBACK_ALLOW_NETWORKS`` may open private
+ranges an operator chooses (an internal services subnet); loopback, link-local (metadata),
+multicast, unspecified and the known metadata addresses stay refused whatever it says.
+``SMSGW_CALLBACK_HOSTS`` narrows the names further.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from requests.adapters import HTTPAdapter
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+METADATA = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "100.100.100.200", "fd00:ec2::254"))
+
+
+class Refused(ValueError):
+    """The URL leads somewhere a callback may not go; the message says why (no secrets)."""
+
+
+def parse_address(host: str) -> IPAddress | None:
+    """``host`` as an address if it is one in any spelling inet_aton or IPv6 accept, else None."""
+    bare = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(bare))  # 2130706433, 0x7f000001, 127.1
+        except OSError:
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def never(address: IPAddress) -> bool:
+    """Addresses no setting opens."""
+    return (
+        address in METADATA
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_unspecified
+        or (isinstance(address, ipaddress.IPv6Address) and address.sixtofour is not None)
+    )
+
+
+def allowed(address: IPAddress, networks: Sequence[Network] = ()) -> bool:
+    if never(address):
+        return False
+    return address.is_global or any(address in net for net in networks)
+
+
+def door_problem(host: str, networks: Sequence[Network] = ()) -> str | None:
+    """What can be refused before anything is queued: literal addresses and local names."""
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return "names this machine"
+    address = parse_address(name)
+    if address is not None and not allowed(address, networks):
+        return f"is {address}, an address callbacks may not reach (loopback, private, link-local or metadata)"
+    return None
+
+
+def resolve(host: str, port: int, networks: Sequence[Network] = ()) -> str:
+    """The address to connect to for ``host``: every address it resolves to must be allowed."""
+    problem = door_problem(host, networks)
+    if problem is not None:
+        raise Refused(f"callback host {problem}")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise Refused(f"callback host does not resolve ({type(e).__name__})") from None
+    addresses = [parse_address(str(info[4][0])) for info in infos]
+    if not addresses or any(a is None or not allowed(a, networks) for a in addresses):
+        raise Refused("callback host resolves to an address callbacks may not reach")
+    return str(addresses[0])
+
+
+class PinnedAdapter(HTTPAdapter):
+    """Connects to the address :func:`resolve` checked, whatever DNS says a moment later; TLS
+    is still verified against the URL's host name."""
+
+    def __init__(self, host: str, address: str) -> None:
+        self.host, self.address = host, address
+        super().__init__(max_retries=0)
+
+    def build_connection_pool_key_attributes(  # type: ignore[override]
+        self, request: Any, verify: bool | str, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        params, kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        host_params: dict[str, Any] = dict(params)
+        pool_kwargs: dict[str, Any] = dict(kwargs)
+        host_params["host"] = self.address
+        if host_params["scheme"] == "https":
+            pool_kwargs["server_hostname"] = self.host
+            pool_kwargs["assert_hostname"] = self.host
+        return host_params, pool_kwargs
+
+
+def parse_networks(raw: str) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip())
