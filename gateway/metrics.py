@@ -88,7 +88,15 @@ class RedisCollector(Collector):
             value=counts.get("possible_duplicates", 0),
         )
         items = CounterMetricFamily("smsgw_inbound_items", "Reports and replies by outcome", labels=["kind"])
-        for kind in ("reports", "replies", "orphan_reports", "dead_lettered"):
+        for kind in (
+            "reports",
+            "replies",
+            "orphan_reports",
+            "dead_lettered",
+            "pushed",
+            "push_replayed",
+            "push_malformed",
+        ):
             items.add_metric([kind], counts.get(kind, 0))
         yield items
         yield SummaryMetricFamily(

@@ -185,7 +185,7 @@ def document() -> dict[str, Any]:
             },
             "/v1/replies": {
                 "get": {
-                    "summary": "Replies (MO), newest first",
+                    "summary": "Replies (MO) to this key's own messages, newest first (404: message_id of another key)",
                     "parameters": [
                         {"name": "mobile", "in": "query", "schema": {"type": "string"}},
                         {"name": "account", "in": "query", "schema": {"type": "string"}},
@@ -193,7 +193,7 @@ def document() -> dict[str, Any]:
                         {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                     ],
-                    "responses": {**_ok({"type": "object"}), **auth_problems, **_problems(400)},
+                    "responses": {**_ok({"type": "object"}), **auth_problems, **_problems(400, 404)},
                 }
             },
             "/v1/balance": {

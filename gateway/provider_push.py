@@ -19,6 +19,7 @@ from gateway.context import runtime
 from gateway.problems import Problem
 from workers.provider import parse_form
 from workers.reports import receive
+from workers.schema import COUNTS
 
 log = logging.getLogger("smsgw.provider_push")
 bp = Blueprint("provider_push", __name__)
@@ -69,6 +70,7 @@ def provider_push(secret: str) -> Response:
     except ValueError as e:
         # Field names only: a push carries mobiles and texts, which no log line may hold.
         log.warning("malformed push (%s): fields %s", e, sorted(raw)[:20])
+        rt.conn.hincrby(COUNTS, "push_malformed", 1)
         raise Problem(400, "Malformed push", str(e)) from None
     new = receive(rt.conn, [item], rt.settings.retention_seconds)
     return Response("ok" if new else "ok (already stored)", mimetype="text/plain")

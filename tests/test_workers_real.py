@@ -3,81 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import psutil
 import pytest
 import redis
 import requests
 from werkzeug.serving import make_server
 
 from devkit.redis_server import RedisServer
-from tests.conftest import API_KEY, AUTH, sim_admin, sim_submissions
+from tests.conftest import API_KEY, AUTH, Workers, sim_admin, sim_submissions, wait_for
 from workers import schema
 from workers.queues import QUEUE_NAMES
 from workers.sweeper import sweep
 
 pytestmark = pytest.mark.slow
-
-
-class Workers:
-    def __init__(self, env: dict[str, str], logdir: str = "/tmp") -> None:
-        self.env = {**os.environ, **env}
-        self.logdir = logdir
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str) -> subprocess.Popen[bytes]:
-        log = open(f"{self.logdir}/{name}.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "worker", "--name", name],
-            env=self.env,
-            start_new_session=True,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        self.procs.append(proc)
-        return proc
-
-    def kill(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGKILL the worker and its work horse, as a host crash would. RQ's horse runs in a
-        session of its own, so killing the parent's process group alone would spare it."""
-        victims = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
-        for victim in victims:
-            victim.kill()
-        proc.wait(timeout=10)
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def workers(settings_env: dict[str, str], redis_conn: redis.Redis, tmp_path) -> Iterator[Workers]:
-    pool = Workers(settings_env, str(tmp_path))
-    yield pool
-    pool.stop_all()
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def send(api, body, headers=None) -> str:

@@ -92,18 +92,26 @@ def item_id(item: dict[str, str]) -> str:
     return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()
 
 
+# KEYS: seen marker, inbox, counters. ARGV: ttl, entry. Marks and stores in one step, so a crash
+# between the two can never leave an item marked seen and not stored; counts replays.
+RECEIVE = """
+if redis.call('SET', KEYS[1], 1, 'NX', 'EX', tonumber(ARGV[1])) then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('HINCRBY', KEYS[3], 'pushed', 1)
+  return 1
+end
+redis.call('HINCRBY', KEYS[3], 'push_replayed', 1)
+return 0
+"""
+
+
 def receive(conn: redis.Redis, items: list[dict[str, str]], ttl: int) -> int:
-    """Store pushed items in the inbox, each once (a replayed push is acknowledged, not stored).
-    Returns how many were new."""
+    """Store pushed items in the inbox, each once (a replayed push is acknowledged, not stored
+    and counted). Returns how many were new."""
     new = 0
     for item in items:
-        seen = schema.push_seen_key(item_id(item))
-        with conn.pipeline() as pipe:
-            pipe.set(seen, 1, nx=True, ex=ttl)
-            stored = pipe.execute()[0]
-        if stored:
-            conn.rpush(INBOX, json.dumps({"src": "push", **item}, ensure_ascii=False))
-            new += 1
+        entry = json.dumps({"src": "push", **item}, ensure_ascii=False)
+        new += int(conn.eval(RECEIVE, 3, schema.push_seen_key(item_id(item)), INBOX, COUNTS, ttl, entry))
     return new
 
 

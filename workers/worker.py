@@ -1,10 +1,18 @@
 """``smsgw worker``: an RQ worker on smsgw's queues in priority order, with RQ's scheduler
-(retries and ``send_at`` are ``enqueue_at``) and smsgw's maintenance thread."""
+(retries and ``send_at`` are ``enqueue_at``) and smsgw's maintenance thread.
+
+RQ's worker exits when Redis goes away (its teardown cannot even register the death). A Redis
+restart or failover must not take the fleet with it, so the process waits for Redis to answer
+and starts a fresh RQ worker; a stop signal during the wait ends it cleanly.
+"""
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 
+import redis
 from rq import Queue, Worker
 
 from workers import maintenance
@@ -13,6 +21,7 @@ from workers.runtime import Runtime, check_durability, connect, install
 from workers.settings import Settings
 
 log = logging.getLogger("smsgw.worker")
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 def run_worker(
@@ -21,15 +30,43 @@ def run_worker(
     runtime = Runtime.from_settings(settings)
     check_durability(runtime.conn, settings.redis_durability)
     install(runtime)  # before RQ forks: every work horse inherits it
-    # RQ gets a connection of its own: it lengthens the socket timeout of the one it is given
-    # to outlast its BLPOP, and smsgw's jobs keep the short one.
-    rq_conn = connect(settings, socket_timeout=None)
-    served = [Queue(q, connection=rq_conn) for q in queues]
-    # Maintenance also re-takes a dead scheduler's lock: every minute, not RQ's default ten.
-    worker = Worker(served, connection=rq_conn, name=name, maintenance_interval=60)
     thread, stop = maintenance.start(runtime)
     try:
-        return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+        while True:
+            # RQ gets a connection of its own: it lengthens the socket timeout of the one it is
+            # given to outlast its BLPOP, and smsgw's jobs keep the short one.
+            rq_conn = connect(settings, socket_timeout=None)
+            served = [Queue(q, connection=rq_conn) for q in queues]
+            # Maintenance also re-takes a dead scheduler's lock: every minute, not RQ's default ten.
+            worker = Worker(served, connection=rq_conn, name=name, maintenance_interval=60)
+            try:
+                return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+            except REDIS_DOWN as e:
+                if burst:
+                    raise
+                log.warning("Redis went away (%s); waiting for it to come back", type(e).__name__)
+                if not wait_for_redis(rq_conn):
+                    return True
+                # The dead worker's registration is still there, under the same name.
+                worker.register_death()
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def wait_for_redis(conn: redis.Redis, interval: float = 0.5) -> bool:
+    """Ping until Redis answers (True) or a stop signal comes (False)."""
+    stopping = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stopping.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stopping.wait(interval):
+            try:
+                conn.ping()
+                log.warning("Redis is back; starting a fresh RQ worker")
+                return True
+            except REDIS_DOWN:
+                continue
+        return False
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
