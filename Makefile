@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast lint format bench clean
+.PHONY: help run test test-faults test-fast lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,8 +31,11 @@ $(BROWSER): | $(STAMP)
 run: $(STAMP) ## start Redis, the provider simulator, the API and a worker locally; Ctrl-C stops all
 	$(BIN)/smsgw run
 
-test: $(STAMP) $(BROWSER) ## run the whole suite (slow crash, load and browser tests included)
-	$(BIN)/python -m pytest
+test: $(STAMP) $(BROWSER) ## run the suite (slow crash, load and browser tests included; faults apart)
+	$(BIN)/python -m pytest -m "not faults"
+
+test-faults: $(STAMP) ## the fault suite: Redis killed, stopped and failed over, providers misbehaving
+	$(BIN)/python -m pytest -m faults
 
 test-fast: $(STAMP) ## the suite without the slow crash and load tests
 	$(BIN)/python -m pytest -m "not slow"

@@ -12,6 +12,15 @@ import click
 from workers.settings import Settings, SettingsError, settings_from_env
 
 
+def redis_problem(e: Exception) -> click.ClickException:
+    """One line naming the setting, never a traceback (nor the URL, which may hold a password)."""
+    import redis
+
+    if isinstance(e, redis.AuthenticationError) or "WRONGPASS" in str(e) or "NOAUTH" in str(e):
+        return click.ClickException("SMSGW_REDIS_URL: Redis refused the password in it (AUTH failed)")
+    return click.ClickException(f"SMSGW_REDIS_URL: Redis is unreachable ({type(e).__name__})")
+
+
 def load_settings(redis_url: str | None = None) -> Settings:
     try:
         return settings_from_env(os.environ, redis_url=redis_url)
@@ -52,7 +61,7 @@ def api(bind: str | None, workers: int | None) -> None:
     except NotDurable as e:
         raise click.ClickException(f"refusing to start (SMSGW_REDIS_DURABILITY=refuse): {e}") from None
     except redis.RedisError as e:
-        raise click.ClickException(f"Redis at SMSGW_REDIS_URL is unreachable: {type(e).__name__}") from None
+        raise redis_problem(e) from None
     import shutil
     import tempfile
 
@@ -88,6 +97,8 @@ def worker(burst: bool, name: str | None, queues: str | None) -> None:
     import faulthandler
     import signal
 
+    import redis
+
     from workers.logs import configure
     from workers.runtime import NotDurable
     from workers.worker import run_worker
@@ -102,6 +113,8 @@ def worker(burst: bool, name: str | None, queues: str | None) -> None:
         if unknown:
             raise click.ClickException(f"unknown queue(s): {', '.join(sorted(unknown))}")
         run_worker(load_settings(), burst=burst, name=name, queues=chosen)
+    except redis.RedisError as e:
+        raise redis_problem(e) from None
     except NotDurable as e:
         raise click.ClickException(f"refusing to start (SMSGW_REDIS_DURABILITY=refuse): {e}") from None
 

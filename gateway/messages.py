@@ -25,6 +25,7 @@ from gateway.validation import Accepted
 from workers import lifecycle, schema
 from workers.chunks import chunk_count
 from workers.reports import recipient_states
+from workers.runtime import replicated
 from workers.schema import Chunk, Message, Reply
 from workers.settings import Settings
 
@@ -113,6 +114,15 @@ def accept(
     except (redis.ConnectionError, redis.TimeoutError, redis.WatchError):
         if not settle(conn, mid, fence_over, settings.accept_settle_seconds):
             raise NotAccepted(mid) from None
+    try:
+        durable = replicated(conn, settings)
+    except redis.RedisError:
+        raise OutcomeUnknown(mid) from None  # stored on a master that stopped answering
+    if not durable and lifecycle.cancel_unplanned(conn, mid):
+        # Not on SMSGW_REDIS_REPLICA_ACKS replicas in time: a failover now could lose it, so it
+        # is withdrawn before any worker took it, and the client is told to retry. If a worker
+        # already planned it, it is on its way and the 202 stands.
+        raise NotAccepted(mid)
     return body
 
 

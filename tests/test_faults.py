@@ -13,7 +13,7 @@ from devkit.redis_server import RedisServer
 from tests.conftest import AUTH, Workers, sim_admin, sim_submissions, wait_for
 from tests.test_workers_real import SENT, send, status
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 FINAL = SENT | {"failed", "cancelled", "undelivered", "unknown"}
 

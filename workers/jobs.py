@@ -26,7 +26,7 @@ from workers.alerts import alert
 from workers.chunks import chunked, new_linkid
 from workers.lifecycle import SENDABLE, SUBMITTING
 from workers.policy import HOLD_REASONS, Action, backoff, classify
-from workers.runtime import Runtime, current
+from workers.runtime import Runtime, current, replicated
 from workers.schema import Chunk, Message
 
 log = logging.getLogger("smsgw.jobs")
@@ -138,6 +138,21 @@ def send(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = None) -> s
     if moved is None:
         return "raced"
     chunk.state, chunk.attempts = SUBMITTING, attempt
+    if not replicated(conn, settings, strict=False):
+        # 'submitting' might not survive a failover; a call made now could then be made again
+        # under this linkid. Nothing was sent: put it back and try later.
+        lifecycle.enqueue_next(
+            conn,
+            settings,
+            mid,
+            n,
+            from_states={SUBMITTING},
+            to_state=lifecycle.RETRY,
+            delay=1.0,
+            updates={"attempts": attempt - 1},
+            event="not_replicated",
+        )
+        return "not_replicated"
 
     extra = {"message_id": mid, "chunk": n, "linkid": linkid, "account": account}
     client = rt.client(account)

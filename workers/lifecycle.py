@@ -430,6 +430,24 @@ def cancel_message(conn: redis.Redis, mid: str) -> dict[str, int] | None:
     return cancelled if cancelled["chunks"] else None
 
 
+def cancel_unplanned(conn: redis.Redis, mid: str) -> bool:
+    """Withdraw a message no worker has planned yet (accept found it was not replicated)."""
+    key = schema.message_key(mid)
+    with conn.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            if (pipe.hget(key, Message.field_of("state")) or b"").decode() not in UNPLANNED:
+                pipe.reset()
+                return False
+            pipe.multi()
+            pipe.hset(key, mapping=Message.short(state=CANCELLED, cancelled=time.time()))
+            pipe.zrem(schema.WATCH, schema.message_ref(mid))
+            pipe.execute()
+            return True
+        except redis.WatchError:
+            return False
+
+
 # -- reading ----------------------------------------------------------------------------------
 
 

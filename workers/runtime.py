@@ -10,15 +10,18 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection
 from rq import Queue
 
+from workers import schema
 from workers.provider import ProviderClient
 from workers.queues import QUEUE_NAMES
-from workers.settings import Settings, settings_from_env
+from workers.settings import Settings, parse_sentinel_url, settings_from_env
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +56,70 @@ def connect(settings: Settings, *, socket_timeout: float | None = -1.0) -> redis
     sets a timeout longer than its dequeue wait on it).
     """
     timeout = settings.redis_socket_timeout if socket_timeout == -1.0 else socket_timeout
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=settings.redis_connect_timeout,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
-    )
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+    }
+    if settings.redis_url.startswith("redis+sentinel://"):
+        # redis-py's Sentinel client asks the sentinels for the master on every new connection
+        # and after a connection error, so every process follows a failover by itself.
+        url = parse_sentinel_url(settings.redis_url)
+        sentinel = Sentinel(
+            url.sentinels,
+            socket_timeout=settings.redis_socket_timeout,
+            socket_connect_timeout=settings.redis_connect_timeout,
+        )
+        return sentinel.master_for(
+            url.service,
+            db=url.db,
+            password=url.password.reveal() or None,
+            connection_class=_SentinelConnection,
+            **options,
+        )
+    return redis.Redis.from_url(settings.redis_url, **options)
+
+
+class _SentinelConnection(SentinelManagedConnection):
+    """redis-py's Sentinel connection reads with ``disconnect_on_error=False`` where the plain
+    one defaults to True. An exception raised while it waits (RQ's stop signal arrives during
+    an idle BLPOP) then leaves the connection in the pool with the BLPOP's reply still owed,
+    and the next command on it (RQ registering the worker's death) waits for ever. Found by
+    tests/test_sentinel.py: a SIGTERMed worker hung after a failover."""
+
+    def read_response(self, disable_decoding: bool = False, **kwargs: Any) -> Any:
+        kwargs.setdefault("disconnect_on_error", True)
+        return super().read_response(disable_decoding, **kwargs)
+
+
+def replicated(conn: redis.Redis, settings: Settings, *, strict: bool = True) -> bool:
+    """Whether what this process wrote so far reached ``SMSGW_REDIS_REPLICA_ACKS`` replicas.
+
+    WAIT counts the writes of the connection it is sent on, and a pool hands out any of its
+    connections; so WAIT goes in one pipeline after a write of its own (a counter), which comes
+    after everything the caller wrote, on whatever connection.
+
+    ``strict=False`` waits only for the replicas connected now: with none there is nothing a
+    failover could promote, so there is nothing to lose to one (the send path uses this, so
+    sending goes on while a replica is rebuilt; a 202 always waits for the full number).
+    """
+    wanted = settings.redis_replica_acks
+    if wanted <= 0:
+        return True
+    if not strict:
+        role = conn.execute_command("ROLE")
+        wanted = min(wanted, len(role[2]) if role and role[0] in (b"master", "master") else wanted)
+        if wanted == 0:
+            return True
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hincrby(schema.COUNTS, "replica_waits", 1)
+        pipe.execute_command("WAIT", wanted, settings.redis_replica_timeout_ms)
+        _, acks = pipe.execute()
+    if int(acks) >= wanted:
+        return True
+    conn.hincrby(schema.COUNTS, "replica_wait_timeouts", 1)
+    return False
 
 
 _current: Runtime | None = None

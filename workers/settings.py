@@ -111,6 +111,8 @@ class Settings:
     pull_gap_seconds: float = 5.0
     lease_seconds: int = 15
     operator_password: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    redis_replica_acks: int = 0
+    redis_replica_timeout_ms: int = 500
     redis_socket_timeout: float = 2.0
     redis_connect_timeout: float = 1.0
     accept_settle_seconds: int = 30
@@ -195,6 +197,34 @@ def _account(env: Mapping[str, str], name: str, prefix: str, base: AccountSettin
     )
 
 
+@dataclass(frozen=True)
+class SentinelUrl:
+    """``redis+sentinel://[:password@]host:port[,host:port…]/<service>[/<db>]``."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    password: Secret = field(default_factory=lambda: Secret(""), repr=False)
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    rest = url.removeprefix("redis+sentinel://")
+    auth, _, hosts = rest.rpartition("@") if "@" in rest.split("/", 1)[0] else ("", "", rest)
+    hostlist, _, path = hosts.partition("/")
+    parts = [p for p in path.split("/") if p]
+    where = "SMSGW_REDIS_URL (redis+sentinel://[:password@]host:port[,host:port…]/<service>[/<db>])"
+    sentinels = []
+    for item in filter(None, hostlist.split(",")):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise SettingsError(f"{where}: {item!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    if not sentinels or not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise SettingsError(f"{where}: needs at least one sentinel and a service name")
+    password = auth.partition(":")[2] if ":" in auth else auth
+    return SentinelUrl(tuple(sentinels), parts[0], int(parts[1]) if len(parts) == 2 else 0, Secret(password))
+
+
 def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
     """``name:key,name2:key2`` → keys stored hashed; the clear key is not kept."""
     keys: list[ApiKey] = []
@@ -225,8 +255,13 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         raise SettingsError(
             "SMSGW_REDIS_URL is not set (e.g. redis://localhost:6379/0); `make run` starts a private Redis for you"
         )
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError(f"SMSGW_REDIS_URL={url!r} must start with redis://, rediss:// or unix://")
+    if not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+        raise SettingsError(
+            "SMSGW_REDIS_URL must start with redis://, rediss://, unix:// or redis+sentinel:// "
+            f"(it starts with {url.split('://')[0]!r})"
+        )
+    if url.startswith("redis+sentinel://"):
+        parse_sentinel_url(url)  # fails now, naming the setting, rather than at first use
 
     default = _account(env, "default", "SMSGW_PROVIDER_", None)
     accounts = {"default": default}
@@ -269,6 +304,8 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         lease_seconds=_int(env, "SMSGW_LEASE_SECONDS", 15, 2),
         callback_secret=Secret(env.get("SMSGW_CALLBACK_SECRET", "")),
         operator_password=Secret(env.get("SMSGW_OPERATOR_PASSWORD", "")),
+        redis_replica_acks=_int(env, "SMSGW_REDIS_REPLICA_ACKS", 0, 0),
+        redis_replica_timeout_ms=_int(env, "SMSGW_REDIS_REPLICA_TIMEOUT_MS", 500, 1),
         redis_socket_timeout=_float(env, "SMSGW_REDIS_SOCKET_TIMEOUT", 2.0),
         redis_connect_timeout=_float(env, "SMSGW_REDIS_CONNECT_TIMEOUT", 1.0),
         accept_settle_seconds=_int(env, "SMSGW_ACCEPT_SETTLE_SECONDS", 30, 0),

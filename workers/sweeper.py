@@ -51,7 +51,9 @@ def _message(conn: redis.Redis, settings: Settings, mid: str, now: float) -> int
     if msg is None or msg.state not in lifecycle.UNPLANNED:
         conn.zrem(schema.WATCH, ref)
         return 0
-    if job_alive(conn, msg.job, lifecycle.PLAN_TIMEOUT + settings.job_grace_seconds):
+    # A plan takes seconds; a run past a send job's bound has died (a second run is harmless:
+    # the plan checks the message's state in its transaction).
+    if job_alive(conn, msg.job, lifecycle.job_timeout(settings, msg.account) + settings.job_grace_seconds):
         conn.zadd(schema.WATCH, {ref: now + settings.job_grace_seconds}, xx=True)
         return 0
     seq = int(conn.hincrby(schema.message_key(mid), Message.field_of("job_seq"), 1))
