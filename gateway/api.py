@@ -21,8 +21,9 @@ from gateway.validation import (
     parse_json,
     parse_model,
 )
-from workers import accounts, lifecycle, schema
+from workers import accounts, guardrails, lifecycle, schema
 from workers import provider as p
+from workers.mobiles import normalise
 from workers.schema import Message
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -85,6 +86,17 @@ def create_message() -> Response:
     req = parse_model(MessageRequest, data)
     accepted = check_message(req, settings)
     mid = schema.new_message_id()
+    suppressed = guardrails.check(
+        conn,
+        settings,
+        account=accepted.account,
+        priority=req.priority,
+        mobiles=[item.split(",", 1)[0] for item in accepted.items],
+        ref=mid,
+    )
+    if suppressed:
+        accepted.suppress({s.index for s in suppressed})
+        accepted.suppressed = [{"mobile": s.mobile, "reason": s.reason} for s in suppressed]
     if idem_key is not None and fingerprint is not None:
         claim = json.dumps({"fp": fingerprint, "id": mid, "at": time.time()})
         if not conn.set(idem_key, claim, nx=True, ex=settings.idempotency_ttl):
@@ -212,6 +224,47 @@ def replies_page(api_key: str | None) -> dict[str, Any]:
         limit=limit,
     )
     return {"items": items, "next_cursor": nxt}
+
+
+@bp.get("/suppressions")
+def list_suppressions() -> Response:
+    """The account's opt-out list (退订), with why and when; ``cursor`` pages on (0: the end)."""
+    rt = runtime()
+    name = _account_arg(request.args.get("account"))
+    try:
+        cursor = int(request.args.get("cursor", "0"))
+        limit = min(int(request.args.get("limit", "100")), 1000)
+        if cursor < 0 or limit < 1:
+            raise ValueError
+    except ValueError:
+        raise Problem(400, "Bad paging", "cursor ≥ 0 and 1 ≤ limit ≤ 1000") from None
+    items, nxt = guardrails.suppressions(rt.conn, rt.settings, name, cursor, limit)
+    return json_response({"account": name, "items": items, "next_cursor": nxt or None})
+
+
+@bp.post("/suppressions")
+def add_suppression() -> Response:
+    rt = runtime()
+    body = request_json()
+    if not isinstance(body, dict) or not isinstance(body.get("mobile"), str):
+        raise validation_problem([{"pointer": "/mobile", "detail": "a mobile is required"}])
+    mobile = normalise(body["mobile"])
+    if mobile is None:
+        raise validation_problem([{"pointer": "/mobile", "detail": "not a mainland China mobile"}])
+    name = _account_arg(body.get("account") if isinstance(body.get("account"), str) else None)
+    reason = str(body.get("reason") or "added by the API")[:200]
+    guardrails.opt_out(rt.conn, rt.settings, name, mobile, reason, f"api:{g.api_key.name}")
+    return json_response({"account": name, "mobile": mobile, "reason": reason}, 201)
+
+
+@bp.delete("/suppressions/<raw_mobile>")
+def remove_suppression(raw_mobile: str) -> Response:
+    rt = runtime()
+    mobile = normalise(raw_mobile) or raw_mobile
+    name = _account_arg(request.args.get("account"))
+    if not guardrails.opt_in(rt.conn, rt.settings, name, mobile):
+        raise Problem(404, "Not Found", f"{mobile} is not on the suppression list")
+    return json_response({"account": name, "mobile": mobile, "removed": True})
 
 
 def _account_arg(name: str | None) -> str:

@@ -212,6 +212,58 @@ def send(to: tuple[str, ...], text: str, priority: str, account: str | None, api
 
 
 @cli.group()
+def suppressions() -> None:
+    """The opt-out list (退订): export it to CSV, import a CSV (mobile[,reason])."""
+
+
+@suppressions.command("export")
+@click.option("--account", default=None)
+def suppressions_export(account: str | None) -> None:
+    """Every suppressed mobile of the account as CSV on stdout: mobile,reason,source,at."""
+    import csv
+
+    from workers.guardrails import suppressions as page
+
+    rt = _runtime()
+    name = account or rt.settings.default_account
+    out = csv.writer(sys.stdout)
+    out.writerow(["mobile", "reason", "source", "at"])
+    cursor = 0
+    while True:
+        items, cursor = page(rt.conn, rt.settings, name, cursor, 1000)
+        for item in items:
+            out.writerow([item["mobile"], item.get("reason", ""), item.get("source", ""), item.get("at", "")])
+        if not cursor:
+            break
+
+
+@suppressions.command("import")
+@click.argument("path", type=click.File("r", encoding="utf-8"))
+@click.option("--account", default=None)
+def suppressions_import(path: Any, account: str | None) -> None:
+    """Add the mobiles of a CSV (first column; an optional second is the reason; a header row
+    is skipped). Invalid mobiles are reported and skipped."""
+    import csv
+
+    from workers.guardrails import opt_out
+    from workers.mobiles import normalise
+
+    rt = _runtime()
+    name = account or rt.settings.default_account
+    added = skipped = 0
+    for row in csv.reader(path):
+        if not row or row[0].strip().lower() == "mobile":
+            continue
+        mobile = normalise(row[0])
+        if mobile is None:
+            skipped += 1
+            continue
+        opt_out(rt.conn, rt.settings, name, mobile, (row[1] if len(row) > 1 else "") or "imported", "csv")
+        added += 1
+    click.echo(f"{name}: {added} suppressed, {skipped} invalid row(s) skipped")
+
+
+@cli.group()
 def failed() -> None:
     """Failed chunks: list them, send them again."""
 

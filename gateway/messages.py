@@ -48,6 +48,8 @@ def accept(
     delay = max(0.0, msg.send_at.timestamp() - now) if msg.send_at else 0.0
     ttl = int(settings.retention_seconds + delay)
     state = "scheduled" if delay > 0 else "accepted"
+    if not msg.items:
+        state = "suppressed"  # every recipient was: final at once, nothing to plan
     body = {
         "id": mid,
         "status": state,
@@ -58,7 +60,9 @@ def accept(
             "accepted": len(msg.items),
             "duplicates_removed": msg.duplicates,
             "invalid": msg.invalid,
+            "suppressed": msg.suppressed,
         },
+        "billable_parts": msg.parts,
         "chunks_planned": chunk_count(len(msg.items), chunk_size),
         "send_at": msg.send_at.isoformat() if msg.send_at else None,
     }
@@ -71,8 +75,10 @@ def accept(
         text=msg.text,
         items=";".join(msg.items),
         recipients=len(msg.items),
+        parts=msg.parts,
         duplicates=msg.duplicates,
         invalid=json.dumps(msg.invalid, ensure_ascii=False),
+        suppressed=json.dumps(msg.suppressed, ensure_ascii=False) if msg.suppressed else "",
         reference=reference or "",
         callback_url=callback_url or "",
         api_key=key_name,
@@ -89,17 +95,18 @@ def accept(
         with conn.pipeline(transaction=True) as pipe:
             pipe.watch(fence)
             pipe.multi()
-            record.job = lifecycle.enqueue_plan(
-                pipe,
-                conn,
-                settings,
-                mid,
-                account=msg.account,
-                priority=priority,
-                seq=1,
-                at=msg.send_at if delay > 0 else None,
-                now=now,
-            )
+            if msg.items:
+                record.job = lifecycle.enqueue_plan(
+                    pipe,
+                    conn,
+                    settings,
+                    mid,
+                    account=msg.account,
+                    priority=priority,
+                    seq=1,
+                    at=msg.send_at if delay > 0 else None,
+                    now=now,
+                )
             pipe.hset(key, mapping=record.to_hash())
             pipe.expire(key, ttl)
             pipe.delete(fence)
@@ -211,8 +218,9 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
     counts[lifecycle.SUBMITTED] -= sum(reported.values())
     counts.update(reported)
     if not msg.chunk_seq:
-        waiting = "cancelled" if msg.state == "cancelled" else "pending"
+        waiting = msg.state if msg.state in ("cancelled", "suppressed") else "pending"
         counts[waiting] = msg.recipients
+    counts["suppressed"] = counts.get("suppressed", 0) + len(json.loads(msg.suppressed or "[]"))
     return {
         "id": mid,
         "status": lifecycle.message_state(msg),
@@ -220,12 +228,14 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
         "priority": msg.priority,
         "reference": msg.reference or None,
         "api_key": msg.api_key,
+        "billable_parts": msg.parts,
         "created_at": _iso(msg.created),
         "send_at": _iso(msg.send_at),
         "recipients": {
             "accepted": msg.recipients,
             "duplicates_removed": msg.duplicates,
             "invalid": json.loads(msg.invalid),
+            "suppressed": json.loads(msg.suppressed or "[]"),
             "by_state": {k: v for k, v in counts.items() if v},
         },
         "chunks": chunks,

@@ -22,10 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gateway.problems import ErrorList, Problem, validation_problem
 from workers.egress import door_problem
 from workers.mobiles import normalise, normalise_all
-from workers.settings import Settings
+from workers.settings import AccountSettings, Settings
 from workers.text import (
     Template,
     TemplateError,
+    billable_parts,
     check_vars,
     control_problems,
     ddt_group,
@@ -33,6 +34,7 @@ from workers.text import (
     provider_length,
     replace_separators,
     separator_problem,
+    signatures,
 )
 
 SEND_AT_PAST_TOLERANCE = timedelta(seconds=30)
@@ -97,6 +99,18 @@ class Accepted:
     duplicates: int
     invalid: list[dict[str, Any]] = field(default_factory=list)
     send_at: datetime | None = None
+    item_parts: list[int] = field(default_factory=list)  # billable parts of each item
+    suppressed: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def parts(self) -> int:
+        """Billable parts, all recipients together."""
+        return sum(self.item_parts)
+
+    def suppress(self, indices: set[int]) -> None:
+        """Drop these items (caps, opt-outs): they are not sent and not charged."""
+        self.items = [item for i, item in enumerate(self.items) if i not in indices]
+        self.item_parts = [p for i, p in enumerate(self.item_parts) if i not in indices]
 
 
 def _reject_constant(name: str) -> Any:
@@ -189,11 +203,18 @@ def check_message(req: MessageRequest, settings: Settings, now: datetime | None 
                 {"pointer": "/callback_url", "detail": f"host {parts.hostname!r} is not in SMSGW_CALLBACK_HOSTS"}
             )
 
+    rule = (settings.part_chars, settings.long_part_chars)
     if req.to is not None and req.text is not None:
-        accepted = _check_plain(req.to, req.text, req.on_invalid, charset, limit, errors)
+        text = _signed(req.text, account, "/text", errors)
+        accepted = _check_plain(req.to, text, req.on_invalid, charset, limit, errors)
+        accepted.item_parts = [billable_parts(text, *rule)] * len(accepted.items)
+        if req.priority == "bulk" and account.optout_hint and account.optout_hint not in text:
+            hint = account.optout_hint
+            errors.append({"pointer": "/text", "detail": f"a bulk text must carry the opt-out hint {hint}"})
     else:
         assert req.template is not None and req.recipients is not None
-        accepted = _check_personal(req, charset, limit, errors)
+        source = _signed(req.template, account, "/template", errors)
+        accepted = _check_personal(req, source, charset, limit, errors, rule, account.optout_hint)
     if len(accepted.items) > settings.max_recipients:
         errors.append(
             {
@@ -264,10 +285,39 @@ def _check_plain(
     return Accepted("t", "", text, recipients.valid, recipients.duplicates, invalid)
 
 
-def _check_personal(req: MessageRequest, charset: str, limit: int, errors: list[dict[str, str]]) -> Accepted:
-    assert req.template is not None and req.recipients is not None
+def _signed(text: str, account: AccountSettings, where: str, errors: list[dict[str, str]]) -> str:
+    """The text with the account's signature: required (422 naming it when missing) or appended.
+    More than one 【…】 signature is always refused: operators reject such texts."""
+    found = signatures(text)
+    if len(found) > 1:
+        errors.append({"pointer": where, "detail": f"has {len(found)} signatures ({''.join(found)}); a text takes one"})
+        return text
+    wanted = account.signature
+    if not wanted:
+        return text
+    signed = text.startswith(wanted) or text.endswith(wanted)
+    if signed:
+        return text
+    if account.signature_mode == "append" and not found:
+        return text + wanted
+    detail = f"must carry the signature {wanted} at its start or end"
+    errors.append({"pointer": where, "detail": detail + (f", not {found[0]}" if found else "")})
+    return text
+
+
+def _check_personal(
+    req: MessageRequest,
+    source: str,
+    charset: str,
+    limit: int,
+    errors: list[dict[str, str]],
+    rule: tuple[int, int],
+    hint: str,
+) -> Accepted:
+    assert req.recipients is not None
+    parts: list[int] = []
     try:
-        template = Template.parse(req.template)
+        template = Template.parse(source)
     except TemplateError as e:
         errors.append({"pointer": "/template", "detail": str(e)})
         return Accepted("p", "", "", [], 0)
@@ -310,6 +360,7 @@ def _check_personal(req: MessageRequest, charset: str, limit: int, errors: list[
         if not rendered.strip():
             errors.append({"pointer": where, "detail": f"the text for {recipient.to} is empty"})
         length = provider_length(rendered)
+        this_parts = billable_parts(rendered, *rule)
         if length > limit:
             detail = f"the text for {recipient.to} is {length} characters; the channel takes at most {limit}"
             errors.append({"pointer": where, "detail": detail})
@@ -318,6 +369,11 @@ def _check_personal(req: MessageRequest, charset: str, limit: int, errors: list[
             continue
         seen.add(mobile)
         groups.append(ddt_group(mobile, template.values_in_order(values)))
+        parts.append(this_parts)
     if not groups and not errors:
         errors.append({"pointer": "/recipients", "detail": "no valid recipient left"})
-    return Accepted("p", "", template.provider_text, groups, duplicates, invalid)
+    accepted = Accepted("p", "", template.provider_text, groups, duplicates, invalid)
+    accepted.item_parts = parts
+    if req.priority == "bulk" and hint and hint not in template.source:
+        errors.append({"pointer": "/template", "detail": f"a bulk text must carry the opt-out hint {hint}"})
+    return accepted

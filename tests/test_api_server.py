@@ -119,3 +119,21 @@ def test_the_access_log_holds_neither_the_push_secret_nor_a_mobile(server):
     text = log_path.read_text()
     assert "/callbacks/provider/<secret>" in text  # the requests were logged, by shape
     assert PUSH_SECRET not in text and "13912345678" not in text
+
+
+def test_a_frequency_cap_holds_across_two_api_processes(server):
+    """16 concurrent verification codes to one phone through two gunicorn worker processes:
+    the default cap (one a minute) lets exactly one through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, _ = server
+    body = {"to": ["13812345678"], "text": "验证码 1234", "priority": "high"}
+
+    def post(_: int) -> str:
+        r = requests.post(f"{base}/v1/messages", json=body, headers=AUTH, timeout=10)
+        assert r.status_code == 202
+        return str(r.json()["status"])
+
+    with ThreadPoolExecutor(16) as pool:  # 16 connections: gunicorn spreads them over its workers
+        statuses = list(pool.map(post, range(16)))
+    assert statuses.count("accepted") == 1 and statuses.count("suppressed") == 15

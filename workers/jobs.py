@@ -246,8 +246,25 @@ def act(
         return split(rt, chunk, error_fields)
 
     assert error is not None
+    if isinstance(error, p.SensitiveWords):
+        return lifecycle.fail(conn, settings, chunk, _sensitive_reason(rt, chunk), error_fields)
     alert(settings, conn, "validation_defect", message_id=mid, chunk=n, code=code, text=error.text)
     return lifecycle.fail(conn, settings, chunk, f"provider refused the text: {error}", error_fields)
+
+
+def _sensitive_reason(rt: Runtime, chunk: Chunk) -> str:
+    """Answer 6 names no word; the sensitive-word endpoint does (best effort: it is one more
+    call, and the chunk fails either way, never retried)."""
+    kind, text = (
+        v.decode() if v else ""
+        for v in rt.conn.hmget(schema.message_key(chunk.mid), Message.field_of("kind"), Message.field_of("text"))
+    )
+    sample = text if kind != "p" else text.split("{value", 1)[0]
+    try:
+        words = rt.client(chunk.account).sensitive_words(sample)
+    except p.ProviderError:
+        words = []
+    return "provider refused sensitive words (6)" + (f": {', '.join(words)}" if words else "")
 
 
 def split(rt: Runtime, chunk: Chunk, error_fields: dict[str, Any]) -> str:

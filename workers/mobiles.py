@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 
 _MOBILE = re.compile(r"1[3-9][0-9]{9}")
 _NOISE = str.maketrans("", "", " -\t()")
+# A Chinese input method types full-width digits and signs: １３８…, ＋８６, －, （）, and the
+# ideographic space. They become their ASCII forms; other scripts' digits stay invalid.
+_FULL_WIDTH = str.maketrans("０１２３４５６７８９＋－（）\u3000", "0123456789+-() ")
 
 
 def normalise(raw: str) -> str | None:
     """The 11-digit form of a mainland mobile, or ``None`` if ``raw`` is not one."""
-    digits = raw.translate(_NOISE)
+    digits = raw.translate(_FULL_WIDTH).translate(_NOISE)
     if digits.startswith("+86"):
         digits = digits[3:]
     elif digits.startswith("0086"):

@@ -42,6 +42,7 @@ POLICY: dict[type[p.ProviderError], Action] = {
     p.NotAllowed: Action.HOLD,
     p.TooManyRecipients: Action.SPLIT,
     p.EmptyMessage: Action.FAIL,
+    p.SensitiveWords: Action.FAIL,
     p.TextTooLong: Action.FAIL,
 }
 

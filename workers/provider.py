@@ -10,6 +10,7 @@ typed result or one exception of this family::
     │   ├── TooManyRecipients        3  more mobiles or groups than one submission takes
     │   ├── NotAllowed               4  this uid may not send
     │   ├── EmptyMessage             5  empty mobile or text
+    │   ├── SensitiveWords           6  含有敏感字 (undocumented, seen in real clients)
     │   ├── TextTooLong              7  .max_chars: the channel's XX when the text gives it
     │   └── AccountFrozen            8
     ├── UnknownAnswer                an answer of no known shape; .text is the raw body
@@ -81,6 +82,10 @@ class EmptyMessage(ProviderRejected):
     code = 5
 
 
+class SensitiveWords(ProviderRejected):
+    code = 6
+
+
 class TextTooLong(ProviderRejected):
     code = 7
 
@@ -124,6 +129,7 @@ REJECTIONS: dict[int, type[ProviderRejected]] = {
         TooManyRecipients,
         NotAllowed,
         EmptyMessage,
+        SensitiveWords,
         TextTooLong,
         AccountFrozen,
     )

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from workers import lifecycle, schema
+from workers import guardrails, lifecycle, schema
 from workers import provider as p
 from workers.notifications import queue_event
 from workers.runtime import Runtime
@@ -300,6 +300,9 @@ def _apply_reply(rt: Runtime, item: dict[str, str]) -> int:
     stored = conn.eval(STORE_REPLY, len(keys), *keys, settings.retention_seconds, f"{received:.3f}", rid, fields)
     if stored:
         conn.hincrby(COUNTS, "replies", 1)
+        if guardrails.is_optout(settings, reply.content) and (account or settings.optout_scope == "all"):
+            guardrails.opt_out(conn, settings, account, reply.mobile, f"replied {reply.content.strip()!r}", "reply")
+            conn.hincrby(COUNTS, "opt_outs", 1)
         if mid:
             event = {
                 "type": "reply",

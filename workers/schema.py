@@ -25,6 +25,8 @@ functions below and against a live Redis after a full run)::
     sg:metrics                 METRICS           hash  provider call and job figures
     sg:minute:<minute>         minute_key        hash  the same figures per minute, kept two hours
     sg:idem:<key>:<sha256>     idempotency_key   str   an API key's Idempotency-Key and its answer
+    sg:cap:<acct>:<pr>:<mobile> cap_key          zset  send times to a mobile, for its frequency caps
+    sg:optout:<scope>          suppression_key   hash  mobile -> why and when it opted out (scope: account or *)
     sg:cache:<what>:<id>       cache_key         str   cached provider answers (balance, sensitive words)
     sg:inbox                   INBOX             list  raw pushed and pulled items, not yet applied
     sg:dead                    DEAD              list  pulled lines that could not be parsed
@@ -117,6 +119,14 @@ def minute_key(ts: float) -> str:
 
 def idempotency_key(api_key: str, digest: str) -> str:
     return f"sg:idem:{api_key}:{digest}"
+
+
+def cap_key(account: str, priority: str, mobile: str) -> str:
+    return f"sg:cap:{account}:{priority}:{mobile}"
+
+
+def suppression_key(scope: str) -> str:
+    return f"sg:optout:{scope}"
 
 
 def cache_key(what: str, ident: str) -> str:
@@ -279,8 +289,10 @@ class Message(Record):
     text: str = _h("text")
     items: str = _h("to")  # mobiles (or 点点通 groups) joined by ';'
     recipients: int = _h("n", 0)
+    parts: int = _h("parts", 0)  # billable parts, all recipients together
     duplicates: int = _h("dup", 0)
     invalid: str = _h("inv", "[]")  # JSON list of {index, value}
+    suppressed: str = _h("sup")  # JSON list of {mobile, reason}: not sent, not charged
     reference: str = _h("ref")
     callback_url: str = _h("cb")
     api_key: str = _h("key")

@@ -67,6 +67,9 @@ class AccountSettings:
     rate_per_second: int = 10
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
+    signature: str = ""  # e.g. 【某某科技】
+    signature_mode: Literal["require", "append"] = "require"
+    optout_hint: str = ""  # e.g. 回T退订: a bulk text without it is refused
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,11 @@ class Settings:
     api_keys: tuple[ApiKey, ...] = ()
     max_body_bytes: int = 8 * 1024 * 1024
     max_recipients: int = 100_000
+    mobile_caps: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    optout_keywords: frozenset[str] = frozenset()
+    optout_scope: Literal["account", "all"] = "account"
+    part_chars: int = 70
+    long_part_chars: int = 67
     send_at_max_days: int = 30
     idempotency_ttl: int = 24 * 3600
     retry_max_attempts: int = 6
@@ -194,7 +202,35 @@ def _account(env: Mapping[str, str], name: str, prefix: str, base: AccountSettin
         rate_per_second=_int(env, prefix + "RATE", base.rate_per_second if base else 10, 1),
         connect_timeout=_float(env, prefix + "CONNECT_TIMEOUT", base.connect_timeout if base else 3.0),
         read_timeout=_float(env, prefix + "TIMEOUT", base.read_timeout if base else 10.0),
+        signature=_signature(env, channel + "SIGNATURE", base.signature if base else ""),
+        optout_hint=env.get(channel + "OPTOUT_HINT", base.optout_hint if base else "").strip(),
+        signature_mode=_choice(  # type: ignore[arg-type]
+            env, channel + "SIGNATURE_MODE", base.signature_mode if base else "require", ("require", "append")
+        ),
     )
+
+
+DEFAULT_CAPS = "1/60,5/3600,10/86400"  # the common verification-code rule
+DEFAULT_OPTOUT = "T,TD,退订,N,取消,R"
+
+
+def _caps(env: Mapping[str, str], name: str, default: str) -> tuple[tuple[int, int], ...]:
+    """``count/seconds,…``; an empty value (set but empty) turns caps off."""
+    raw = env.get(name, default)
+    caps = []
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        count, sep, seconds = item.partition("/")
+        if not sep or not count.isdigit() or not seconds.isdigit() or int(count) < 1 or int(seconds) < 1:
+            raise SettingsError(f"{name}: {item!r} is not count/seconds like 5/3600")
+        caps.append((int(count), int(seconds)))
+    return tuple(caps)
+
+
+def _signature(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default).strip()
+    if value and not (value.startswith("【") and value.endswith("】") and value.count("【") == 1):
+        raise SettingsError(f"{name}={value!r} must be one signature in 【】, e.g. 【某某科技】")
+    return value
 
 
 @dataclass(frozen=True)
@@ -280,6 +316,16 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         api_keys=parse_api_keys(env.get("SMSGW_API_KEYS", "")),
         max_body_bytes=_int(env, "SMSGW_MAX_BODY_BYTES", 8 * 1024 * 1024, 1024),
         max_recipients=_int(env, "SMSGW_MAX_RECIPIENTS", 100_000, 1),
+        mobile_caps={
+            p: _caps(env, f"SMSGW_MOBILE_CAPS_{p.upper()}", DEFAULT_CAPS if p == "high" else "")
+            for p in ("high", "normal", "bulk")
+        },
+        optout_keywords=frozenset(
+            k.strip().upper() for k in env.get("SMSGW_OPTOUT_KEYWORDS", DEFAULT_OPTOUT).split(",") if k.strip()
+        ),
+        optout_scope=_choice(env, "SMSGW_OPTOUT_SCOPE", "account", ("account", "all")),  # type: ignore[arg-type]
+        part_chars=_int(env, "SMSGW_PART_CHARS", 70, 1),
+        long_part_chars=_int(env, "SMSGW_LONG_PART_CHARS", 67, 1),
         send_at_max_days=_int(env, "SMSGW_SEND_AT_MAX_DAYS", 30, 0),
         idempotency_ttl=_int(env, "SMSGW_IDEMPOTENCY_TTL", 24 * 3600, 1),
         retry_max_attempts=_int(env, "SMSGW_RETRY_MAX_ATTEMPTS", 6, 1),

@@ -71,6 +71,21 @@ def control_problems(text: str, limit: int = 10) -> list[CharProblem]:
     return found
 
 
+def billable_parts(text: str, single: int = 70, each: int = 67) -> int:
+    """Parts the operator bills: one up to ``single`` characters, else ``ceil(n / each)`` (a
+    long SMS carries its concatenation header in every part)."""
+    length = provider_length(text)
+    return 1 if length <= single else -(-length // each)
+
+
+_SIGNATURE = re.compile(r"【[^【】]+】")
+
+
+def signatures(text: str) -> list[str]:
+    """The 【…】 signatures in a text, in order."""
+    return _SIGNATURE.findall(text)
+
+
 def provider_length(text: str) -> int:
     """Length as the provider counts it: characters, a Latin letter the same as a Chinese one."""
     return len(text)

@@ -1,0 +1,194 @@
+"""Issue 11's guardrails that are built: full-width digits, billable parts, signatures, answer 6."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway import create_app
+from tests.conftest import AUTH, drain, sim_admin, sim_submissions
+from workers.mobiles import normalise
+from workers.settings import settings_from_env
+from workers.text import billable_parts
+
+
+def test_full_width_digits_from_a_chinese_input_method_are_normalised():
+    assert normalise("１３８００１３８０００") == "13800138000"
+    assert normalise("＋８６ １３８－００１３－８０００") == "13800138000"
+    assert normalise("١٣٨٠٠١٣٨٠٠٠") is None  # other scripts' digits stay invalid
+
+
+@pytest.mark.parametrize(("length", "parts"), [(1, 1), (70, 1), (71, 2), (134, 2), (135, 3), (500, 8)])
+def test_billable_parts(length, parts):
+    assert billable_parts("字" * length) == parts
+
+
+def test_the_answer_and_the_message_show_billable_parts(settings_env, runtime):
+    api = create_app(settings_from_env({**settings_env, "SMSGW_MAX_CHARS": "500"})).test_client()
+    r = api.post("/v1/messages", json={"to": ["13800138000", "13900139000"], "text": "x" * 100}, headers=AUTH)
+    assert r.status_code == 202 and r.get_json()["billable_parts"] == 4
+    assert api.get(r.headers["Location"], headers=AUTH).get_json()["billable_parts"] == 4
+    body = {
+        "template": "{a}",
+        "recipients": [{"to": "13800138000", "vars": {"a": "x"}}, {"to": "13900139000", "vars": {"a": "y" * 80}}],
+    }
+    assert api.post("/v1/messages", json=body, headers=AUTH).get_json()["billable_parts"] == 3
+
+
+def signed_app(settings_env, mode: str):
+    env = {**settings_env, "SMSGW_SIGNATURE": "【某某科技】", "SMSGW_SIGNATURE_MODE": mode, "SMSGW_MAX_CHARS": "20"}
+    return create_app(settings_from_env(env)).test_client()
+
+
+def test_a_required_signature_is_refused_naming_it_when_missing(settings_env, runtime):
+    api = signed_app(settings_env, "require")
+    missing = api.post("/v1/messages", json={"to": ["13800138000"], "text": "您好"}, headers=AUTH)
+    assert missing.status_code == 422 and "【某某科技】" in missing.get_json()["errors"][0]["detail"]
+    assert (
+        api.post("/v1/messages", json={"to": ["13800138000"], "text": "【某某科技】您好"}, headers=AUTH).status_code
+        == 202
+    )
+    two = api.post("/v1/messages", json={"to": ["13800138000"], "text": "【某某科技】您好【别家】"}, headers=AUTH)
+    assert two.status_code == 422 and "signatures" in two.get_json()["errors"][0]["detail"]
+
+
+def test_an_appended_signature_is_sent_and_counted_in_the_length(settings_env, runtime, simulator):
+    api = signed_app(settings_env, "append")
+    assert api.post("/v1/messages", json={"to": ["13800138000"], "text": "您好"}, headers=AUTH).status_code == 202
+    too_long = api.post("/v1/messages", json={"to": ["13800138000"], "text": "字" * 15}, headers=AUTH)
+    assert too_long.status_code == 422  # 15 + 6 > 20
+    drain(runtime)
+    assert [s["texts"][0] for s in sim_submissions(simulator)] == ["您好【某某科技】"]
+
+
+def test_answer_6_fails_the_chunk_with_the_words_and_never_retries(api, runtime, simulator):
+    sim_admin(simulator, "script", endpoint="post_send_md5", codes=[6])
+    r = api.post("/v1/messages", json={"to": ["13800138000"], "text": "开发票找我"}, headers=AUTH)
+    drain(runtime)
+    [chunk] = api.get(r.headers["Location"], headers=AUTH).get_json()["chunks"]
+    assert chunk["state"] == "failed" and chunk["attempts"] == 1
+    assert "sensitive" in chunk["reason"] and "发票" in chunk["reason"]
+    assert sim_submissions(simulator) == []
+
+
+# -- frequency caps ---------------------------------------------------------------------------
+
+
+def app_with(settings_env, **env):
+    return create_app(settings_from_env({**settings_env, **env})).test_client()
+
+
+def code(api, mobile="13800138000"):
+    r = api.post("/v1/messages", json={"to": [mobile], "text": "验证码 1234", "priority": "high"}, headers=AUTH)
+    assert r.status_code == 202, r.get_json()
+    return r.get_json()
+
+
+def test_the_default_high_cap_allows_one_code_a_minute(api, runtime):
+    assert code(api)["recipients"]["suppressed"] == []
+    second = code(api)
+    assert second["status"] == "suppressed" and second["recipients"]["suppressed"] == [
+        {"mobile": "13800138000", "reason": "frequency_cap"}
+    ]
+    assert code(api, "13900139000")["recipients"]["suppressed"] == []  # another phone, its own budget
+
+
+def test_the_5th_code_in_an_hour_goes_and_the_6th_is_suppressed(settings_env, runtime, simulator):
+    api = app_with(settings_env, SMSGW_MOBILE_CAPS_HIGH="5/3600")
+    answers = [code(api) for _ in range(6)]
+    assert [a["status"] for a in answers] == ["accepted"] * 5 + ["suppressed"]
+    drain(runtime)
+    assert len(sim_submissions(simulator)) == 5  # the suppressed one is neither sent nor charged
+    view = api.get(f"/v1/messages/{answers[5]['id']}", headers=AUTH).get_json()
+    assert view["status"] == "suppressed" and view["recipients"]["by_state"] == {"suppressed": 1}
+
+
+def test_a_request_keeps_its_other_recipients_when_one_is_capped(api, runtime):
+    code(api)
+    r = api.post(
+        "/v1/messages", json={"to": ["13800138000", "13900139000"], "text": "x", "priority": "high"}, headers=AUTH
+    )
+    body = r.get_json()
+    assert body["recipients"]["accepted"] == 1 and body["recipients"]["suppressed"][0]["mobile"] == "13800138000"
+
+
+def test_an_empty_setting_turns_caps_off(settings_env, runtime):
+    api = app_with(settings_env, SMSGW_MOBILE_CAPS_HIGH="")
+    assert [code(api)["status"] for _ in range(3)] == ["accepted"] * 3
+
+
+# -- opt-outs ----------------------------------------------------------------------------------
+
+
+def test_a_pulled_td_reply_suppresses_normal_but_not_high(api, runtime, simulator):
+    from tests.test_reports import pull_all
+
+    sim_admin(simulator, "reply", mobile="13800138000", content=" td ", linkid="")
+    pull_all(runtime)
+    normal = api.post("/v1/messages", json={"to": ["13800138000"], "text": "促销"}, headers=AUTH).get_json()
+    assert normal["status"] == "suppressed" and normal["recipients"]["suppressed"][0]["reason"] == "opted_out"
+    assert code(api)["status"] == "accepted"  # a code the person asked for still goes
+    listed = api.get("/v1/suppressions", headers=AUTH).get_json()["items"]
+    assert [i["mobile"] for i in listed] == ["13800138000"] and "td" in listed[0]["reason"]
+
+
+def test_a_pushed_reply_opts_out_too(api, runtime):
+    from urllib.parse import urlencode
+
+    from workers import reports
+
+    query = urlencode({"Class": "mo", "Mobile": "13900139000", "Message": "退订", "SmsName": "test"}, encoding="gb2312")
+    assert api.get(f"/callbacks/provider/push-secret-123?{query}").status_code == 200
+    while reports.ingest(runtime):
+        pass
+    r = api.post("/v1/messages", json={"to": ["13900139000"], "text": "活动"}, headers=AUTH).get_json()
+    assert r["recipients"]["suppressed"] == [{"mobile": "13900139000", "reason": "opted_out"}]
+
+
+def test_suppressions_can_be_added_listed_and_removed(api, runtime):
+    assert (
+        api.post(
+            "/v1/suppressions", json={"mobile": "+86 137-0013-7000", "reason": "asked by phone"}, headers=AUTH
+        ).status_code
+        == 201
+    )
+    assert api.post("/v1/suppressions", json={"mobile": "12345"}, headers=AUTH).status_code == 422
+    items = api.get("/v1/suppressions", headers=AUTH).get_json()["items"]
+    assert items[0]["mobile"] == "13700137000" and items[0]["reason"] == "asked by phone"
+    assert api.delete("/v1/suppressions/13700137000", headers=AUTH).status_code == 200
+    assert api.delete("/v1/suppressions/13700137000", headers=AUTH).status_code == 404
+    assert api.get("/v1/suppressions", headers=AUTH).get_json()["items"] == []
+
+
+def test_a_bulk_text_without_the_opt_out_hint_is_refused(settings_env, runtime):
+    api = app_with(settings_env, SMSGW_OPTOUT_HINT="回T退订")
+    body = {"to": ["13800138000"], "text": "大促销", "priority": "bulk"}
+    r = api.post("/v1/messages", json=body, headers=AUTH)
+    assert r.status_code == 422 and "回T退订" in r.get_json()["errors"][0]["detail"]
+    assert api.post("/v1/messages", json={**body, "text": "大促销 回T退订"}, headers=AUTH).status_code == 202
+    assert api.post("/v1/messages", json={**body, "priority": "normal"}, headers=AUTH).status_code == 202
+
+
+def test_suppressions_csv_import_and_export(settings_env, redis_conn, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    csv_in = tmp_path / "in.csv"
+    csv_in.write_text(
+        "mobile,reason\n13800138000,complaint\nnot-a-mobile,x\n１３９００１３９０００,\n", encoding="utf-8"
+    )
+    env = {**os.environ, **settings_env}
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "suppressions", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    assert "2 suppressed, 1 invalid" in run("import", str(csv_in))
+    exported = run("export").splitlines()
+    assert exported[0] == "mobile,reason,source,at"
+    assert sorted(line.split(",")[0] for line in exported[1:]) == ["13800138000", "13900139000"]

@@ -1,0 +1,105 @@
+"""Guardrails for people and the budget, enforced through Redis by every API process.
+
+- **Frequency caps** (anti SMS-bombing): per account, priority class and mobile, a sorted set of
+  send times; a Lua script checks every window (``SMSGW_MOBILE_CAPS_HIGH=1/60,5/3600,10/86400``)
+  and records the send in one step, so two API processes cannot both let the 6th code through.
+  A recipient over a cap is ``suppressed`` (``frequency_cap``): not sent, not charged. The slot
+  is taken at the door: a request that then fails to be stored still counts (erring towards
+  fewer texts to a phone, never more).
+- **Opt-outs (退订)**: a reply whose trimmed text is a keyword (``SMSGW_OPTOUT_KEYWORDS``) puts
+  the mobile on the account's suppression list (or the shared one, ``SMSGW_OPTOUT_SCOPE=all``);
+  ``normal`` and ``bulk`` sends to it are suppressed (``opted_out``), ``high`` is not: a
+  verification code is something the person asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import redis
+
+from workers import schema
+from workers.settings import Settings
+
+# KEYS: one cap set per recipient. ARGV: now, member prefix, largest window, then (count, seconds)
+# pairs. Returns 1 per recipient over a cap (nothing recorded), 0 for one whose send is recorded.
+CAPS = """
+local now, prefix, longest = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local out = {}
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
+  local over = 0
+  for w = 4, #ARGV, 2 do
+    if redis.call('ZCOUNT', key, now - tonumber(ARGV[w + 1]), '+inf') >= tonumber(ARGV[w]) then
+      over = 1
+      break
+    end
+  end
+  if over == 0 then
+    redis.call('ZADD', key, now, prefix .. ':' .. i)
+    redis.call('EXPIRE', key, longest)
+  end
+  out[i] = over
+end
+return out
+"""
+
+OPTED_OUT = "opted_out"
+FREQUENCY_CAP = "frequency_cap"
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    index: int  # in the accepted items
+    mobile: str
+    reason: str
+
+
+def optout_scope(settings: Settings, account: str) -> str:
+    return "*" if settings.optout_scope == "all" else account
+
+
+def check(
+    conn: redis.Redis, settings: Settings, *, account: str, priority: str, mobiles: list[str], ref: str
+) -> list[Suppressed]:
+    """Which of ``mobiles`` may not be sent to now, and why; records the sends of the rest
+    against their caps."""
+    out: list[Suppressed] = []
+    live = list(range(len(mobiles)))
+    if priority != "high" and mobiles:
+        listed = conn.hmget(schema.suppression_key(optout_scope(settings, account)), mobiles)
+        out += [Suppressed(i, mobiles[i], OPTED_OUT) for i, hit in enumerate(listed) if hit is not None]
+        live = [i for i, hit in enumerate(listed) if hit is None]
+    caps = settings.mobile_caps.get(priority, ())
+    if caps and live:
+        keys = [schema.cap_key(account, priority, mobiles[i]) for i in live]
+        args: list[float | str | int] = [time.time(), ref, max(seconds for _, seconds in caps)]
+        for count, seconds in caps:
+            args += [count, seconds]
+        over = conn.eval(CAPS, len(keys), *keys, *args)
+        out += [Suppressed(i, mobiles[i], FREQUENCY_CAP) for i, hit in zip(live, over, strict=True) if hit]
+    return sorted(out, key=lambda s: s.index)
+
+
+def is_optout(settings: Settings, text: str) -> bool:
+    return text.strip().upper() in settings.optout_keywords
+
+
+def opt_out(conn: redis.Redis, settings: Settings, account: str, mobile: str, reason: str, source: str) -> None:
+    entry = json.dumps({"reason": reason, "source": source, "at": round(time.time(), 3)}, ensure_ascii=False)
+    conn.hset(schema.suppression_key(optout_scope(settings, account)), mobile, entry)
+
+
+def opt_in(conn: redis.Redis, settings: Settings, account: str, mobile: str) -> bool:
+    return bool(conn.hdel(schema.suppression_key(optout_scope(settings, account)), mobile))
+
+
+def suppressions(
+    conn: redis.Redis, settings: Settings, account: str, cursor: int, limit: int
+) -> tuple[list[dict[str, object]], int]:
+    """One page of the suppression list; a returned cursor of 0 means the end."""
+    nxt, page = conn.hscan(schema.suppression_key(optout_scope(settings, account)), cursor, count=limit)
+    items = [{"mobile": m.decode(), **json.loads(v)} for m, v in page.items()]
+    return items, int(nxt)
