@@ -20,9 +20,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     rt = app.extensions["smsgw"] = Runtime.from_settings(settings)
 
-    from gateway import api, dashboard, health, metrics, openapi, operators, problems, provider_push
+    from gateway import api, dashboard, health, metrics, openapi, operators, problems, provider_push, quotas
 
     problems.init_app(app)
+    quotas.init_app(app, rt)
     metrics.init_app(app, rt)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(api.bp)

@@ -13,6 +13,7 @@ from gateway import messages
 from gateway.auth import authenticate
 from gateway.context import runtime
 from gateway.problems import Problem, validation_problem
+from gateway.quotas import USAGE_FIELDS, quotas, today
 from gateway.validation import (
     MessageRequest,
     SensitiveWordsRequest,
@@ -36,6 +37,8 @@ WORDS_CACHE_SECONDS = 300
 @bp.before_request
 def require_key() -> None:
     g.api_key = authenticate(runtime().settings)
+    if request.method == "POST" and request.endpoint == "api.create_message":
+        quotas().take_request(g.api_key)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -97,6 +100,7 @@ def create_message() -> Response:
     if suppressed:
         accepted.suppress({s.index for s in suppressed})
         accepted.suppressed = [{"mobile": s.mobile, "reason": s.reason} for s in suppressed]
+    quotas().take_parts(g.api_key, accepted.parts)
     if idem_key is not None and fingerprint is not None:
         claim = json.dumps({"fp": fingerprint, "id": mid, "at": time.time()})
         if not conn.set(idem_key, claim, nx=True, ex=settings.idempotency_ttl):
@@ -224,6 +228,32 @@ def replies_page(api_key: str | None) -> dict[str, Any]:
         limit=limit,
     )
     return {"items": items, "next_cursor": nxt}
+
+
+@bp.get("/usage")
+def usage() -> Response:
+    """This key's limits, what is left today, and its counters per day (``from``/``to``,
+    ``YYYY-MM-DD``, China time, at most 90 days)."""
+    from datetime import date, timedelta
+
+    conn = runtime().conn
+    try:
+        end = date.fromisoformat(request.args.get("to") or f"{today()[:4]}-{today()[4:6]}-{today()[6:]}")
+        start = date.fromisoformat(request.args.get("from") or end.isoformat())
+        if start > end or (end - start).days >= 90:
+            raise ValueError
+    except ValueError:
+        raise Problem(400, "Bad range", "from ≤ to, YYYY-MM-DD, at most 90 days") from None
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    with conn.pipeline(transaction=False) as pipe:
+        for day in days:
+            pipe.hgetall(schema.usage_key(g.api_key.name, day.strftime("%Y%m%d")))
+        rows = pipe.execute()
+    table = [
+        {"day": day.isoformat(), **{f: int(row.get(f.encode(), 0)) for f in USAGE_FIELDS}}
+        for day, row in zip(days, rows, strict=True)
+    ]
+    return json_response({"api_key": g.api_key.name, "limits": quotas().remaining(g.api_key), "days": table})
 
 
 @bp.get("/suppressions")

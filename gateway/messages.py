@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from gateway.quotas import record_usage
 from gateway.validation import Accepted
 from workers import lifecycle, schema
 from workers.chunks import chunk_count
@@ -109,6 +110,7 @@ def accept(
                 )
             pipe.hset(key, mapping=record.to_hash())
             pipe.expire(key, ttl)
+            record_usage(pipe, key_name, recipients=len(msg.items), parts=msg.parts, suppressed=len(msg.suppressed))
             pipe.delete(fence)
             if idempotency is not None:
                 idem_key, fingerprint = idempotency

@@ -137,7 +137,7 @@ def document() -> dict[str, Any]:
                     "responses": {
                         **_ok({"$ref": "#/components/schemas/Accepted"}, "202", "accepted"),
                         **auth_problems,
-                        **_problems(400, 409, 413, 415, 422, 503),
+                        **_problems(400, 409, 413, 415, 422, 429, 503),
                     },
                 }
             },
@@ -194,6 +194,61 @@ def document() -> dict[str, Any]:
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                     ],
                     "responses": {**_ok({"type": "object"}), **auth_problems, **_problems(400, 404)},
+                }
+            },
+            "/v1/usage": {
+                "get": {
+                    "summary": "This key's limits, what is left today, and its counters per day",
+                    "parameters": [
+                        {"name": "from", "in": "query", "schema": {"type": "string", "format": "date"}},
+                        {"name": "to", "in": "query", "schema": {"type": "string", "format": "date"}},
+                    ],
+                    "responses": {**_ok({"type": "object"}), **auth_problems, **_problems(400)},
+                }
+            },
+            "/v1/suppressions": {
+                "get": {
+                    "summary": "The account's opt-out list (退订), paged",
+                    "parameters": [
+                        {"name": "account", "in": "query", "schema": {"type": "string"}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    ],
+                    "responses": {**_ok({"type": "object"}), **auth_problems, **_problems(400, 404)},
+                },
+                "post": {
+                    "summary": "Add a mobile to the account's opt-out list",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["mobile"],
+                                    "properties": {
+                                        "mobile": {"type": "string"},
+                                        "reason": {"type": "string"},
+                                        "account": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        **_ok({"type": "object"}, "201", "added"),
+                        **auth_problems,
+                        **_problems(400, 404, 415, 422),
+                    },
+                },
+            },
+            "/v1/suppressions/{mobile}": {
+                "delete": {
+                    "summary": "Take a mobile off the opt-out list",
+                    "parameters": [
+                        {"name": "mobile", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {"name": "account", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {**_ok({"type": "object"}), **auth_problems, **_problems(404)},
                 }
             },
             "/v1/balance": {

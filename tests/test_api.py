@@ -146,7 +146,12 @@ def test_accept_answers_202_with_counts_and_location(api, redis_conn):
     )
     assert r.status_code == 202, r.get_json()
     body = r.get_json()
-    assert body["recipients"] == {"accepted": 2, "duplicates_removed": 1, "invalid": [{"index": 2, "value": "bad"}]}
+    assert body["recipients"] == {
+        "accepted": 2,
+        "duplicates_removed": 1,
+        "invalid": [{"index": 2, "value": "bad"}],
+        "suppressed": [],
+    }
     assert body["chunks_planned"] == 1 and body["status"] == "accepted" and body["reference"] == "order-1"
     assert r.headers["Location"] == f"/v1/messages/{body['id']}"
     got = api.get(r.headers["Location"], headers=AUTH).get_json()
@@ -193,7 +198,8 @@ def test_accept_is_one_redis_transaction(api, redis_conn):
         calls.pop(ours, None)
     assert calls.pop("multi") == 1 and calls.pop("exec") == 1
     assert calls.pop("watch") == 1 and calls.pop("set") == 1 and calls.pop("del") == 1  # the fence
-    assert set(calls) <= {"hset", "expire", "zadd", "sadd", "rpush"}, calls
+    assert calls.pop("hmget") == 1  # the opt-out list, before the transaction (issue 11)
+    assert set(calls) <= {"hset", "expire", "zadd", "sadd", "rpush", "hincrby"}, calls  # hincrby: usage
 
 
 # -- the door: bounded, clear, before anything is queued ---------------------------------------

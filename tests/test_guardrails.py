@@ -192,3 +192,44 @@ def test_suppressions_csv_import_and_export(settings_env, redis_conn, tmp_path):
     exported = run("export").splitlines()
     assert exported[0] == "mobile,reason,source,at"
     assert sorted(line.split(",")[0] for line in exported[1:]) == ["13800138000", "13900139000"]
+
+
+# -- per key: rate, daily quota, usage ---------------------------------------------------------
+
+
+def test_over_the_rate_is_429_with_retry_after_and_nothing_queued(settings_env, runtime):
+    api = app_with(settings_env, SMSGW_KEY_TESTER_RATE="2", SMSGW_KEY_TESTER_BURST="3", SMSGW_MOBILE_CAPS_HIGH="")
+    answers = [api.post("/v1/messages", json={"to": ["13800138000"], "text": "x"}, headers=AUTH) for _ in range(5)]
+    assert [a.status_code for a in answers] == [202, 202, 202, 429, 429]
+    refused = answers[3]
+    assert refused.mimetype == "application/problem+json" and 1 <= int(refused.headers["Retry-After"]) <= 2
+    assert runtime.queue("normal").count == 3
+
+
+def test_the_daily_quota_counts_billable_parts(settings_env, runtime):
+    api = app_with(settings_env, SMSGW_KEY_TESTER_DAILY="5", SMSGW_MAX_CHARS="300")
+    three = {"to": ["13800138000", "13900139000", "13700137000"], "text": "x"}
+    assert api.post("/v1/messages", json=three, headers=AUTH).status_code == 202  # 3 parts
+    over = api.post("/v1/messages", json=three, headers=AUTH)  # 3 more would be 6
+    assert (
+        over.status_code == 429 and int(over.headers["Retry-After"]) > 0 and "daily quota" in over.get_json()["detail"]
+    )
+    two_parts = {"to": ["13800138000"], "text": "x" * 100}
+    assert api.post("/v1/messages", json=two_parts, headers=AUTH).status_code == 202  # the refusal took nothing
+    usage = api.get("/v1/usage", headers=AUTH).get_json()
+    assert usage["limits"]["daily_parts_left"] == 0
+    assert usage["days"][-1] | {"day": None} == {
+        "day": None,
+        "requests": 2,
+        "recipients": 4,
+        "parts": 5,
+        "suppressed": 0,
+    }
+
+
+def test_usage_is_the_keys_own_by_day(api, runtime):
+    api.post("/v1/messages", json={"to": ["13800138000"], "text": "x", "priority": "high"}, headers=AUTH)
+    api.post("/v1/messages", json={"to": ["13800138000"], "text": "x", "priority": "high"}, headers=AUTH)  # capped
+    [day] = api.get("/v1/usage", headers=AUTH).get_json()["days"]
+    assert (day["requests"], day["recipients"], day["suppressed"]) == (2, 1, 1)
+    assert api.get("/v1/usage?from=2026-01-01&to=2026-12-31", headers=AUTH).status_code == 400

@@ -26,6 +26,8 @@ functions below and against a live Redis after a full run)::
     sg:minute:<minute>         minute_key        hash  the same figures per minute, kept two hours
     sg:idem:<key>:<sha256>     idempotency_key   str   an API key's Idempotency-Key and its answer
     sg:cap:<acct>:<pr>:<mobile> cap_key          zset  send times to a mobile, for its frequency caps
+    sg:lim:<limit>             LIMITS            str   an API key's rate and daily quota (keys built by ``limits``)
+    sg:usage:<key>:<day>       usage_key         hash  an API key's requests, recipients, parts, suppressed that day
     sg:optout:<scope>          suppression_key   hash  mobile -> why and when it opted out (scope: account or *)
     sg:cache:<what>:<id>       cache_key         str   cached provider answers (balance, sensitive words)
     sg:inbox                   INBOX             list  raw pushed and pulled items, not yet applied
@@ -163,6 +165,13 @@ def callback_job_key(mid: str) -> str:
     return f"sg:cbjob:{mid}"
 
 
+def usage_key(api_key: str, day: str) -> str:
+    """``day`` is ``YYYYMMDD`` in China Standard Time, as the provider bills."""
+    return f"sg:usage:{api_key}:{day}"
+
+
+#: The prefix the ``limits`` package builds its keys under (``sg:lim:LIMITER/<key>/…``).
+LIMITS = "sg:lim"
 WATCH = "sg:watch"
 FAILURES = "sg:failures"
 COUNTS = "sg:counts"

@@ -12,6 +12,7 @@ to the default account's value for any field they do not set.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 from collections.abc import Mapping
@@ -80,6 +81,9 @@ class ApiKey:
     key_sha256: bytes = field(repr=False)
     # Used to sign callbacks to this client (delivery-report issue); derived, never logged.
     callback_secret: Secret = field(repr=False)
+    rate: int = 0  # requests a second (0: unlimited), with ``burst`` at most at once
+    burst: int = 0
+    daily: int = 0  # billable parts a day (0: unlimited)
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,16 @@ def _account(env: Mapping[str, str], name: str, prefix: str, base: AccountSettin
     )
 
 
+def _key_limits(env: Mapping[str, str], key: ApiKey) -> ApiKey:
+    """``SMSGW_KEY_<NAME>_RATE`` / ``_BURST`` / ``_DAILY``."""
+    prefix = f"SMSGW_KEY_{key.name.upper()}_"
+    rate = _int(env, prefix + "RATE", 0, 0)
+    burst = _int(env, prefix + "BURST", rate, 0)
+    if rate and burst < rate:
+        raise SettingsError(f"{prefix}BURST={burst} is below {prefix}RATE={rate}")
+    return dataclasses.replace(key, rate=rate, burst=burst, daily=_int(env, prefix + "DAILY", 0, 0))
+
+
 DEFAULT_CAPS = "1/60,5/3600,10/86400"  # the common verification-code rule
 DEFAULT_OPTOUT = "T,TD,退订,N,取消,R"
 
@@ -313,7 +327,7 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         redis_url=url,
         accounts=accounts,
         default_account=default_name,
-        api_keys=parse_api_keys(env.get("SMSGW_API_KEYS", "")),
+        api_keys=tuple(_key_limits(env, k) for k in parse_api_keys(env.get("SMSGW_API_KEYS", ""))),
         max_body_bytes=_int(env, "SMSGW_MAX_BODY_BYTES", 8 * 1024 * 1024, 1024),
         max_recipients=_int(env, "SMSGW_MAX_RECIPIENTS", 100_000, 1),
         mobile_caps={

@@ -1,0 +1,95 @@
+"""Per API key: a request rate with a burst, and a daily quota of billable parts; usage by day.
+
+The limits are the ``limits`` package's (the library behind flask-limiter) over smsgw's Redis,
+so every API process counts together: the rate is a moving window of ``BURST`` requests per
+``BURST / RATE`` seconds (a refused request takes nothing); the quota is a fixed window per
+day whose refused cost is given back at once. Over either: 429 with ``Retry-After`` and a
+problem document, and nothing is queued.
+
+Usage per key and day (requests, recipients, parts, suppressed) is written in the accept
+transaction itself (``record_usage``) and kept 90 days: what finance reconciles against the
+provider's bill.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from flask import Flask, current_app
+from limits import RateLimitItemPerDay, RateLimitItemPerSecond
+from limits.storage import RedisStorage
+from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from redis.client import Pipeline
+
+from gateway.problems import Problem
+from workers import schema
+from workers.runtime import Runtime
+from workers.settings import ApiKey
+
+CST = timezone(timedelta(hours=8))
+USAGE_DAYS = 90
+USAGE_FIELDS = ("requests", "recipients", "parts", "suppressed")
+
+
+class Quotas:
+    def __init__(self, rt: Runtime) -> None:
+        storage = RedisStorage("redis://", connection_pool=rt.conn.connection_pool, key_prefix=schema.LIMITS)
+        self.storage = storage
+        self.rate = MovingWindowRateLimiter(storage)
+        self.daily = FixedWindowRateLimiter(storage)
+
+    @staticmethod
+    def rate_item(key: ApiKey) -> RateLimitItemPerSecond:
+        return RateLimitItemPerSecond(key.burst, max(1, math.ceil(key.burst / key.rate)))
+
+    def take_request(self, key: ApiKey) -> None:
+        if not key.rate:
+            return
+        item = self.rate_item(key)
+        if not self.rate.hit(item, key.name):
+            reset = self.rate.get_window_stats(item, key.name).reset_time
+            raise _too_many(f"more than {key.rate} requests a second (burst {key.burst})", reset)
+
+    def take_parts(self, key: ApiKey, parts: int) -> None:
+        if not key.daily or parts <= 0:
+            return
+        item = RateLimitItemPerDay(key.daily)
+        if not self.daily.hit(item, key.name, cost=parts):
+            self.storage.incr(item.key_for(key.name), item.get_expiry(), amount=-parts)  # give it back
+            reset = self.daily.get_window_stats(item, key.name).reset_time
+            raise _too_many(f"the daily quota of {key.daily} billable parts would be exceeded ({parts} asked)", reset)
+
+    def remaining(self, key: ApiKey) -> dict[str, Any]:
+        out: dict[str, Any] = {"rate": key.rate or None, "burst": key.burst or None, "daily_parts": key.daily or None}
+        if key.daily:
+            out["daily_parts_left"] = self.daily.get_window_stats(RateLimitItemPerDay(key.daily), key.name).remaining
+        return out
+
+
+def _too_many(detail: str, reset: float) -> Problem:
+    wait = max(1, math.ceil(reset - time.time()))
+    return Problem(429, "Too Many Requests", detail, headers={"Retry-After": str(wait)})
+
+
+def today(now: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if now is None else now, CST).strftime("%Y%m%d")
+
+
+def record_usage(pipe: Pipeline, api_key: str, *, recipients: int, parts: int, suppressed: int) -> None:
+    """Inside the accept transaction: the day's counters of this key."""
+    key = schema.usage_key(api_key, today())
+    for name, value in (("requests", 1), ("recipients", recipients), ("parts", parts), ("suppressed", suppressed)):
+        if value:
+            pipe.hincrby(key, name, value)
+    pipe.expire(key, USAGE_DAYS * 86400)
+
+
+def init_app(app: Flask, rt: Runtime) -> None:
+    app.extensions["smsgw_quotas"] = Quotas(rt)
+
+
+def quotas() -> Quotas:
+    return current_app.extensions["smsgw_quotas"]  # type: ignore[no-any-return]
