@@ -115,6 +115,8 @@ def create_message() -> Response:
             reference=req.reference,
             callback_url=req.callback_url,
             key_name=g.api_key.name,
+            test=g.api_key.test,
+            redact=req.redact,
             # An estimate at the configured size, free of a Redis round trip: the plan job cuts
             # the chunks, at the account's size then (lower if the provider once answered 3).
             chunk_size=settings.accounts[accepted.account].chunk_size,

@@ -42,6 +42,8 @@ def accept(
     callback_url: str | None,
     key_name: str,
     chunk_size: int,
+    test: bool = False,
+    redact: bool = False,
     idempotency: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Store the message and enqueue its plan job in one transaction; returns the 202 body."""
@@ -66,6 +68,7 @@ def accept(
         "billable_parts": msg.parts,
         "chunks_planned": chunk_count(len(msg.items), chunk_size),
         "send_at": msg.send_at.isoformat() if msg.send_at else None,
+        "test": test,
     }
     record = Message(
         id=mid,
@@ -83,6 +86,8 @@ def accept(
         reference=reference or "",
         callback_url=callback_url or "",
         api_key=key_name,
+        test=int(test),
+        redact=int(redact or priority == "high"),
         created=now,
         send_at=msg.send_at.timestamp() if msg.send_at else 0.0,
         job_seq=1,
@@ -231,6 +236,10 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
         "reference": msg.reference or None,
         "api_key": msg.api_key,
         "billable_parts": msg.parts,
+        "text": msg.text if msg.text else ("[redacted]" if msg.text_sha256 else None),
+        "text_length": len(msg.text) if msg.text else msg.text_length or None,
+        "text_sha256": msg.text_sha256 or None,
+        "test": bool(msg.test),
         "created_at": _iso(msg.created),
         "send_at": _iso(msg.send_at),
         "recipients": {

@@ -62,6 +62,7 @@ class MessageRequest(BaseModel):
     callback_url: str | None = Field(None, max_length=2048)
     account: str | None = Field(None, max_length=64, description="a named provider account")
     on_invalid: Literal["reject", "skip"] = "reject"
+    redact: bool = Field(False, description="drop the text from storage once sent (always done for priority high)")
     replace_separators: bool = Field(
         False, description="点点通 values: turn , and ; into ， and ； instead of rejecting them"
     )

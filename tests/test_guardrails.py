@@ -233,3 +233,74 @@ def test_usage_is_the_keys_own_by_day(api, runtime):
     [day] = api.get("/v1/usage", headers=AUTH).get_json()["days"]
     assert (day["requests"], day["recipients"], day["suppressed"]) == (2, 1, 1)
     assert api.get("/v1/usage?from=2026-01-01&to=2026-12-31", headers=AUTH).status_code == 400
+
+
+# -- test mode ---------------------------------------------------------------------------------
+
+
+def test_a_test_key_goes_through_everything_but_the_provider(settings_env, runtime, simulator, receiver):
+    from tests.conftest import Receiver
+    from tests.test_reports import pull_all
+    from workers.jobs import TEST_NO_REPORT, TEST_UNDELIVERED
+
+    api = app_with(settings_env, SMSGW_TEST_KEYS="tester")
+    body = {"to": ["13800138000", TEST_UNDELIVERED, TEST_NO_REPORT], "text": "集成测试", "callback_url": receiver}
+    answer = api.post("/v1/messages", json=body, headers=AUTH).get_json()
+    assert answer["test"] is True
+    drain(runtime)
+    pull_all(runtime)  # ingests the simulated reports
+    drain(runtime, timeout=30)
+    view = api.get(f"/v1/messages/{answer['id']}", headers=AUTH).get_json()
+    assert view["test"] is True and view["chunks"][0]["state"] == "submitted"
+    assert view["recipients"]["by_state"] == {"submitted": 1, "delivered": 1, "undelivered": 1}
+    events = sorted((e["mobile"], e["state"]) for _, b in Receiver.bodies for e in b["events"])
+    assert events == [("13800138000", "delivered"), (TEST_UNDELIVERED, "undelivered")]
+    assert sim_submissions(simulator) == [] and simulator.state.calls.get("post_send_md5", 0) == 0
+    metrics = api.get("/metrics").get_data(as_text=True)
+    assert "smsgw_provider_calls_total{" not in metrics  # nothing counted as a provider call
+
+
+# -- codes are not kept ------------------------------------------------------------------------
+
+
+def stored(conn, pattern: str) -> bytes:
+    """Every value under the matching keys, read by type (DUMP may compress)."""
+    out = b""
+    for key in conn.scan_iter(match=pattern):
+        kind = conn.type(key)
+        if kind == b"hash":
+            out += b"|".join(k + b"=" + v for k, v in conn.hgetall(key).items())
+        elif kind == b"list":
+            out += b"|".join(conn.lrange(key, 0, -1))
+        elif kind == b"string":
+            out += conn.get(key) or b""
+        elif kind == b"zset":
+            out += b"|".join(conn.zrange(key, 0, -1))
+    return out
+
+
+def test_a_high_code_is_dropped_from_redis_once_sent(api, runtime, simulator):
+    r = api.post(
+        "/v1/messages", json={"to": ["13800138000"], "text": "验证码 482913", "priority": "high"}, headers=AUTH
+    )
+    mid = r.get_json()["id"]
+    drain(runtime)
+    view = api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()
+    assert view["text"] == "[redacted]" and view["text_length"] == 10 and len(view["text_sha256"]) == 64
+    dump = b"".join(repr(runtime.conn.dump(k)).encode() for k in runtime.conn.scan_iter(match=f"sg:*{mid}*"))
+    assert b"482913" not in dump and "验证码".encode() not in dump
+    assert sim_submissions(simulator)[0]["texts"] == ["验证码 482913"]  # it was sent first
+
+
+def test_redact_drops_template_variables_and_normal_texts_stay(api, runtime, simulator):
+    body = {
+        "template": "您的验证码{code}",
+        "recipients": [{"to": "13800138000", "vars": {"code": "771122"}}],
+        "redact": True,
+    }
+    mid = api.post("/v1/messages", json=body, headers=AUTH).get_json()["id"]
+    plain = api.post("/v1/messages", json={"to": ["13900139000"], "text": "发货通知"}, headers=AUTH).get_json()["id"]
+    drain(runtime)
+    dump = stored(runtime.conn, f"sg:*{mid}*")
+    assert b"13800138000" in dump and b"771122" not in dump
+    assert api.get(f"/v1/messages/{plain}", headers=AUTH).get_json()["text"] == "发货通知"

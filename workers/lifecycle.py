@@ -20,6 +20,7 @@ calls the provider: that is ``workers.jobs``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -160,6 +161,7 @@ def create_chunks(
     priority: str,
     ttl: int,
     split_from: int = -1,
+    redact: bool = False,
 ) -> list[int]:
     """Add to ``pipe`` each chunk ``(n, items)``: its hash with a fresh linkid, the linkid's
     mapping back to it, its sweeper entry, its history and its first send job. The plan job and
@@ -182,6 +184,7 @@ def create_chunks(
             job=jid,
             updated=now,
             split_from=split_from,
+            redact=int(redact),
         )
         key = schema.chunk_key(mid, n)
         pipe.hset(key, mapping=chunk.to_hash())
@@ -238,9 +241,34 @@ def transition(
                 if also is not None:
                     also(pipe, before)
                 pipe.execute()
+                if new_state in FINAL and before.redact:
+                    redact_if_done(conn, mid)
                 return before
             except redis.WatchError:
                 continue
+
+
+def redact_if_done(conn: redis.Redis, mid: str) -> bool:
+    """Drop the message's text (a verification code) and its chunks' 点点通 variables once every
+    chunk is final, keeping the length and a hash: nothing can need them again (a redacted
+    failed chunk cannot be requeued)."""
+    msg = Message.load(conn, mid)
+    if msg is None or not msg.text or sum(msg.chunks_final.values()) < msg.chunks:
+        return False
+    with conn.pipeline(transaction=False) as pipe:
+        for n in range(msg.chunk_seq):
+            pipe.hget(schema.chunk_key(mid, n), Chunk.field_of("items"))
+        items = pipe.execute()
+    digest = hashlib.sha256(msg.text.encode()).hexdigest()
+    with conn.pipeline() as pipe:
+        pipe.hdel(schema.message_key(mid), Message.field_of("text"))
+        pipe.hset(schema.message_key(mid), mapping=Message.short(text_length=len(msg.text), text_sha256=digest))
+        for n, raw in enumerate(items):
+            if raw and b"," in raw:  # 点点通 groups "mobile,v0,v1": keep the mobiles only
+                mobiles = b";".join(group.split(b",", 1)[0] for group in raw.split(b";"))
+                pipe.hset(schema.chunk_key(mid, n), Chunk.field_of("items"), mobiles)
+        pipe.execute()
+    return True
 
 
 def _count_final(pipe: Pipeline, mid: str, chunk: Chunk, state: str) -> None:
@@ -371,8 +399,9 @@ def requeue_failed(conn: redis.Redis, settings: Settings, mid: str, n: int, *, b
     """An operator sends a failed chunk again: same linkid (the provider never accepted it), a
     fresh attempt budget. Safe to click twice: only a chunk still ``failed`` moves."""
     chunk = Chunk.load(conn, mid, n)
-    if chunk is None:
-        return False
+    msg = Message.load(conn, mid)
+    if chunk is None or msg is None or not msg.text:
+        return False  # gone, or redacted: the text to send again is no longer kept
 
     def uncount(pipe: Pipeline) -> None:
         key = schema.message_key(mid)

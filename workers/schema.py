@@ -305,6 +305,10 @@ class Message(Record):
     reference: str = _h("ref")
     callback_url: str = _h("cb")
     api_key: str = _h("key")
+    test: int = _h("test", 0)  # 1: a test key's message, never sent to the provider
+    redact: int = _h("rd", 0)  # 1: drop text and variables once no chunk needs them (high, or asked)
+    text_length: int = _h("tlen", 0)  # kept when the text is dropped
+    text_sha256: str = _h("tsha")
     created: float = _h("created", 0.0)
     send_at: float = _h("send_at", 0.0)
     job: str = _h("job")  # the plan job that owns it until planned
@@ -365,6 +369,7 @@ class Chunk(Record):
     submitted_at: float = _h("sub", 0.0)
     split_from: int = _h("from", -1)
     possible_duplicates: int = _h("pdup", 0)  # high: resubmitted after an ambiguous outcome
+    redact: int = _h("rd", 0)  # its message's texts are dropped once every chunk is final
 
     @property
     def mobiles(self) -> list[str]:

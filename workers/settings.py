@@ -81,6 +81,7 @@ class ApiKey:
     key_sha256: bytes = field(repr=False)
     # Used to sign callbacks to this client (delivery-report issue); derived, never logged.
     callback_secret: Secret = field(repr=False)
+    test: bool = False  # SMSGW_TEST_KEYS: everything but the provider; simulated reports
     rate: int = 0  # requests a second (0: unlimited), with ``burst`` at most at once
     burst: int = 0
     daily: int = 0  # billable parts a day (0: unlimited)
@@ -221,7 +222,9 @@ def _key_limits(env: Mapping[str, str], key: ApiKey) -> ApiKey:
     burst = _int(env, prefix + "BURST", rate, 0)
     if rate and burst < rate:
         raise SettingsError(f"{prefix}BURST={burst} is below {prefix}RATE={rate}")
-    return dataclasses.replace(key, rate=rate, burst=burst, daily=_int(env, prefix + "DAILY", 0, 0))
+    tests = {n.strip() for n in env.get("SMSGW_TEST_KEYS", "").split(",") if n.strip()}
+    daily = _int(env, prefix + "DAILY", 0, 0)
+    return dataclasses.replace(key, rate=rate, burst=burst, daily=daily, test=key.name in tests)
 
 
 DEFAULT_CAPS = "1/60,5/3600,10/86400"  # the common verification-code rule
