@@ -115,6 +115,12 @@ class RedisCollector(Collector):
                 balance.add_metric([name], float(account.balance))
         yield held
         yield balance
+        low = GaugeMetricFamily(
+            "smsgw_account_balance_low", "1 while the balance is below SMSGW_LOW_BALANCE", labels=["account"]
+        )
+        for name in settings.accounts:
+            low.add_metric([name], accounts.state(conn, name).balance_low)
+        yield low
 
         alerts = CounterMetricFamily("smsgw_alerts", "Alerts raised", labels=["event"])
         for event, value in conn.hgetall(ALERTS).items():

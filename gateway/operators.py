@@ -46,6 +46,7 @@ def account_row(rt: Runtime, name: str) -> dict[str, Any]:
         "held_chunks": rt.conn.zcard(schema.held_key(name)),
         "balance": state.balance or None,
         "balance_at": f"{state.balance_at:.0f}" if state.balance_at else None,
+        "balance_low": bool(state.balance_low),
         "chunk_size": accounts.chunk_size(rt.conn, rt.settings, name),
     }
 

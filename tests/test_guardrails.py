@@ -304,3 +304,28 @@ def test_redact_drops_template_variables_and_normal_texts_stay(api, runtime, sim
     dump = stored(runtime.conn, f"sg:*{mid}*")
     assert b"13800138000" in dump and b"771122" not in dump
     assert api.get(f"/v1/messages/{plain}", headers=AUTH).get_json()["text"] == "发货通知"
+
+
+# -- low balance -------------------------------------------------------------------------------
+
+
+def test_the_low_balance_alert_fires_once_per_crossing(settings_env, redis_conn, simulator):
+    import time
+
+    from workers import maintenance, schema
+    from workers.runtime import Runtime
+
+    rt = Runtime.from_settings(settings_from_env({**settings_env, "SMSGW_LOW_BALANCE": "1000"}))
+    api = create_app(rt.settings).test_client()
+    now = time.time()
+
+    def tick(balance: int, minutes: int) -> None:
+        sim_admin(simulator, "config", balance=balance)
+        maintenance.run_once(rt, now=now + 60 * minutes + 1)
+
+    for minute, balance in enumerate([5000, 900, 800, 700, 1500, 2000, 500]):
+        tick(balance, minute)
+    alerts = {k.decode(): int(v) for k, v in redis_conn.hgetall(schema.ALERTS).items()}
+    assert alerts.get("balance_low") == 2 and alerts.get("balance_recovered") == 1
+    assert simulator.state.calls["user_info"] == 7  # one call a minute, no more
+    assert 'smsgw_account_balance_low{account="default"} 1.0' in api.get("/metrics").get_data(as_text=True)

@@ -16,6 +16,7 @@ import redis
 
 from workers import accounts, lifecycle, pullers, queues, reports, schema
 from workers import provider as p
+from workers.alerts import alert
 from workers.runtime import Runtime
 from workers.schema import AccountState, Chunk
 from workers.sweeper import sweep
@@ -26,6 +27,8 @@ INGEST_LEASE = "ingest"
 TICK = 1.0
 OVERDUE_LAG = 10.0
 BALANCE_REFRESH_SECONDS = 300
+#: With a low-balance threshold set, the balance is asked once a minute (one call per account).
+LOW_BALANCE_REFRESH_SECONDS = 60
 
 
 def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
@@ -67,12 +70,18 @@ def _balance_check(rt: Runtime, name: str, now: float) -> int:
     conn = rt.conn
     state = accounts.state(conn, name)
     if state.state != accounts.HELD or state.code != "2":
-        if now - state.balance_at >= BALANCE_REFRESH_SECONDS:
+        low = rt.settings.accounts[name].low_balance
+        every = LOW_BALANCE_REFRESH_SECONDS if low else BALANCE_REFRESH_SECONDS
+        if now - state.balance_at >= every:
             conn.hset(schema.account_key(name), mapping=AccountState.short(balance_at=now))
             try:
-                accounts.record_balance(conn, name, str(rt.client(name).balance()), now)
+                balance = rt.client(name).balance()
             except p.ProviderError as e:
                 log.warning("balance of %s unknown: %s", name, e, extra={"account": name})
+                return 0
+            accounts.record_balance(conn, name, str(balance), now)
+            if low:
+                _low_balance(rt, name, state, float(balance), low)
         return 0
     if now - state.checked < rt.settings.balance_check_seconds:
         return 0
@@ -86,6 +95,16 @@ def _balance_check(rt: Runtime, name: str, now: float) -> int:
     if balance > 0:
         return lifecycle.resume_account(rt.settings, conn, name, by="balance check")
     return 0
+
+
+def _low_balance(rt: Runtime, name: str, state: AccountState, balance: float, low: float) -> None:
+    """One alert when the balance falls below the threshold, one when it is back above."""
+    below = balance < low
+    if below == bool(state.balance_low):
+        return
+    rt.conn.hset(schema.account_key(name), mapping=AccountState.short(balance_low=int(below)))
+    event = "balance_low" if below else "balance_recovered"
+    alert(rt.settings, rt.conn, event, account=name, balance=balance, threshold=low)
 
 
 def _expire_holds(rt: Runtime, name: str, now: float) -> int:

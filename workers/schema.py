@@ -394,6 +394,7 @@ class AccountState(Record):
     balance: str = _h("balance")
     balance_at: float = _h("balance_at", 0.0)
     checked: float = _h("checked", 0.0)  # last balance check while held for balance
+    balance_low: int = _h("low", 0)  # 1 while the balance is below SMSGW_LOW_BALANCE
 
     @classmethod
     def load(cls, conn: redis.Redis, name: str) -> AccountState:

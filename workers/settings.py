@@ -71,6 +71,7 @@ class AccountSettings:
     signature: str = ""  # e.g. 【某某科技】
     signature_mode: Literal["require", "append"] = "require"
     optout_hint: str = ""  # e.g. 回T退订: a bulk text without it is refused
+    low_balance: float = 0.0  # alert once when the balance falls below (0: off)
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,7 @@ def _account(env: Mapping[str, str], name: str, prefix: str, base: AccountSettin
         read_timeout=_float(env, prefix + "TIMEOUT", base.read_timeout if base else 10.0),
         signature=_signature(env, channel + "SIGNATURE", base.signature if base else ""),
         optout_hint=env.get(channel + "OPTOUT_HINT", base.optout_hint if base else "").strip(),
+        low_balance=_float(env, channel + "LOW_BALANCE", base.low_balance if base else 0.0, -1.0),
         signature_mode=_choice(  # type: ignore[arg-type]
             env, channel + "SIGNATURE_MODE", base.signature_mode if base else "require", ("require", "append")
         ),
