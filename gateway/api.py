@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, g, request, url_for
 
 from gateway import messages
@@ -172,6 +173,37 @@ def _own_message(mid: str) -> Message:
     return msg
 
 
+@bp.get("/messages")
+def list_messages() -> Response:
+    """This key's messages, newest first: ``reference``, ``mobile``, ``status``, ``since`` and
+    ``until`` (ISO 8601), ``cursor`` and ``limit`` (≤ 200)."""
+    from datetime import datetime
+
+    args = request.args
+    try:
+        limit = min(int(args.get("limit", "50")), 200)
+        since = datetime.fromisoformat(args["since"]).timestamp() if args.get("since") else 0.0
+        until = datetime.fromisoformat(args["until"]).timestamp() if args.get("until") else time.time() + 1
+        if args.get("cursor"):
+            until = min(until, float(args["cursor"]))
+        if limit < 1:
+            raise ValueError
+    except (ValueError, OverflowError):
+        raise Problem(400, "Bad query", "since/until as ISO 8601 with an offset; 1 ≤ limit ≤ 200") from None
+    mobile = normalise(args["mobile"]) if args.get("mobile") else None
+    items, nxt = messages.list_messages(
+        runtime().conn,
+        g.api_key.name,
+        reference=args.get("reference"),
+        mobile=mobile or args.get("mobile"),
+        status=args.get("status"),
+        since=since,
+        until=until,
+        limit=limit,
+    )
+    return json_response({"items": items, "next_cursor": nxt})
+
+
 @bp.get("/messages/<mid>")
 def get_message(mid: str) -> Response:
     _own_message(mid)
@@ -266,11 +298,11 @@ def list_suppressions() -> Response:
     try:
         cursor = int(request.args.get("cursor", "0"))
         limit = min(int(request.args.get("limit", "100")), 1000)
-        if cursor < 0 or limit < 1:
+        if not 0 <= cursor < 2**63 or limit < 1:
             raise ValueError
-    except ValueError:
-        raise Problem(400, "Bad paging", "cursor ≥ 0 and 1 ≤ limit ≤ 1000") from None
-    items, nxt = guardrails.suppressions(rt.conn, rt.settings, name, cursor, limit)
+        items, nxt = guardrails.suppressions(rt.conn, rt.settings, name, cursor, limit)
+    except (ValueError, redis.ResponseError):  # Redis refuses a cursor it never handed out
+        raise Problem(400, "Bad paging", "cursor as returned and 1 ≤ limit ≤ 1000") from None
     return json_response({"account": name, "items": items, "next_cursor": nxt or None})
 
 

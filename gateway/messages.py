@@ -115,6 +115,10 @@ def accept(
                 )
             pipe.hset(key, mapping=record.to_hash())
             pipe.expire(key, ttl)
+            index = schema.key_messages_key(key_name)
+            pipe.zadd(index, {mid: now})
+            pipe.zremrangebyscore(index, "-inf", now - settings.retention_seconds)
+            pipe.expire(index, settings.retention_seconds + int(delay))
             record_usage(pipe, key_name, recipients=len(msg.items), parts=msg.parts, suppressed=len(msg.suppressed))
             pipe.delete(fence)
             if idempotency is not None:
@@ -327,6 +331,64 @@ def list_replies(
 
 
 SCAN_PAGES = 10
+
+
+def list_messages(
+    conn: redis.Redis,
+    api_key: str,
+    *,
+    reference: str | None,
+    mobile: str | None,
+    status: str | None,
+    since: float,
+    until: float,
+    limit: int,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The key's own messages, newest first, in ``[since, until)``; the cursor is the creation
+    time of the last one returned. Filters read at most ``SCAN_PAGES`` pages of the index."""
+    index = schema.key_messages_key(api_key)
+    top = f"({until}"
+    out: list[dict[str, Any]] = []
+    for _ in range(SCAN_PAGES):
+        page = conn.zrevrangebyscore(index, top, since, start=0, num=limit * 2, withscores=True)
+        for raw, score in page:
+            top = f"({score}"
+            mid = raw.decode()
+            msg = Message.load(conn, mid)
+            if msg is None or (reference and msg.reference != reference):
+                continue
+            state = lifecycle.message_state(msg)
+            if status and state != status:
+                continue
+            if mobile and mobile not in _mobiles(conn, msg):
+                continue
+            out.append(
+                {
+                    "id": mid,
+                    "status": state,
+                    "priority": msg.priority,
+                    "reference": msg.reference or None,
+                    "recipients": msg.recipients,
+                    "created_at": _iso(msg.created),
+                }
+            )
+            if len(out) == limit:
+                return out, f"{score:.3f}"
+        if len(page) < limit * 2:
+            return out, None
+    return out, top.lstrip("(")
+
+
+def _mobiles(conn: redis.Redis, msg: Message) -> set[str]:
+    if not msg.chunk_seq:
+        return {item.split(",", 1)[0] for item in msg.items.split(";") if item}
+    with conn.pipeline(transaction=False) as pipe:
+        for n in range(msg.chunk_seq):
+            pipe.hget(schema.chunk_key(msg.id, n), Chunk.field_of("items"))
+        found: set[str] = set()
+        for raw in pipe.execute():
+            found |= {item.split(",", 1)[0] for item in (raw or b"").decode().split(";") if item}
+    return found
 
 
 def recipients(conn: redis.Redis, mid: str, cursor: int, limit: int) -> tuple[list[dict[str, Any]], int | None]:

@@ -123,6 +123,15 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {
             "/v1/messages": {
+                "get": {
+                    "summary": "This key's messages, newest first",
+                    "parameters": [
+                        {"name": n, "in": "query", "schema": {"type": "string"}}
+                        for n in ("reference", "mobile", "status", "since", "until", "cursor")
+                    ]
+                    + [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}],
+                    "responses": {**_ok({"type": "object"}), **auth_problems, **_problems(400)},
+                },
                 "post": {
                     "summary": "Send a plain or personalised message",
                     "parameters": [
@@ -139,7 +148,7 @@ def document() -> dict[str, Any]:
                         **auth_problems,
                         **_problems(400, 409, 413, 415, 422, 429, 503),
                     },
-                }
+                },
             },
             "/v1/messages/{mid}": {
                 "parameters": [MID],

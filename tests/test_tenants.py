@@ -49,3 +49,25 @@ def test_replies_are_seen_by_the_key_that_sent_the_message_only(two_keys, runtim
     everything = api.get("/admin/replies", headers=OPERATOR).get_json()["items"]
     assert sorted(r["text"] for r in everything) == ["who is this", "好的"]
     assert api.get("/admin/replies", headers=MINE).status_code == 401
+
+
+def test_a_key_lists_its_own_messages_newest_first_with_filters_and_paging(two_keys, runtime, simulator):
+    api = two_keys
+    mine = []
+    for i in range(5):
+        body = {"to": [f"1380013800{i}"], "text": "x", "reference": "order-7" if i == 2 else f"o-{i}"}
+        mine.append(api.post("/v1/messages", json=body, headers=MINE).get_json()["id"])
+    theirs = api.post("/v1/messages", json={"to": ["13800138001"], "text": "y"}, headers=THEIRS).get_json()["id"]
+    drain(runtime)
+
+    listed = api.get("/v1/messages", headers=MINE).get_json()
+    assert [m["id"] for m in listed["items"]] == mine[::-1] and listed["next_cursor"] is None
+    assert [m["id"] for m in api.get("/v1/messages", headers=THEIRS).get_json()["items"]] == [theirs]
+    assert [m["id"] for m in api.get("/v1/messages?reference=order-7", headers=MINE).get_json()["items"]] == [mine[2]]
+    by_mobile = api.get("/v1/messages?mobile=%2B86 138-0013-8001", headers=MINE).get_json()["items"]
+    assert [m["id"] for m in by_mobile] == [mine[1]]
+    assert len(api.get("/v1/messages?status=submitted", headers=MINE).get_json()["items"]) == 5
+    first = api.get("/v1/messages?limit=2", headers=MINE).get_json()
+    second = api.get(f"/v1/messages?limit=2&cursor={first['next_cursor']}", headers=MINE).get_json()
+    assert [m["id"] for m in first["items"] + second["items"]] == mine[::-1][:4]
+    assert api.get("/v1/messages?since=yesterday", headers=MINE).status_code == 400

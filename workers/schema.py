@@ -28,6 +28,7 @@ functions below and against a live Redis after a full run)::
     sg:cap:<acct>:<pr>:<mobile> cap_key          zset  send times to a mobile, for its frequency caps
     sg:lim:<limit>             LIMITS            str   an API key's rate and daily quota (keys built by ``limits``)
     sg:usage:<key>:<day>       usage_key         hash  an API key's requests, recipients, parts, suppressed that day
+    sg:mk:<key>                key_messages_key  zset  an API key's message ids by creation time (GET /v1/messages)
     sg:optout:<scope>          suppression_key   hash  mobile -> why and when it opted out (scope: account or *)
     sg:cache:<what>:<id>       cache_key         str   cached provider answers (balance, sensitive words)
     sg:inbox                   INBOX             list  raw pushed and pulled items, not yet applied
@@ -163,6 +164,10 @@ def callback_log_key(mid: str) -> str:
 
 def callback_job_key(mid: str) -> str:
     return f"sg:cbjob:{mid}"
+
+
+def key_messages_key(api_key: str) -> str:
+    return f"sg:mk:{api_key}"
 
 
 def usage_key(api_key: str, day: str) -> str:
