@@ -101,6 +101,12 @@ def create_message() -> Response:
     if suppressed:
         accepted.suppress({s.index for s in suppressed})
         accepted.suppressed = [{"mobile": s.mobile, "reason": s.reason} for s in suppressed]
+    if settings.content_check != "off" and req.priority != "high":
+        words = content_words(accepted.account, req.text or req.template or "")
+        if words and settings.content_check == "refuse":
+            detail = f"the text holds words the channel refuses: {', '.join(words)}"
+            raise validation_problem([{"pointer": "/text" if req.text else "/template", "detail": detail}])
+        accepted.flagged = words
     quotas().take_parts(g.api_key, accepted.parts)
     if idem_key is not None and fingerprint is not None:
         claim = json.dumps({"fp": fingerprint, "id": mid, "at": time.time()})
@@ -364,14 +370,32 @@ def sensitive_words() -> Response:
     problems = charset_errors(req.text, rt.settings.accounts[name].charset, "/text")
     if problems:
         raise validation_problem(problems)
-    cache = schema.cache_key("mgz", f"{name}:{hashlib.sha256(req.text.encode()).hexdigest()}")
-    cached = rt.conn.get(cache)
-    if cached is None:
-        try:
-            words = rt.client(name).sensitive_words(req.text)
-        except p.ProviderError as e:
-            raise Problem(502, "Provider error", f"{type(e).__name__}: {e.text}") from None
-        rt.conn.set(cache, json.dumps(words, ensure_ascii=False), ex=WORDS_CACHE_SECONDS)
-    else:
-        words = json.loads(cached)
+    try:
+        words = provider_words(name, req.text)
+    except p.ProviderError as e:
+        raise Problem(502, "Provider error", f"{type(e).__name__}: {e.text}") from None
     return json_response({"account": name, "words": words})
+
+
+def provider_words(account: str, text: str) -> list[str]:
+    """The provider's sensitive words in ``text``, cached per account and text."""
+    rt = runtime()
+    cache = schema.cache_key("mgz", f"{account}:{hashlib.sha256(text.encode()).hexdigest()}")
+    cached = rt.conn.get(cache)
+    if cached is not None:
+        return list(json.loads(cached))
+    words = rt.client(account).sensitive_words(text)
+    rt.conn.set(cache, json.dumps(words, ensure_ascii=False), ex=WORDS_CACHE_SECONDS)
+    return words
+
+
+def content_words(account: str, text: str) -> list[str]:
+    """SMSGW_CONTENT_CHECK: the provider's sensitive words plus SMSGW_CONTENT_WORDS_FILE's.
+    The provider unreachable: checked against the local list only, and counted."""
+    rt = runtime()
+    found = [w for w in rt.settings.content_words if w in text]
+    try:
+        found += [w for w in provider_words(account, text) if w not in found]
+    except p.ProviderError:
+        rt.conn.hincrby(schema.COUNTS, "content_check_unavailable", 1)
+    return found

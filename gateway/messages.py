@@ -83,6 +83,7 @@ def accept(
         duplicates=msg.duplicates,
         invalid=json.dumps(msg.invalid, ensure_ascii=False),
         suppressed=json.dumps(msg.suppressed, ensure_ascii=False) if msg.suppressed else "",
+        flagged=",".join(msg.flagged),
         reference=reference or "",
         callback_url=callback_url or "",
         api_key=key_name,
@@ -244,6 +245,7 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
         "text_length": len(msg.text) if msg.text else msg.text_length or None,
         "text_sha256": msg.text_sha256 or None,
         "test": bool(msg.test),
+        "flagged_words": msg.flagged.split(",") if msg.flagged else [],
         "created_at": _iso(msg.created),
         "send_at": _iso(msg.send_at),
         "recipients": {

@@ -102,6 +102,7 @@ class Accepted:
     send_at: datetime | None = None
     item_parts: list[int] = field(default_factory=list)  # billable parts of each item
     suppressed: list[dict[str, str]] = field(default_factory=list)
+    flagged: list[str] = field(default_factory=list)  # SMSGW_CONTENT_CHECK=flag
 
     @property
     def parts(self) -> int:

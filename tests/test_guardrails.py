@@ -329,3 +329,24 @@ def test_the_low_balance_alert_fires_once_per_crossing(settings_env, redis_conn,
     assert alerts.get("balance_low") == 2 and alerts.get("balance_recovered") == 1
     assert simulator.state.calls["user_info"] == 7  # one call a minute, no more
     assert 'smsgw_account_balance_low{account="default"} 1.0' in api.get("/metrics").get_data(as_text=True)
+
+
+# -- content check -----------------------------------------------------------------------------
+
+
+def test_content_check_refuses_naming_the_words_or_flags_them(settings_env, runtime, tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_text("# ours\n加微信\n", encoding="utf-8")
+    refuse = app_with(settings_env, SMSGW_CONTENT_CHECK="refuse", SMSGW_CONTENT_WORDS_FILE=str(words))
+    r = refuse.post("/v1/messages", json={"to": ["13800138000"], "text": "开发票加微信"}, headers=AUTH)
+    assert (
+        r.status_code == 422
+        and "发票" in r.get_json()["errors"][0]["detail"]
+        and "加微信" in r.get_json()["errors"][0]["detail"]
+    )
+    assert refuse.post("/v1/messages", json={"to": ["13800138000"], "text": "您好"}, headers=AUTH).status_code == 202
+    code_ok = {"to": ["13800138000"], "text": "发票验证码 1", "priority": "high"}
+    assert refuse.post("/v1/messages", json=code_ok, headers=AUTH).status_code == 202  # high is not checked
+    flag = app_with(settings_env, SMSGW_CONTENT_CHECK="flag")
+    mid = flag.post("/v1/messages", json={"to": ["13900139000"], "text": "赌博"}, headers=AUTH).get_json()["id"]
+    assert flag.get(f"/v1/messages/{mid}", headers=AUTH).get_json()["flagged_words"] == ["赌博"]

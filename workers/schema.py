@@ -307,6 +307,7 @@ class Message(Record):
     duplicates: int = _h("dup", 0)
     invalid: str = _h("inv", "[]")  # JSON list of {index, value}
     suppressed: str = _h("sup")  # JSON list of {mobile, reason}: not sent, not charged
+    flagged: str = _h("flag")  # SMSGW_CONTENT_CHECK=flag: the words found, joined by commas
     reference: str = _h("ref")
     callback_url: str = _h("cb")
     api_key: str = _h("key")

@@ -99,6 +99,8 @@ class Settings:
     mobile_caps: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     optout_keywords: frozenset[str] = frozenset()
     optout_scope: Literal["account", "all"] = "account"
+    content_check: Literal["off", "refuse", "flag"] = "off"
+    content_words: frozenset[str] = frozenset()
     part_chars: int = 70
     long_part_chars: int = 67
     send_at_max_days: int = 30
@@ -229,6 +231,18 @@ def _key_limits(env: Mapping[str, str], key: ApiKey) -> ApiKey:
     return dataclasses.replace(key, rate=rate, burst=burst, daily=daily, test=key.name in tests)
 
 
+def _words_file(env: Mapping[str, str], name: str) -> frozenset[str]:
+    """One word a line (UTF-8); read once at start like every other setting."""
+    path = env.get(name, "")
+    if not path:
+        return frozenset()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return frozenset(line.strip() for line in f if line.strip() and not line.startswith("#"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"{name}={path!r} cannot be read ({type(e).__name__})") from None
+
+
 DEFAULT_CAPS = "1/60,5/3600,10/86400"  # the common verification-code rule
 DEFAULT_OPTOUT = "T,TD,退订,N,取消,R"
 
@@ -343,6 +357,8 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
             k.strip().upper() for k in env.get("SMSGW_OPTOUT_KEYWORDS", DEFAULT_OPTOUT).split(",") if k.strip()
         ),
         optout_scope=_choice(env, "SMSGW_OPTOUT_SCOPE", "account", ("account", "all")),  # type: ignore[arg-type]
+        content_check=_choice(env, "SMSGW_CONTENT_CHECK", "off", ("off", "refuse", "flag")),  # type: ignore[arg-type]
+        content_words=_words_file(env, "SMSGW_CONTENT_WORDS_FILE"),
         part_chars=_int(env, "SMSGW_PART_CHARS", 70, 1),
         long_part_chars=_int(env, "SMSGW_LONG_PART_CHARS", 67, 1),
         send_at_max_days=_int(env, "SMSGW_SEND_AT_MAX_DAYS", 30, 0),
