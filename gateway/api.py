@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ from gateway import messages
 from gateway.auth import authenticate
 from gateway.context import runtime
 from gateway.problems import Problem, validation_problem
-from gateway.quotas import USAGE_FIELDS, quotas, today
+from gateway.quotas import quotas, today, usage_rows
 from gateway.validation import (
     MessageRequest,
     SensitiveWordsRequest,
@@ -190,9 +191,8 @@ def list_messages() -> Response:
         limit = min(int(args.get("limit", "50")), 200)
         since = datetime.fromisoformat(args["since"]).timestamp() if args.get("since") else 0.0
         until = datetime.fromisoformat(args["until"]).timestamp() if args.get("until") else time.time() + 1
-        if args.get("cursor"):
-            until = min(until, float(args["cursor"]))
-        if limit < 1:
+        cursor = args.get("cursor")
+        if limit < 1 or (cursor is not None and not re.fullmatch(r"[0-9a-f]{1,32}", cursor)):
             raise ValueError
     except (ValueError, OverflowError):
         raise Problem(400, "Bad query", "since/until as ISO 8601 with an offset; 1 ≤ limit ≤ 200") from None
@@ -206,6 +206,7 @@ def list_messages() -> Response:
         since=since,
         until=until,
         limit=limit,
+        cursor=cursor,
     )
     return json_response({"items": items, "next_cursor": nxt})
 
@@ -274,7 +275,7 @@ def replies_page(api_key: str | None) -> dict[str, Any]:
 def usage() -> Response:
     """This key's limits, what is left today, and its counters per day (``from``/``to``,
     ``YYYY-MM-DD``, China time, at most 90 days)."""
-    from datetime import date, timedelta
+    from datetime import date
 
     conn = runtime().conn
     try:
@@ -284,15 +285,7 @@ def usage() -> Response:
             raise ValueError
     except ValueError:
         raise Problem(400, "Bad range", "from ≤ to, YYYY-MM-DD, at most 90 days") from None
-    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
-    with conn.pipeline(transaction=False) as pipe:
-        for day in days:
-            pipe.hgetall(schema.usage_key(g.api_key.name, day.strftime("%Y%m%d")))
-        rows = pipe.execute()
-    table = [
-        {"day": day.isoformat(), **{f: int(row.get(f.encode(), 0)) for f in USAGE_FIELDS}}
-        for day, row in zip(days, rows, strict=True)
-    ]
+    table = usage_rows(conn, lambda day: schema.usage_key(g.api_key.name, day), start, end)
     return json_response({"api_key": g.api_key.name, "limits": quotas().remaining(g.api_key), "days": table})
 
 

@@ -211,6 +211,34 @@ def send(to: tuple[str, ...], text: str, priority: str, account: str | None, api
         sys.exit(1)
 
 
+@cli.command()
+@click.option("--key", "key_name", default=None, help="an API key's name")
+@click.option("--account", default=None, help="a provider account (default: the default account)")
+@click.option("--from", "start", default=None, help="YYYY-MM-DD (default: 30 days before --to)")
+@click.option("--to", "end", default=None, help="YYYY-MM-DD, China time (default: today)")
+def usage(key_name: str | None, account: str | None, start: str | None, end: str | None) -> None:
+    """Daily statistics as CSV, what finance reconciles against the provider's bill: requests,
+    recipients, billable parts, suppressed, delivered, undelivered, unknown, failed."""
+    import csv
+    from datetime import date, timedelta
+
+    from gateway.quotas import USAGE_FIELDS, today, usage_rows
+    from workers import schema
+
+    rt = _runtime()
+    last = date.fromisoformat(end) if end else date.fromisoformat(f"{today()[:4]}-{today()[4:6]}-{today()[6:]}")
+    first = date.fromisoformat(start) if start else last - timedelta(days=30)
+    if key_name:
+        rows = usage_rows(rt.conn, lambda day: schema.usage_key(key_name, day), first, last)
+    else:
+        name = account or rt.settings.default_account
+        rows = usage_rows(rt.conn, lambda day: schema.account_usage_key(name, day), first, last)
+    out = csv.writer(sys.stdout)
+    out.writerow(["day", *USAGE_FIELDS])
+    for row in rows:
+        out.writerow([row["day"], *(row[f] for f in USAGE_FIELDS)])
+
+
 @cli.group()
 def suppressions() -> None:
     """The opt-out list (退订): export it to CSV, import a CSV (mobile[,reason])."""

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import rq_dashboard
 from flask import Blueprint, Flask, Response, redirect, render_template, request, url_for
 
+from gateway import quotas
 from gateway.context import runtime
 from gateway.operators import account_list, require_operator
 from gateway.problems import Problem
@@ -66,6 +67,19 @@ def overview() -> dict[str, Any]:
     counts = {k.decode(): int(v) for k, v in conn.hgetall(schema.COUNTS).items()}
     delivered, undelivered = counts.get("reports_delivered", 0), counts.get("reports_undelivered", 0)
     failures = lifecycle.latest_failures(conn, 20)
+    day = quotas.today()
+    with conn.pipeline(transaction=False) as pipe:
+        for key in rt.settings.api_keys:
+            pipe.hgetall(schema.usage_key(key.name, day))
+        usage = [
+            {
+                "key": key.name,
+                "test": key.test,
+                **{f: int(row.get(f.encode(), 0)) for f in quotas.USAGE_FIELDS},
+                "limits": quotas.quotas().remaining(key),
+            }
+            for key, row in zip(rt.settings.api_keys, pipe.execute(), strict=True)
+        ]
     for failure in failures:
         failure["at"] = datetime.fromtimestamp(failure["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
     for account in (accounts_ := account_list()):
@@ -88,6 +102,8 @@ def overview() -> dict[str, Any]:
             "dead": counts.get("dead_lettered", 0),
         },
         "failures": failures,
+        "usage": usage,
+        "usage_fields": quotas.USAGE_FIELDS,
         "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "refresh": REFRESH_SECONDS,
     }

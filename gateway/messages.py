@@ -117,10 +117,12 @@ def accept(
             pipe.hset(key, mapping=record.to_hash())
             pipe.expire(key, ttl)
             index = schema.key_messages_key(key_name)
-            pipe.zadd(index, {mid: now})
-            pipe.zremrangebyscore(index, "-inf", now - settings.retention_seconds)
+            pipe.zadd(index, {mid: 0})  # ordered by id: ids begin with their creation time
+            pipe.zremrangebylex(index, "-", "(" + schema.message_id_at(now - settings.retention_seconds))
             pipe.expire(index, settings.retention_seconds + int(delay))
-            record_usage(pipe, key_name, recipients=len(msg.items), parts=msg.parts, suppressed=len(msg.suppressed))
+            record_usage(
+                pipe, key_name, msg.account, recipients=len(msg.items), parts=msg.parts, suppressed=len(msg.suppressed)
+            )
             pipe.delete(fence)
             if idempotency is not None:
                 idem_key, fingerprint = idempotency
@@ -345,17 +347,21 @@ def list_messages(
     since: float,
     until: float,
     limit: int,
+    cursor: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """The key's own messages, newest first, in ``[since, until)``; the cursor is the creation
-    time of the last one returned. Filters read at most ``SCAN_PAGES`` pages of the index."""
+    """The key's own messages, newest first, created in ``[since, until)`` and before the
+    ``cursor`` (the id of the last one returned). Ids begin with their creation time, so the index
+    is ordered by id: two messages of one millisecond page correctly. Filters read at most
+    ``SCAN_PAGES`` pages of the index."""
     index = schema.key_messages_key(api_key)
-    top = f"({until}"
+    top = "(" + min(cursor or "~", schema.message_id_at(until))
+    bottom = "[" + schema.message_id_at(since)
     out: list[dict[str, Any]] = []
     for _ in range(SCAN_PAGES):
-        page = conn.zrevrangebyscore(index, top, since, start=0, num=limit * 2, withscores=True)
-        for raw, score in page:
-            top = f"({score}"
+        page = conn.zrevrangebylex(index, top, bottom, start=0, num=limit * 2)
+        for raw in page:
             mid = raw.decode()
+            top = "(" + mid
             msg = Message.load(conn, mid)
             if msg is None or (reference and msg.reference != reference):
                 continue
@@ -375,7 +381,7 @@ def list_messages(
                 }
             )
             if len(out) == limit:
-                return out, f"{score:.3f}"
+                return out, mid
         if len(page) < limit * 2:
             return out, None
     return out, top.lstrip("(")

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import date, timedelta
 from typing import Any
 
+import redis
 from flask import Flask, current_app
 from limits import RateLimitItemPerDay, RateLimitItemPerSecond
 from limits.storage import RedisStorage
@@ -29,9 +31,8 @@ from workers import schema
 from workers.runtime import Runtime
 from workers.settings import ApiKey
 
-CST = timezone(timedelta(hours=8))
 USAGE_DAYS = 90
-USAGE_FIELDS = ("requests", "recipients", "parts", "suppressed")
+USAGE_FIELDS = ("requests", "recipients", "parts", "suppressed", "delivered", "undelivered", "unknown", "failed")
 
 
 class Quotas:
@@ -75,16 +76,30 @@ def _too_many(detail: str, reset: float) -> Problem:
 
 
 def today(now: float | None = None) -> str:
-    return datetime.fromtimestamp(time.time() if now is None else now, CST).strftime("%Y%m%d")
+    return schema.usage_day(time.time() if now is None else now)
 
 
-def record_usage(pipe: Pipeline, api_key: str, *, recipients: int, parts: int, suppressed: int) -> None:
-    """Inside the accept transaction: the day's counters of this key."""
-    key = schema.usage_key(api_key, today())
-    for name, value in (("requests", 1), ("recipients", recipients), ("parts", parts), ("suppressed", suppressed)):
-        if value:
-            pipe.hincrby(key, name, value)
-    pipe.expire(key, USAGE_DAYS * 86400)
+def record_usage(pipe: Pipeline, api_key: str, account: str, *, recipients: int, parts: int, suppressed: int) -> None:
+    """Inside the accept transaction: the day's counters of this key and of the account."""
+    day = today()
+    for key in (schema.usage_key(api_key, day), schema.account_usage_key(account, day)):
+        for name, value in (("requests", 1), ("recipients", recipients), ("parts", parts), ("suppressed", suppressed)):
+            if value:
+                pipe.hincrby(key, name, value)
+        pipe.expire(key, USAGE_DAYS * 86400)
+
+
+def usage_rows(conn: redis.Redis, key_of: Callable[[str], str], start: date, end: date) -> list[dict[str, Any]]:
+    """One row a day from ``start`` to ``end``: every counter, 0 where nothing happened."""
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    with conn.pipeline(transaction=False) as pipe:
+        for day in days:
+            pipe.hgetall(key_of(day.strftime("%Y%m%d")))
+        rows = pipe.execute()
+    return [
+        {"day": day.isoformat(), **{f: int(row.get(f.encode(), 0)) for f in USAGE_FIELDS}}
+        for day, row in zip(days, rows, strict=True)
+    ]
 
 
 def init_app(app: Flask, rt: Runtime) -> None:

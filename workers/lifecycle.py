@@ -162,6 +162,7 @@ def create_chunks(
     ttl: int,
     split_from: int = -1,
     redact: bool = False,
+    api_key: str = "",
 ) -> list[int]:
     """Add to ``pipe`` each chunk ``(n, items)``: its hash with a fresh linkid, the linkid's
     mapping back to it, its sweeper entry, its history and its first send job. The plan job and
@@ -185,6 +186,7 @@ def create_chunks(
             updated=now,
             split_from=split_from,
             redact=int(redact),
+            api_key=api_key,
         )
         key = schema.chunk_key(mid, n)
         pipe.hset(key, mapping=chunk.to_hash())
@@ -278,6 +280,11 @@ def _count_final(pipe: Pipeline, mid: str, chunk: Chunk, state: str) -> None:
     if state != SPLIT:
         pipe.hincrby(key, Message.final_field(schema.RECIPIENTS_IN, state), chunk.recipients)
         pipe.hincrby(schema.COUNTS, f"recipients_{state}", chunk.recipients)
+    if state == FAILED:
+        day = schema.usage_day(time.time())
+        for key in (schema.usage_key(chunk.api_key, day), schema.account_usage_key(chunk.account, day)):
+            pipe.hincrby(key, "failed", chunk.recipients)
+            pipe.expire(key, 90 * 86400)
     pipe.zrem(schema.WATCH, schema.chunk_ref(mid, chunk.n))
 
 
@@ -400,7 +407,7 @@ def requeue_failed(conn: redis.Redis, settings: Settings, mid: str, n: int, *, b
     fresh attempt budget. Safe to click twice: only a chunk still ``failed`` moves."""
     chunk = Chunk.load(conn, mid, n)
     msg = Message.load(conn, mid)
-    if chunk is None or msg is None or not msg.text:
+    if chunk is None or msg is None or msg.text_sha256:
         return False  # gone, or redacted: the text to send again is no longer kept
 
     def uncount(pipe: Pipeline) -> None:

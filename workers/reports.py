@@ -63,6 +63,11 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4]
 if not cur then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5])) end
 redis.call('HINCRBY', KEYS[2], 'r_' .. ARGV[2], 1)
 redis.call('HINCRBY', KEYS[3], ARGV[7], 1)
+-- KEYS[4..]: the day's usage of the message's API key and account (delivered, undelivered, unknown)
+for i = 4, #KEYS do
+  redis.call('HINCRBY', KEYS[i], string.sub(ARGV[7], 9), 1)
+  redis.call('EXPIRE', KEYS[i], 7776000)
+end
 local submitted = tonumber(ARGV[6])
 if submitted > 0 and not cur then
   redis.call('HINCRBY', KEYS[3], 'report_lag_seconds_sum', math.max(0, tonumber(ARGV[4]) - submitted))
@@ -183,6 +188,14 @@ class _Sent:
     submitted: float
     ttl: int
     callback: bool
+    api_key: str
+    account: str
+
+    def usage_keys(self, now: float) -> list[str]:
+        """Where the day's outcome counts go: the message's API key and account."""
+        day = schema.usage_day(now)
+        keys = [schema.usage_key(self.api_key, day)] if self.api_key else []
+        return keys + ([schema.account_usage_key(self.account, day)] if self.account else [])
 
 
 def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | None:
@@ -199,13 +212,14 @@ def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | N
         pipe.set(schema.report_seen_key(linkid), 1, ex=rt.settings.retention_seconds)
         pipe.hmget(schema.chunk_key(mid, n), Chunk.field_of("state"), Chunk.field_of("submitted_at"))
         pipe.ttl(schema.message_key(mid))
-        pipe.hget(schema.message_key(mid), Message.field_of("callback_url"))
-        _, (state, submitted), ttl, callback = pipe.execute()
+        pipe.hmget(schema.message_key(mid), *(Message.field_of(f) for f in ("callback_url", "api_key", "account")))
+        _, (state, submitted), ttl, (callback, api_key, account) = pipe.execute()
     if state == lifecycle.UNCONFIRMED.encode():
         # A report proves the ambiguous submission was accepted.
         lifecycle.settle_unconfirmed(conn, rt.settings, mid, n)
     ttl = int(ttl) if ttl and int(ttl) > 0 else rt.settings.retention_seconds
-    cache[linkid] = _Sent(mid, n, float(submitted or 0), ttl, bool(callback))
+    owners = (api_key.decode() if api_key else "", account.decode() if account else "")
+    cache[linkid] = _Sent(mid, n, float(submitted or 0), ttl, bool(callback), *owners)
     return cache[linkid]
 
 
@@ -230,12 +244,14 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
         return 0
     state = "D" if status == "DELIVRD" else "U"
     ts = epoch(item.get("time", "")) or time.time()
+    usage = sent.usage_keys(time.time())
     changed = conn.eval(
         MERGE,
-        3,
+        3 + len(usage),
         recipients_key(sent.mid, sent.n),
         schema.message_key(sent.mid),
         COUNTS,
+        *usage,
         mobile,
         state,
         status,

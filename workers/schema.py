@@ -29,6 +29,7 @@ functions below and against a live Redis after a full run)::
     sg:lim:<limit>             LIMITS            str   an API key's rate and daily quota (keys built by ``limits``)
     sg:usage:<key>:<day>       usage_key         hash  an API key's requests, recipients, parts, suppressed that day
     sg:mk:<key>                key_messages_key  zset  an API key's message ids by creation time (GET /v1/messages)
+    sg:ausage:<acct>:<day>     account_usage_key hash  the same day's counters of a provider account
     sg:optout:<scope>          suppression_key   hash  mobile -> why and when it opted out (scope: account or *)
     sg:cache:<what>:<id>       cache_key         str   cached provider answers (balance, sensitive words)
     sg:inbox                   INBOX             list  raw pushed and pulled items, not yet applied
@@ -171,8 +172,16 @@ def key_messages_key(api_key: str) -> str:
 
 
 def usage_key(api_key: str, day: str) -> str:
-    """``day`` is ``YYYYMMDD`` in China Standard Time, as the provider bills."""
+    """``day`` is :func:`usage_day`: ``YYYYMMDD`` in China Standard Time, as the provider bills."""
     return f"sg:usage:{api_key}:{day}"
+
+
+def account_usage_key(account: str, day: str) -> str:
+    return f"sg:ausage:{account}:{day}"
+
+
+def usage_day(ts: float) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(ts + 8 * 3600))
 
 
 #: The prefix the ``limits`` package builds its keys under (``sg:lim:LIMITER/<key>/…``).
@@ -210,7 +219,12 @@ def parse_ref(ref: str) -> tuple[str, str, int]:
 
 def new_message_id() -> str:
     """Time-ordered (milliseconds, hex), then 48 random bits: sortable, no coordination."""
-    return f"{int(time.time() * 1000):011x}{secrets.token_hex(6)}"
+    return message_id_at(time.time()) + secrets.token_hex(6)
+
+
+def message_id_at(ts: float) -> str:
+    """The prefix of every message id created at ``ts``: ids compare as their times do."""
+    return f"{max(0, int(ts * 1000)):011x}"
 
 
 def ttl_of(conn: redis.Redis | Pipeline, key: str, fallback: int = 60) -> int:
@@ -376,6 +390,7 @@ class Chunk(Record):
     split_from: int = _h("from", -1)
     possible_duplicates: int = _h("pdup", 0)  # high: resubmitted after an ambiguous outcome
     redact: int = _h("rd", 0)  # its message's texts are dropped once every chunk is final
+    api_key: str = _h("key")  # the key that sent its message (for the day's usage counters)
 
     @property
     def mobiles(self) -> list[str]:
