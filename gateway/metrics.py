@@ -82,6 +82,17 @@ class RedisCollector(Collector):
             recipients.add_metric([state], counts.get(f"reports_{state}", 0))
         yield recipients
 
+        accepted = CounterMetricFamily(
+            "smsgw_accepted", "Accepted recipients and their billable parts (recipients x parts)", labels=["unit"]
+        )
+        for unit in ("recipients", "parts"):
+            accepted.add_metric([unit], counts.get(f"accepted_{unit}", 0))
+        yield accepted
+        yield CounterMetricFamily(
+            "smsgw_suppressed_recipients",
+            "Recipients not sent: frequency caps and opt-outs",
+            value=counts.get("suppressed_recipients", 0),
+        )
         yield CounterMetricFamily(
             "smsgw_possible_duplicates",
             "high priority chunks resubmitted under a new linkid after an ambiguous outcome (may deliver twice)",

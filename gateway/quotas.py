@@ -80,8 +80,13 @@ def today(now: float | None = None) -> str:
 
 
 def record_usage(pipe: Pipeline, api_key: str, account: str, *, recipients: int, parts: int, suppressed: int) -> None:
-    """Inside the accept transaction: the day's counters of this key and of the account."""
+    """Inside the accept transaction: the day's counters of this key and of the account, and
+    the fleet's totals for /metrics."""
     day = today()
+    pipe.hincrby(schema.COUNTS, "accepted_recipients", recipients)
+    pipe.hincrby(schema.COUNTS, "accepted_parts", parts)
+    if suppressed:
+        pipe.hincrby(schema.COUNTS, "suppressed_recipients", suppressed)
     for key in (schema.usage_key(api_key, day), schema.account_usage_key(account, day)):
         for name, value in (("requests", 1), ("recipients", recipients), ("parts", parts), ("suppressed", suppressed)):
             if value:

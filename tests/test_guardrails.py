@@ -384,3 +384,13 @@ def test_daily_statistics_per_key_and_account_as_json_csv_and_on_the_dashboard(s
     operator = {"Authorization": "Basic " + base64.b64encode(b"operator:operator-pass-123").decode()}
     page = api.get("/dashboard/", headers=operator).get_data(as_text=True)
     assert 'id="usage"' in page and "<td>tester</td>" in page
+
+
+def test_metrics_count_accepted_parts_and_suppressed_recipients(settings_env, runtime):
+    api = app_with(settings_env, SMSGW_MAX_CHARS="300")
+    api.post("/v1/messages", json={"to": ["13800138000", "13900139000"], "text": "x" * 100}, headers=AUTH)
+    code(api)
+    code(api)  # capped
+    text = api.get("/metrics").get_data(as_text=True)
+    assert 'smsgw_accepted_total{unit="recipients"} 3.0' in text and 'smsgw_accepted_total{unit="parts"} 5.0' in text
+    assert "smsgw_suppressed_recipients_total 1.0" in text
