@@ -6,10 +6,10 @@ or not at all. Cancelling is ``workers.lifecycle.cancel_message``.
 
 The API never answers an error for a message it then sends. When the transaction's outcome is
 unknown (a timeout after EXEC was sent: a stalled Redis executes it when it wakes), a fence
-decides: before the transaction a key with a short expiry is set and WATCHed, so an EXEC that
-reaches Redis after the fence expired aborts (Redis 7 treats an expired watched key as changed).
-Once the fence's time is past, one look at the message key tells the truth for good:
-:func:`settle`.
+decides: the transaction WATCHes a key nobody writes, and :func:`settle` writes it and looks
+for the message in one step once Redis answers. Redis runs commands one at a time, so either
+the EXEC ran first (the message exists: 202) or the fence did, and the EXEC, whenever it
+arrives, aborts (nothing was stored: 503). One WATCH is the whole cost on the happy path.
 """
 
 from __future__ import annotations
@@ -94,10 +94,6 @@ def accept(
         job_seq=1,
     )
     key, fence = schema.message_key(mid), schema.accept_fence_key(mid)
-    fence_seconds = settings.redis_socket_timeout + 0.5
-    # Nothing that could commit has been sent if this fails: the caller's 503 is the truth.
-    conn.set(fence, 1, px=int(fence_seconds * 1000))
-    fence_over = time.monotonic() + fence_seconds
     try:
         with conn.pipeline(transaction=True) as pipe:
             pipe.watch(fence)
@@ -123,7 +119,6 @@ def accept(
             record_usage(
                 pipe, key_name, msg.account, recipients=len(msg.items), parts=msg.parts, suppressed=len(msg.suppressed)
             )
-            pipe.delete(fence)
             if idempotency is not None:
                 idem_key, fingerprint = idempotency
                 pipe.set(
@@ -133,7 +128,7 @@ def accept(
                 )
             pipe.execute()
     except (redis.ConnectionError, redis.TimeoutError, redis.WatchError):
-        if not settle(conn, mid, fence_over, settings.accept_settle_seconds):
+        if not settle(conn, mid, settings.accept_settle_seconds):
             raise NotAccepted(mid) from None
     try:
         durable = replicated(conn, settings)
@@ -155,14 +150,17 @@ class OutcomeUnknown(Exception):
     """Redis did not answer within ``SMSGW_ACCEPT_SETTLE_SECONDS``: the message may exist."""
 
 
-def settle(conn: redis.Redis, mid: str, fence_over: float, bound: float) -> bool:
-    """Whether an accept transaction whose answer was lost committed. Waits until its fence has
-    expired (a later EXEC is void), then asks until Redis answers, for at most ``bound`` s."""
+def settle(conn: redis.Redis, mid: str, bound: float) -> bool:
+    """Whether an accept transaction whose answer was lost committed, for good: writes its fence
+    (a later EXEC then aborts) and looks for the message in one transaction, asking until Redis
+    answers, for at most ``bound`` seconds."""
     give_up = time.monotonic() + bound
     while True:
-        time.sleep(max(0.0, fence_over - time.monotonic()))
         try:
-            return bool(conn.exists(schema.message_key(mid)))
+            with conn.pipeline(transaction=True) as pipe:
+                pipe.set(schema.accept_fence_key(mid), "void", ex=3600)
+                pipe.exists(schema.message_key(mid))
+                return bool(pipe.execute()[1])
         except redis.RedisError:
             if time.monotonic() >= give_up:
                 raise OutcomeUnknown(mid) from None

@@ -6,7 +6,7 @@ that builds it, and what it holds (``tests/test_schema.py`` keeps this table tru
 functions below and against a live Redis after a full run)::
 
     sg:m:<mid>                 message_key       hash  the message (:class:`Message`)
-    sg:af:<mid>                accept_fence_key  str   lives a moment: a late accept transaction is void
+    sg:af:<mid>                accept_fence_key  str   written only when an accept's answer was lost: voids its EXEC
     sg:c:<mid>:<n>             chunk_key         hash  chunk n of a message (:class:`Chunk`)
     sg:ce:<mid>:<n>            history_key       list  chunk n's history, one JSON line per step
     sg:r:<mid>:<n>             recipients_key    hash  mobile -> "state|code|time" once reported
