@@ -172,6 +172,29 @@ def bench_memory(rt: Runtime, sim: SimulatorServer) -> None:
     print(f"  smsgw keys: {smsgw / n:7.1f} bytes per recipient   all keys (RQ's too): {total / n:7.1f}   target <= 200")
 
 
+def bench_memory_single(env: dict[str, str], rt: Runtime, sim: SimulatorServer) -> None:
+    """Issue 11 §7 / 12: one-recipient messages through the real accept path (per-key index,
+    usage counters and all), sent and reported, then Redis bytes per message at rest."""
+    conn = rt.conn
+    conn.flushall()
+    requests.post(f"{sim.url}/_sim/reset", timeout=5)
+    app = create_app(settings_from_env({**env, "SMSGW_MOBILE_CAPS_HIGH": ""}))
+    client = app.test_client()
+    n = 2000
+    for i in range(n):
+        body = {"to": [f"13{i:09d}"], "text": f"您的验证码 {i:06d}", "priority": "normal"}
+        assert client.post("/v1/messages", json=body, headers={"Authorization": f"Bearer {KEY}"}).status_code == 202
+    SimpleWorker([Queue(q, connection=conn) for q in WORKER_QUEUES], connection=conn).work(
+        burst=True, logging_level="ERROR"
+    )
+    while sim.state.reports:
+        pullers.tick(rt, "bench", now=time.time() + 3600)
+        while reports.ingest(rt):
+            pass
+    smsgw = sum(conn.memory_usage(k, samples=0) or 0 for k in conn.scan_iter(match=schema.PREFIX + "*", count=1000))
+    print(f"  {n} one-recipient messages: {smsgw / n:7.1f} bytes per recipient (smsgw keys)   target <= 200")
+
+
 def bench_scaling(env: dict[str, str], rt: Runtime, sim: SimulatorServer) -> None:
     print("worker scaling (real `smsgw worker` processes, provider answers in 50 ms)")
     requests.post(
@@ -245,6 +268,7 @@ def main() -> None:
         bench_accept(env, rt.conn)
         bench_chunk_job(rt, sim)
         bench_memory(rt, sim)
+        bench_memory_single(env, rt, sim)
         bench_scaling(env, rt, sim)
     finally:
         sim.stop()

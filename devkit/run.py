@@ -14,6 +14,8 @@ import requests
 from devkit.redis_server import RedisServer
 
 LOCAL_API_KEY = "local-dev-key-change-me-0123456789"
+LOCAL_PUSH_SECRET = "local-push-secret"
+LOCAL_OPERATOR_PASSWORD = "local-operator"
 BANNER = """
 smsgw is running (Ctrl-C stops everything):
   redis      {redis}
@@ -24,9 +26,29 @@ Send a message end to end:
   curl -s -X POST {api}/v1/messages -H 'Authorization: Bearer {key}' \\
        -H 'Content-Type: application/json' \\
        -d '{{"to": ["13800138000"], "text": "您好，验证码 123456"}}'
-Then look it up with the Location it returns:
+Then look it up with the Location it returns (delivered within a few seconds):
   curl -s {api}/v1/messages/<id> -H 'Authorization: Bearer {key}'
+
+{switches}
 """
+
+
+def switches(env: dict[str, str], api: str) -> str:
+    """What is on and off, and the setting that changes it: nothing is silently off."""
+    on = [
+        f"dashboard   {api}/dashboard/  (operator / SMSGW_OPERATOR_PASSWORD)",
+        "push        the simulator pushes reports to /callbacks/provider/<SMSGW_CALLBACK_SECRET>",
+    ]
+    off = [
+        ("alert webhook", "SMSGW_ALERT_WEBHOOK_URL"),
+        ("per-key rate and quota", "SMSGW_KEY_<NAME>_RATE / _DAILY"),
+        ("signature", "SMSGW_SIGNATURE"),
+        ("content check", "SMSGW_CONTENT_CHECK"),
+        ("replica acks", "SMSGW_REDIS_REPLICA_ACKS"),
+    ]
+    lines = ["On:"] + [f"  {line}" for line in on] + ["Off until set:"]
+    lines += [f"  {what:<24} {setting}" for what, setting in off if not env.get(setting.split(" ")[0])]
+    return "\n".join(lines)
 
 
 def run_local(*, api_port: int, simulator_port: int) -> None:
@@ -44,6 +66,12 @@ def run_local(*, api_port: int, simulator_port: int) -> None:
         "SMSGW_PROVIDER_UID": os.environ.get("SMSGW_PROVIDER_UID", "test"),
         "SMSGW_PROVIDER_PASSWORD": os.environ.get("SMSGW_PROVIDER_PASSWORD", "secret"),
         "SMSGW_API_KEYS": os.environ.get("SMSGW_API_KEYS", f"local:{LOCAL_API_KEY}"),
+        # The simulator pushes reports to the API, so a message shows delivered within seconds
+        # (the first pull could be a minute away); the dashboard gets a local password.
+        "SMSGW_CALLBACK_SECRET": os.environ.get("SMSGW_CALLBACK_SECRET", LOCAL_PUSH_SECRET),
+        "SMSGW_OPERATOR_PASSWORD": os.environ.get("SMSGW_OPERATOR_PASSWORD", LOCAL_OPERATOR_PASSWORD),
+        "SMSGW_RUN_DIR": str(root),
+        "SMSGW_REDIS_DURABILITY": os.environ.get("SMSGW_REDIS_DURABILITY", "warn"),
     }
     py = sys.executable
     try:
@@ -59,6 +87,8 @@ def run_local(*, api_port: int, simulator_port: int) -> None:
                     env["SMSGW_PROVIDER_UID"],
                     "--password",
                     env["SMSGW_PROVIDER_PASSWORD"],
+                    "--push-url",
+                    f"http://127.0.0.1:{api_port}/callbacks/provider/{env['SMSGW_CALLBACK_SECRET']}",
                 ],
                 env=env,
                 start_new_session=True,
@@ -80,7 +110,10 @@ def run_local(*, api_port: int, simulator_port: int) -> None:
         )
         _wait_http(f"{api_url}/readyz")
         key = env["SMSGW_API_KEYS"].split(",")[0].partition(":")[2]
-        print(BANNER.format(redis=redis_server.url, sim=sim_url, api=api_url, key=key), flush=True)  # noqa: T201
+        banner = BANNER.format(
+            redis=redis_server.url, sim=sim_url, api=api_url, key=key, switches=switches(env, api_url)
+        )
+        print(banner, flush=True)  # noqa: T201
         _serve_forever(children)
     finally:
         # API and worker first (the worker finishes the provider call in hand and records it),

@@ -67,7 +67,10 @@ def api(bind: str | None, workers: int | None) -> None:
 
     # Several gunicorn workers: prometheus-client's multiprocess mode merges their figures. The
     # directory must start empty, or a previous run's counters come back.
-    multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="smsgw-prometheus-")
+    # One folder per bind address (not a new one per start): SMSGW_RUN_DIR, else the temp dir.
+    run_dir = os.environ.get("SMSGW_RUN_DIR") or tempfile.gettempdir()
+    port = (bind or os.environ.get("SMSGW_BIND", "0.0.0.0:8080")).rpartition(":")[2]
+    multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(run_dir, f"smsgw-prometheus-{port}")
     shutil.rmtree(multiproc, ignore_errors=True)
     os.makedirs(multiproc, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc

@@ -21,6 +21,12 @@ keepalive = 5
 # Recycle workers now and then so a slow leak never becomes an outage.
 max_requests = 10000
 max_requests_jitter = 1000
+# gunicorn's control socket defaults to ~/.gunicorn/gunicorn.ctl, shared by every gunicorn of the
+# user; smsgw keeps it in its run folder, or has none.
+if os.environ.get("SMSGW_RUN_DIR"):
+    control_socket = os.path.join(os.environ["SMSGW_RUN_DIR"], "gunicorn.ctl")
+else:
+    control_socket_disable = True
 accesslog = "-"
 # The provider's push path carries its secret and mobiles: logged by shape only.
 logger_class = "gateway.access_log.AccessLogger"
