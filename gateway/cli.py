@@ -160,6 +160,19 @@ def accounts_hold(name: str, reason: str) -> None:
     click.echo(f"{name}: held ({reason})")
 
 
+@accounts.command("reset-chunk-size")
+@click.argument("name")
+def accounts_reset_chunk_size(name: str) -> None:
+    """The configured chunk size again at once (after answer 3 it is probed back up by itself)."""
+    from workers import accounts as acc
+
+    rt = _runtime()
+    if name not in rt.settings.accounts:
+        raise click.ClickException(f"unknown account {name!r}")
+    acc.reset_chunk_size(rt.conn, name)
+    click.echo(f"{name}: chunk size {acc.chunk_size(rt.conn, rt.settings, name)}")
+
+
 @accounts.command("resume")
 @click.argument("name")
 def accounts_resume(name: str) -> None:

@@ -80,6 +80,14 @@ def resume(name: str) -> Response:
     return json_response({"account": name, "state": "active", "resumed_chunks": resumed})
 
 
+@bp.post("/accounts/<name>/chunk-size/reset")
+def reset_chunk_size(name: str) -> Response:
+    """After answer 3 the size is probed back up by itself; an operator can reset it at once."""
+    rt = runtime()
+    accounts.reset_chunk_size(rt.conn, _known(name))
+    return json_response({"account": name, "chunk_size": accounts.chunk_size(rt.conn, rt.settings, name)})
+
+
 @bp.post("/accounts/<name>/hold")
 def hold(name: str) -> Response:
     rt = runtime()

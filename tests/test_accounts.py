@@ -24,9 +24,22 @@ def test_hold_alerts_once_and_activate_reports_what_it_changed():
 def test_chunk_size_only_goes_down_and_never_above_the_setting():
     conn, settings = fakeredis.FakeRedis(), make_settings(SMSGW_PROVIDER_CHUNK_SIZE="500")
     assert accounts.chunk_size(conn, settings, "default") == 500
-    accounts.lower_chunk_size(conn, "default", 300)
-    accounts.lower_chunk_size(conn, "default", 400)
+    accounts.lower_chunk_size(conn, settings, "default", 300)
+    accounts.lower_chunk_size(conn, settings, "default", 400)
     assert accounts.chunk_size(conn, settings, "default") == 300
+
+
+def test_a_lowered_chunk_size_is_probed_back_up_and_an_operator_can_reset_it():
+    import time
+
+    conn = fakeredis.FakeRedis()
+    settings = make_settings(SMSGW_PROVIDER_CHUNK_SIZE="1000", SMSGW_CHUNK_PROBE_SECONDS="600")
+    accounts.lower_chunk_size(conn, settings, "default", 250)
+    now = time.time()
+    sizes = [accounts.chunk_size(conn, settings, "default", now + s) for s in (0, 599, 601, 1201, 1801, 99999)]
+    assert sizes == [250, 250, 500, 1000, 1000, 1000]  # doubles every probe period, never above the setting
+    accounts.reset_chunk_size(conn, "default")
+    assert accounts.chunk_size(conn, settings, "default") == 1000
 
 
 def test_rate_slots_are_counted_in_redis_for_every_caller():

@@ -71,18 +71,31 @@ def hold_and_slot(conn: redis.Redis, name: str) -> tuple[bool, int]:
     return held == HELD.encode(), int(slot)
 
 
-def chunk_size(conn: redis.Redis, settings: Settings, name: str) -> int:
-    """The configured size, or lower if the provider answered 3 to a smaller one."""
+def chunk_size(conn: redis.Redis, settings: Settings, name: str, now: float | None = None) -> int:
+    """The configured size, or lower after the provider answered 3: the lowered size doubles
+    every ``SMSGW_CHUNK_PROBE_SECONDS`` since, back to the configured one, so one bad minute
+    does not halve throughput for good (another 3 lowers it again)."""
     configured = settings.accounts[name].chunk_size
-    lowered = conn.hget(schema.account_key(name), AccountState.field_of("chunk_size"))
-    return min(configured, int(lowered)) if lowered else configured
+    size_f, at_f = AccountState.field_of("chunk_size"), AccountState.field_of("chunk_lowered_at")
+    lowered, at = conn.hmget(schema.account_key(name), size_f, at_f)
+    if not lowered:
+        return configured
+    elapsed = (time.time() if now is None else now) - float(at or 0)
+    doublings = min(10, max(0, int(elapsed // settings.chunk_probe_seconds)))
+    return min(configured, int(lowered) * 2**doublings)
 
 
-def lower_chunk_size(conn: redis.Redis, name: str, size: int) -> None:
-    key, name_f = schema.account_key(name), AccountState.field_of("chunk_size")
-    current = conn.hget(key, name_f)
-    if current is None or int(current) > size:
-        conn.hset(key, name_f, max(size, 1))
+def lower_chunk_size(conn: redis.Redis, settings: Settings, name: str, size: int) -> None:
+    """Answer 3 to a chunk of ``2 * size``: from now on at most ``size`` (probed back up)."""
+    if size < chunk_size(conn, settings, name):
+        conn.hset(
+            schema.account_key(name), mapping=AccountState.short(chunk_size=max(size, 1), chunk_lowered_at=time.time())
+        )
+
+
+def reset_chunk_size(conn: redis.Redis, name: str) -> None:
+    """An operator's reset: the configured size again, at once."""
+    conn.hdel(schema.account_key(name), AccountState.field_of("chunk_size"), AccountState.field_of("chunk_lowered_at"))
 
 
 def record_balance(conn: redis.Redis, name: str, balance: str, now: float) -> None:

@@ -324,7 +324,7 @@ def split(rt: Runtime, chunk: Chunk, error_fields: dict[str, Any]) -> str:
             conn, settings, chunk, "provider answered 3 (too many) to a single recipient", error_fields
         )
     half = (len(items) + 1) // 2
-    accounts.lower_chunk_size(conn, chunk.account, half)
+    accounts.lower_chunk_size(conn, settings, chunk.account, half)
     # Reserve two chunk numbers; one left unused by a lost race is harmless.
     first = conn.hincrby(schema.message_key(mid), Message.field_of("chunk_seq"), 2) - 2
     ttl = schema.ttl_of(conn, schema.chunk_key(mid, n), settings.retention_seconds)

@@ -412,6 +412,7 @@ class AccountState(Record):
     reason: str = _h("reason")
     since: float = _h("since", 0.0)
     chunk_size: int = _h("chunk_size", 0)  # lowered after answer 3 (0: as configured)
+    chunk_lowered_at: float = _h("csat", 0.0)  # when; the size is probed back up from then
     balance: str = _h("balance")
     balance_at: float = _h("balance_at", 0.0)
     checked: float = _h("checked", 0.0)  # last balance check while held for balance

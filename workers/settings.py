@@ -101,6 +101,7 @@ class Settings:
     optout_scope: Literal["account", "all"] = "account"
     content_check: Literal["off", "refuse", "flag"] = "off"
     content_words: frozenset[str] = frozenset()
+    chunk_probe_seconds: int = 600
     part_chars: int = 70
     long_part_chars: int = 67
     send_at_max_days: int = 30
@@ -359,6 +360,7 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         optout_scope=_choice(env, "SMSGW_OPTOUT_SCOPE", "account", ("account", "all")),  # type: ignore[arg-type]
         content_check=_choice(env, "SMSGW_CONTENT_CHECK", "off", ("off", "refuse", "flag")),  # type: ignore[arg-type]
         content_words=_words_file(env, "SMSGW_CONTENT_WORDS_FILE"),
+        chunk_probe_seconds=_int(env, "SMSGW_CHUNK_PROBE_SECONDS", 600, 1),
         part_chars=_int(env, "SMSGW_PART_CHARS", 70, 1),
         long_part_chars=_int(env, "SMSGW_LONG_PART_CHARS", 67, 1),
         send_at_max_days=_int(env, "SMSGW_SEND_AT_MAX_DAYS", 30, 0),
