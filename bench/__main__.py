@@ -261,6 +261,7 @@ def main() -> None:
         "SMSGW_PROVIDER_RATE": "100000",
         "SMSGW_API_KEYS": f"bench:{KEY}",
         "SMSGW_PULL_GAP_SECONDS": "0.001",
+        "SMSGW_ALLOW_DEV_DEFAULTS": "1",
     }
     rt = Runtime.from_settings(settings_from_env(env))
     install(rt)

@@ -12,8 +12,8 @@ from pathlib import Path
 import requests
 
 from devkit.redis_server import RedisServer
+from workers.settings import SAMPLE_API_KEY as LOCAL_API_KEY
 
-LOCAL_API_KEY = "local-dev-key-change-me-0123456789"
 LOCAL_PUSH_SECRET = "local-push-secret"
 LOCAL_OPERATOR_PASSWORD = "local-operator"
 BANNER = """
@@ -71,6 +71,7 @@ def run_local(*, api_port: int, simulator_port: int) -> None:
         "SMSGW_CALLBACK_SECRET": os.environ.get("SMSGW_CALLBACK_SECRET", LOCAL_PUSH_SECRET),
         "SMSGW_OPERATOR_PASSWORD": os.environ.get("SMSGW_OPERATOR_PASSWORD", LOCAL_OPERATOR_PASSWORD),
         "SMSGW_RUN_DIR": str(root),
+        "SMSGW_ALLOW_DEV_DEFAULTS": "1",
         "SMSGW_REDIS_DURABILITY": os.environ.get("SMSGW_REDIS_DURABILITY", "warn"),
     }
     py = sys.executable

@@ -21,6 +21,19 @@ def redis_problem(e: Exception) -> click.ClickException:
     return click.ClickException(f"SMSGW_REDIS_URL: Redis is unreachable ({type(e).__name__})")
 
 
+def refuse_dev_defaults(settings: Settings) -> None:
+    """`smsgw api` and `smsgw worker` do not start on the development defaults unless told to."""
+    from workers.settings import dev_defaults
+
+    problems = dev_defaults(settings)
+    if problems and os.environ.get("SMSGW_ALLOW_DEV_DEFAULTS") != "1":
+        raise click.ClickException(
+            "refusing to start on development defaults: "
+            + "; ".join(problems)
+            + " (set SMSGW_ALLOW_DEV_DEFAULTS=1 for the dev profile or a local run)"
+        )
+
+
 def load_settings(redis_url: str | None = None) -> Settings:
     try:
         return settings_from_env(os.environ, redis_url=redis_url)
@@ -56,6 +69,7 @@ def api(bind: str | None, workers: int | None) -> None:
     from workers.runtime import NotDurable, check_durability, connect
 
     settings = load_settings()
+    refuse_dev_defaults(settings)
     try:
         check_durability(connect(settings), settings.redis_durability)
     except NotDurable as e:
@@ -115,7 +129,9 @@ def worker(burst: bool, name: str | None, queues: str | None) -> None:
         unknown = set(chosen) - set(WORKER_QUEUES)
         if unknown:
             raise click.ClickException(f"unknown queue(s): {', '.join(sorted(unknown))}")
-        run_worker(load_settings(), burst=burst, name=name, queues=chosen)
+        settings = load_settings()
+        refuse_dev_defaults(settings)
+        run_worker(settings, burst=burst, name=name, queues=chosen)
     except redis.RedisError as e:
         raise redis_problem(e) from None
     except NotDurable as e:

@@ -87,6 +87,8 @@ TEST_ENV = {
     "SMSGW_RETRY_MAX_SECONDS": "1",
     # Ambiguous outcomes wait this long for a report before a new linkid (production: 900 s).
     "SMSGW_AMBIGUOUS_WAIT_SECONDS": "1",
+    # The simulator on loopback is a development default: smsgw api/worker refuse it otherwise.
+    "SMSGW_ALLOW_DEV_DEFAULTS": "1",
 }
 
 

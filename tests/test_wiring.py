@@ -125,3 +125,33 @@ def test_production_code_never_imports_the_fakes_and_workers_never_import_flask(
             assert not {d for d in deps if d.startswith("devkit")}, module
     for path in (ROOT / "workers").rglob("*.py"):
         assert "import flask" not in path.read_text() and "from flask" not in path.read_text(), path
+
+
+def test_api_and_worker_refuse_the_development_defaults_unless_told(settings_env):
+    from workers.settings import SAMPLE_API_KEY
+
+    env = {k: v for k, v in {**os.environ, **settings_env}.items() if k != "SMSGW_ALLOW_DEV_DEFAULTS"}
+    env["SMSGW_API_KEYS"] = f"local:{SAMPLE_API_KEY}"
+    env["SMSGW_PROVIDER_PASSWORD"] = ""
+    for role in ("api", "worker"):
+        done = subprocess.run([sys.executable, "-m", "gateway.cli", role], env=env, capture_output=True, text=True)
+        assert done.returncode != 0 and "refusing to start on development defaults" in done.stderr, done.stderr
+        for problem in ("sample key", "PASSWORD is empty", "points at the simulator"):
+            assert problem in done.stderr
+
+
+def test_env_example_lists_every_setting_and_compose_passes_them_through():
+    import re
+
+    source = (ROOT / "workers" / "settings.py").read_text()
+    names = set(re.findall(r'"(SMSGW_[A-Z_]+[A-Z])"', source)) - {"SMSGW_ACCOUNT", "SMSGW_KEY", "SMSGW_PROVIDER"}
+    fields = set(re.findall(r'(?:prefix|channel) \+ "([A-Z_]+)"', source))
+    example = (ROOT / ".env.example").read_text()
+    missing = [n for n in names if n not in example]
+    missing += [f for f in fields if f"SMSGW_ACCOUNT_MARKETING_{f}" not in example and f"_{f}=" not in example]
+    assert not missing, missing
+    config = compose_config()
+    for role in ("api", "worker"):
+        assert config["services"][role]["environment"]["SMSGW_ALLOW_DEV_DEFAULTS"] in ("", None)
+    compose_text = (ROOT / "docker-compose.yml").read_text()
+    assert "path: .env" in compose_text and "required: false" in compose_text

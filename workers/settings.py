@@ -295,6 +295,26 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     return SentinelUrl(tuple(sentinels), parts[0], int(parts[1]) if len(parts) == 2 else 0, Secret(password))
 
 
+#: What `make run` and the compose dev profile use; never in production.
+SAMPLE_API_KEY = "local-dev-key-change-me-0123456789"
+
+
+def dev_defaults(settings: Settings) -> list[str]:
+    """The development defaults a production process must not start with."""
+    problems = []
+    sample = hashlib.sha256(SAMPLE_API_KEY.encode()).digest()
+    if any(k.key_sha256 == sample for k in settings.api_keys):
+        problems.append("SMSGW_API_KEYS holds the sample key")
+    for a in settings.accounts.values():
+        where = "SMSGW_PROVIDER_" if a.name == "default" else f"SMSGW_ACCOUNT_{a.name.upper()}_"
+        if not a.password:
+            problems.append(f"{where}PASSWORD is empty")
+        host = a.url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].lower()
+        if host in ("simulator", "localhost", "127.0.0.1", "::1", "[::1]"):
+            problems.append(f"{where}URL points at the simulator ({host})")
+    return problems
+
+
 def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
     """``name:key,name2:key2`` → keys stored hashed; the clear key is not kept."""
     keys: list[ApiKey] = []
