@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from flask import Blueprint, Response, g, request, url_for
 
-from gateway import messages
+import gateway.messages as messages
 from gateway.auth import authenticate
 from gateway.context import runtime
 from gateway.problems import Problem, validation_problem

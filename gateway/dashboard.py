@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import rq_dashboard
 from flask import Blueprint, Flask, Response, redirect, render_template, request, url_for
 
-from gateway import quotas
+import gateway.quotas as quotas
 from gateway.context import runtime
 from gateway.operators import account_list, require_operator
 from gateway.problems import Problem
