@@ -40,12 +40,13 @@ test-faults: $(STAMP) ## the fault suite: Redis killed, stopped and failed over,
 test-fast: $(STAMP) ## the suite without the slow crash and load tests
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: $(STAMP) ## ruff, ruff format --check, mypy, hadolint, docker compose config
+lint: $(STAMP) ## ruff, ruff format --check, mypy, hadolint, docker compose config, kustomize + schemas
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gateway workers devkit
 	$(BIN)/hadolint Dockerfile
 	$$($(BIN)/python -c "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))") -f docker-compose.yml --profile dev config -q
+	$(BIN)/python -m pytest -q tests/test_deploy.py
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
