@@ -46,7 +46,7 @@ lint: $(STAMP) ## ruff, ruff format --check, mypy, hadolint, docker compose conf
 	$(BIN)/mypy gateway workers devkit
 	$(BIN)/hadolint Dockerfile
 	$$($(BIN)/python -c "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))") -f docker-compose.yml --profile dev config -q
-	$(BIN)/python -m pytest -q tests/test_deploy.py
+	$(BIN)/python -m pytest -q tests/test_deploy.py tests/test_observability.py
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from workers import accounts, queues, schema
 from workers.metrics import LATENCY_BUCKETS
-from workers.runtime import Runtime
+from workers.runtime import Runtime, check_durability
 from workers.schema import ALERTS, COUNTS, METRICS
 
 bp = Blueprint("metrics", __name__)
@@ -74,6 +74,15 @@ class RedisCollector(Collector):
         for name, length in queues.depths(conn).items():
             depth.add_metric([name], length)
         yield depth
+        oldest = GaugeMetricFamily(
+            "smsgw_queue_oldest_seconds", "How long the oldest waiting job of each queue has waited", labels=["queue"]
+        )
+        for name, age in queues.oldest_wait(conn).items():
+            oldest.add_metric([name], age)
+        yield oldest
+        yield GaugeMetricFamily("smsgw_workers", "RQ workers alive on every host", value=queues.workers_alive(conn))
+        durable = not check_durability(conn, "ignore")
+        yield GaugeMetricFamily("smsgw_redis_durable", "1 when Redis has AOF on and evicts nothing", value=int(durable))
 
         recipients = CounterMetricFamily("smsgw_recipients", "Recipients reaching each state", labels=["state"])
         for state in ("submitted", "failed", "cancelled"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import redis
-from rq import Queue
+from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
@@ -66,3 +66,27 @@ def take_overdue(conn: redis.Redis, before: float) -> list[tuple[Queue, Job]]:
             except NoSuchJobError:
                 continue
     return taken
+
+
+def oldest_wait(conn: redis.Redis, names: tuple[str, ...] = WORKER_QUEUES) -> dict[str, float]:
+    """Seconds the oldest job of each queue has waited (0 for an empty queue): the job at the
+    head of the list, as RQ's ``get_job_ids`` and ``Job.enqueued_at`` tell it."""
+    now = datetime.now(UTC)
+    out: dict[str, float] = {}
+    for name in names:
+        ids = Queue(name, connection=conn).get_job_ids(0, 1)
+        age = 0.0
+        if ids:
+            try:
+                enqueued = Job.fetch(ids[0], connection=conn).enqueued_at
+            except NoSuchJobError:
+                enqueued = None
+            if enqueued is not None:
+                age = max(0.0, (now - enqueued.replace(tzinfo=UTC)).total_seconds())
+        out[name] = age
+    return out
+
+
+def workers_alive(conn: redis.Redis) -> int:
+    """RQ workers registered and not expired, on every host."""
+    return int(Worker.count(connection=conn))

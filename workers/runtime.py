@@ -160,7 +160,7 @@ def check_durability(conn: redis.Redis, mode: str) -> list[str]:
             f"maxmemory-policy is {config.get('maxmemory-policy')!r}, not 'noeviction': "
             "Redis may evict accepted messages"
         )
-    for problem in problems:
+    for problem in problems if mode != "ignore" else []:
         log.warning("redis durability: %s", problem)
     if problems and mode == "refuse":
         raise NotDurable("; ".join(problems))
