@@ -20,10 +20,11 @@ import rq_dashboard
 from flask import Blueprint, Flask, Response, redirect, render_template, request, url_for
 
 import gateway.quotas as quotas
+from gateway.charts import hour_charts
 from gateway.context import runtime
 from gateway.operators import account_list, require_operator
 from gateway.problems import Problem
-from workers import lifecycle, queues, schema
+from workers import lifecycle, metrics, queues, schema
 from workers.metrics import last_hour
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")
@@ -102,6 +103,7 @@ def overview() -> dict[str, Any]:
             "dead": counts.get("dead_lettered", 0),
         },
         "failures": failures,
+        "charts": hour_charts(metrics.minutes(conn), queues.WORKER_QUEUES),
         "usage": usage,
         "usage_fields": quotas.USAGE_FIELDS,
         "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),

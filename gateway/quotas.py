@@ -84,6 +84,9 @@ def record_usage(pipe: Pipeline, api_key: str, account: str, *, recipients: int,
     the fleet's totals for /metrics."""
     day = today()
     pipe.hincrby(schema.COUNTS, "accepted_recipients", recipients)
+    minute = schema.minute_key(time.time())
+    pipe.hincrby(minute, "accepted", 1)
+    pipe.expire(minute, 7200)
     pipe.hincrby(schema.COUNTS, "accepted_parts", parts)
     if suppressed:
         pipe.hincrby(schema.COUNTS, "suppressed_recipients", suppressed)

@@ -97,3 +97,15 @@ def test_requeue_failed_chunk_from_the_page(op_app, runtime, simulator):
     drain(runtime)
     view = api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()
     assert view["status"] in ("submitted", "delivered") and len(sim_submissions(simulator)) == 1
+
+
+def test_the_overview_draws_the_last_hour_as_svg(op_app, runtime, simulator):
+    api = op_app.test_client()
+    for i in range(3):
+        api.post("/v1/messages", json={"to": [f"1390013900{i}"], "text": "x"}, headers=AUTH)
+    drain(runtime)
+    html = api.get("/dashboard/", headers=OP).get_data(as_text=True)
+    charts = html.split('id="charts"')[1].split("</div>")[0]
+    assert charts.count("<svg") == 4 and 'data-series="accepted"' in charts
+    assert "accepted 3" in charts  # the legend sums the hour
+    assert "http" not in charts.replace("http://www.w3.org/2000/svg", "")  # no outside asset

@@ -281,6 +281,9 @@ def _count_final(pipe: Pipeline, mid: str, chunk: Chunk, state: str) -> None:
         pipe.hincrby(key, Message.final_field(schema.RECIPIENTS_IN, state), chunk.recipients)
         pipe.hincrby(schema.COUNTS, f"recipients_{state}", chunk.recipients)
     if state == FAILED:
+        minute = schema.minute_key(time.time())
+        pipe.hincrby(minute, "failed", chunk.recipients)
+        pipe.expire(minute, 7200)
         day = schema.usage_day(time.time())
         for key in (schema.usage_key(chunk.api_key, day), schema.account_usage_key(chunk.account, day)):
             pipe.hincrby(key, "failed", chunk.recipients)

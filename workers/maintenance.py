@@ -14,7 +14,7 @@ import uuid
 
 import redis
 
-from workers import accounts, lifecycle, pullers, queues, reports, schema
+from workers import accounts, lifecycle, metrics, pullers, queues, reports, schema
 from workers import provider as p
 from workers.alerts import alert
 from workers.runtime import Runtime
@@ -40,6 +40,7 @@ def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
         "overdue": rescue_overdue(rt, now),
     }
     out["unknown"] = reports.mark_unknown(rt, now, rt.settings.report_window_seconds)
+    metrics.sample_depths(rt.conn, queues.depths(rt.conn), now)  # the dashboard's depth chart
     for name in rt.settings.accounts:
         out["resumed"] += _balance_check(rt, name, now)
         out["expired_holds"] += _expire_holds(rt, name, now)

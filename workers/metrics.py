@@ -42,6 +42,27 @@ def provider_call(pipe: Pipeline, *, account: str, endpoint: str, code: str, sec
     pipe.expire(minute, 7200)
 
 
+MINUTE_TTL = 7200
+
+
+def minutes(conn: redis.Redis, now: float | None = None, count: int = 60) -> list[dict[str, int]]:
+    """The last ``count`` minutes' buckets, oldest first (empty dicts for quiet minutes)."""
+    now = time.time() if now is None else now
+    with conn.pipeline(transaction=False) as pipe:
+        for i in reversed(range(count)):
+            pipe.hgetall(minute_key(now - 60 * i))
+        return [{k.decode(): int(float(v)) for k, v in b.items()} for b in pipe.execute()]
+
+
+def sample_depths(conn: redis.Redis, depths: dict[str, int], now: float | None = None) -> None:
+    """Queue depths into this minute's bucket (the last sample of the minute stands)."""
+    key = minute_key(time.time() if now is None else now)
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hset(key, mapping={f"depth|{q}": n for q, n in depths.items()})
+        pipe.expire(key, MINUTE_TTL)
+        pipe.execute()
+
+
 def last_hour(conn: redis.Redis, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
     with conn.pipeline(transaction=False) as pipe:

@@ -63,8 +63,13 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4]
 if not cur then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5])) end
 redis.call('HINCRBY', KEYS[2], 'r_' .. ARGV[2], 1)
 redis.call('HINCRBY', KEYS[3], ARGV[7], 1)
--- KEYS[4..]: the day's usage of the message's API key and account (delivered, undelivered, unknown)
-for i = 4, #KEYS do
+-- KEYS[4]: this minute's bucket (the dashboard's charts); KEYS[5..]: the day's usage of the
+-- message's API key and account (delivered, undelivered, unknown)
+if #KEYS >= 4 then
+  redis.call('HINCRBY', KEYS[4], string.sub(ARGV[7], 9), 1)
+  redis.call('EXPIRE', KEYS[4], 7200)
+end
+for i = 5, #KEYS do
   redis.call('HINCRBY', KEYS[i], string.sub(ARGV[7], 9), 1)
   redis.call('EXPIRE', KEYS[i], 7776000)
 end
@@ -244,7 +249,7 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
         return 0
     state = "D" if status == "DELIVRD" else "U"
     ts = epoch(item.get("time", "")) or time.time()
-    usage = sent.usage_keys(time.time())
+    usage = [schema.minute_key(time.time()), *sent.usage_keys(time.time())]
     changed = conn.eval(
         MERGE,
         3 + len(usage),
