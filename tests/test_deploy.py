@@ -72,7 +72,9 @@ def test_a_broken_object_is_caught():
 
 def test_keda_triggers_are_the_queues_the_code_defines_and_high_scales_first():
     scaled = next(o for o in render("base") if o["kind"] == "ScaledObject")
-    triggers = {t["name"]: t["metadata"] for t in scaled["spec"]["triggers"]}
+    triggers = {t["name"]: t["metadata"] for t in scaled["spec"]["triggers"] if t["type"] == "redis"}
+    age = next(t["metadata"] for t in scaled["spec"]["triggers"] if t["type"] == "prometheus")
+    assert "smsgw_queue_oldest_seconds" in age["query"] and QUEUE_NAMES["high"] in age["query"]
     conn = fakeredis.FakeRedis()
     assert {t["listName"] for t in triggers.values()} == {Queue(q, connection=conn).key for q in WORKER_QUEUES}
     assert triggers["high"]["listName"] == Queue(QUEUE_NAMES["high"], connection=conn).key
