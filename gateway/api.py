@@ -17,6 +17,7 @@ from gateway.context import runtime
 from gateway.problems import Problem, validation_problem
 from gateway.quotas import quotas, today, usage_rows
 from gateway.validation import (
+    Accepted,
     MessageRequest,
     SensitiveWordsRequest,
     charset_errors,
@@ -28,6 +29,7 @@ from workers import accounts, guardrails, lifecycle, schema
 from workers import provider as p
 from workers.mobiles import normalise
 from workers.schema import Message
+from workers.settings import Settings
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -91,29 +93,14 @@ def create_message() -> Response:
     req = parse_model(MessageRequest, data)
     accepted = check_message(req, settings)
     mid = schema.new_message_id()
-    suppressed = guardrails.check(
-        conn,
-        settings,
-        account=accepted.account,
-        priority=req.priority,
-        mobiles=[item.split(",", 1)[0] for item in accepted.items],
-        ref=mid,
-    )
-    if suppressed:
-        accepted.suppress({s.index for s in suppressed})
-        accepted.suppressed = [{"mobile": s.mobile, "reason": s.reason} for s in suppressed]
-    if settings.content_check != "off" and req.priority != "high":
-        words = content_words(accepted.account, req.text or req.template or "")
-        if words and settings.content_check == "refuse":
-            detail = f"the text holds words the channel refuses: {', '.join(words)}"
-            raise validation_problem([{"pointer": "/text" if req.text else "/template", "detail": detail}])
-        accepted.flagged = words
-    quotas().take_parts(g.api_key, accepted.parts)
     if idem_key is not None and fingerprint is not None:
+        # Claimed before the guardrails: a concurrent twin with this key replays instead of
+        # taking a second frequency-cap slot or quota.
         claim = json.dumps({"fp": fingerprint, "id": mid, "at": time.time()})
         if not conn.set(idem_key, claim, nx=True, ex=settings.idempotency_ttl):
             return _replay(idem_key, conn.get(idem_key) or b"{}", fingerprint)
     try:
+        _guard(accepted, req, settings, mid)
         body = messages.accept(
             conn,
             settings,
@@ -146,6 +133,29 @@ def create_message() -> Response:
         raise
     location = url_for("api.get_message", mid=mid)
     return json_response(body, 202, {"Location": location})
+
+
+def _guard(accepted: Accepted, req: MessageRequest, settings: Settings, mid: str) -> None:
+    """The guardrails at the door: caps and opt-outs suppress recipients, the content check may
+    refuse or flag, the key's daily quota may refuse (429)."""
+    suppressed = guardrails.check(
+        runtime().conn,
+        settings,
+        account=accepted.account,
+        priority=req.priority,
+        mobiles=[item.split(",", 1)[0] for item in accepted.items],
+        ref=mid,
+    )
+    if suppressed:
+        accepted.suppress({s.index for s in suppressed})
+        accepted.suppressed = [{"mobile": s.mobile, "reason": s.reason} for s in suppressed]
+    if settings.content_check != "off" and req.priority != "high":
+        words = content_words(accepted.account, req.text or req.template or "")
+        if words and settings.content_check == "refuse":
+            detail = f"the text holds words the channel refuses: {', '.join(words)}"
+            raise validation_problem([{"pointer": "/text" if req.text else "/template", "detail": detail}])
+        accepted.flagged = words
+    quotas().take_parts(g.api_key, accepted.parts)
 
 
 def _replay(idem_key: str, existing: bytes, fingerprint: str) -> Response:

@@ -394,3 +394,28 @@ def test_metrics_count_accepted_parts_and_suppressed_recipients(settings_env, ru
     text = api.get("/metrics").get_data(as_text=True)
     assert 'smsgw_accepted_total{unit="recipients"} 3.0' in text and 'smsgw_accepted_total{unit="parts"} 5.0' in text
     assert "smsgw_suppressed_recipients_total 1.0" in text
+
+
+def test_concurrent_twins_with_one_idempotency_key_take_one_cap_slot(settings_env, runtime):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+    from werkzeug.serving import make_server
+
+    app = create_app(settings_from_env({**settings_env, "SMSGW_MOBILE_CAPS_HIGH": "5/3600"}))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.port}/v1/messages"
+    body = {"to": ["13800138000"], "text": "验证码 1", "priority": "high"}
+
+    def twin(_: int) -> int:
+        return requests.post(url, json=body, headers={**AUTH, "Idempotency-Key": "once"}, timeout=30).status_code
+
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            assert set(pool.map(twin, range(10))) <= {202, 409}
+        fresh = [requests.post(url, json=body, headers=AUTH, timeout=30).json()["status"] for _ in range(5)]
+    finally:
+        server.shutdown()
+    assert fresh == ["accepted"] * 4 + ["suppressed"]  # the ten twins used one slot of five
