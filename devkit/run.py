@@ -13,6 +13,7 @@ import requests
 
 from devkit.redis_server import RedisServer
 from workers.settings import SAMPLE_API_KEY as LOCAL_API_KEY
+from workers.settings import settings_from_env, switched_off
 
 LOCAL_PUSH_SECRET = "local-push-secret"
 LOCAL_OPERATOR_PASSWORD = "local-operator"
@@ -36,18 +37,12 @@ Then look it up with the Location it returns (delivered within a few seconds):
 def switches(env: dict[str, str], api: str) -> str:
     """What is on and off, and the setting that changes it: nothing is silently off."""
     on = [
-        f"dashboard   {api}/dashboard/  (operator / SMSGW_OPERATOR_PASSWORD)",
+        f"dashboard   {api}/dashboard/  (user operator, password SMSGW_OPERATOR_PASSWORD)",
         "push        the simulator pushes reports to /callbacks/provider/<SMSGW_CALLBACK_SECRET>",
     ]
-    off = [
-        ("alert webhook", "SMSGW_ALERT_WEBHOOK_URL"),
-        ("per-key rate and quota", "SMSGW_KEY_<NAME>_RATE / _DAILY"),
-        ("signature", "SMSGW_SIGNATURE"),
-        ("content check", "SMSGW_CONTENT_CHECK"),
-        ("replica acks", "SMSGW_REDIS_REPLICA_ACKS"),
-    ]
+    off = switched_off(settings_from_env(env))
     lines = ["On:"] + [f"  {line}" for line in on] + ["Off until set:"]
-    lines += [f"  {what:<24} {setting}" for what, setting in off if not env.get(setting.split(" ")[0])]
+    lines += [f"  {what:<30} {setting}" for what, setting in off]
     return "\n".join(lines)
 
 

@@ -70,6 +70,10 @@ def api(bind: str | None, workers: int | None) -> None:
 
     settings = load_settings()
     refuse_dev_defaults(settings)
+    from workers.settings import switched_off
+
+    for what, setting in switched_off(settings):
+        click.echo(f"smsgw: {what} is off until {setting} is set", err=True)
     try:
         check_durability(connect(settings), settings.redis_durability)
     except NotDurable as e:

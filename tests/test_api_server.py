@@ -119,6 +119,7 @@ def test_the_access_log_holds_neither_the_push_secret_nor_a_mobile(server):
     text = log_path.read_text()
     assert "/callbacks/provider/<secret>" in text  # the requests were logged, by shape
     assert PUSH_SECRET not in text and "13912345678" not in text
+    assert "alert webhook is off until SMSGW_ALERT_WEBHOOK_URL is set" in text  # nothing silently off
 
 
 def test_a_frequency_cap_holds_across_two_api_processes(server):

@@ -295,6 +295,22 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     return SentinelUrl(tuple(sentinels), parts[0], int(parts[1]) if len(parts) == 2 else 0, Secret(password))
 
 
+def switched_off(settings: Settings) -> list[tuple[str, str]]:
+    """(what, the setting that turns it on) for every feature this configuration leaves off,
+    so nothing is silently off: ``smsgw api`` and ``make run`` print them at start."""
+    off = [
+        ("dashboard and /admin", "SMSGW_OPERATOR_PASSWORD", bool(settings.operator_password)),
+        ("the provider's push receiver", "SMSGW_CALLBACK_SECRET", bool(settings.callback_secret)),
+        ("alert webhook", "SMSGW_ALERT_WEBHOOK_URL", bool(settings.alert_webhook_url)),
+        ("per-key rate and quota", "SMSGW_KEY_<NAME>_RATE / _DAILY", any(k.rate or k.daily for k in settings.api_keys)),
+        ("signature", "SMSGW_SIGNATURE", any(a.signature for a in settings.accounts.values())),
+        ("content check", "SMSGW_CONTENT_CHECK", settings.content_check != "off"),
+        ("low-balance alert", "SMSGW_LOW_BALANCE", any(a.low_balance for a in settings.accounts.values())),
+        ("replica acks", "SMSGW_REDIS_REPLICA_ACKS", settings.redis_replica_acks > 0),
+    ]
+    return [(what, setting) for what, setting, on in off if not on]
+
+
 #: What `make run` and the compose dev profile use; never in production.
 SAMPLE_API_KEY = "local-dev-key-change-me-0123456789"
 
