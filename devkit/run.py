@@ -36,12 +36,12 @@ Then look it up with the Location it returns (delivered within a few seconds):
 
 def switches(env: dict[str, str], api: str) -> str:
     """What is on and off, and the setting that changes it: nothing is silently off."""
+    # The local default is shown; a password of the user's own is not printed.
+    password = LOCAL_OPERATOR_PASSWORD if env["SMSGW_OPERATOR_PASSWORD"] == LOCAL_OPERATOR_PASSWORD else "yours"
     on = [
         f"dashboard   {api}/dashboard/  (user operator, password {password})",
         "push        the simulator pushes reports to /callbacks/provider/<SMSGW_CALLBACK_SECRET>",
     ]
-    # The local default is shown; a password of the user's own is not printed.
-    password = LOCAL_OPERATOR_PASSWORD if env["SMSGW_OPERATOR_PASSWORD"] == LOCAL_OPERATOR_PASSWORD else "yours"
     off = switched_off(settings_from_env(env))
     lines = ["On:"] + [f"  {line}" for line in on] + ["Off until set:"]
     lines += [f"  {what:<30} {setting}" for what, setting in off]
