@@ -15,7 +15,7 @@ import gateway.messages as messages
 from gateway.auth import authenticate
 from gateway.context import runtime
 from gateway.problems import Problem, validation_problem
-from gateway.quotas import quotas, today, usage_rows
+from gateway.quotas import quotas, today_date, usage_rows
 from gateway.validation import (
     Accepted,
     MessageRequest,
@@ -289,7 +289,7 @@ def usage() -> Response:
 
     conn = runtime().conn
     try:
-        end = date.fromisoformat(request.args.get("to") or f"{today()[:4]}-{today()[4:6]}-{today()[6:]}")
+        end = date.fromisoformat(request.args["to"]) if request.args.get("to") else today_date()
         start = date.fromisoformat(request.args.get("from") or end.isoformat())
         if start > end or (end - start).days >= 90:
             raise ValueError

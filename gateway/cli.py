@@ -258,11 +258,11 @@ def usage(key_name: str | None, account: str | None, start: str | None, end: str
     import csv
     from datetime import date, timedelta
 
-    from gateway.quotas import USAGE_FIELDS, today, usage_rows
+    from gateway.quotas import USAGE_FIELDS, today_date, usage_rows
     from workers import schema
 
     rt = _runtime()
-    last = date.fromisoformat(end) if end else date.fromisoformat(f"{today()[:4]}-{today()[4:6]}-{today()[6:]}")
+    last = date.fromisoformat(end) if end else today_date()
     first = date.fromisoformat(start) if start else last - timedelta(days=30)
     if key_name:
         rows = usage_rows(rt.conn, lambda day: schema.usage_key(key_name, day), first, last)

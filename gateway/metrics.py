@@ -128,18 +128,17 @@ class RedisCollector(Collector):
 
         held = GaugeMetricFamily("smsgw_account_held", "1 while the account is held", labels=["account", "reason"])
         balance = GaugeMetricFamily("smsgw_account_balance", "Last known provider balance", labels=["account"])
-        for name in settings.accounts:
-            account = accounts.state(conn, name)
-            held.add_metric([name, account.reason], 1 if account.state == accounts.HELD else 0)
-            if account.balance:
-                balance.add_metric([name], float(account.balance))
-        yield held
-        yield balance
         low = GaugeMetricFamily(
             "smsgw_account_balance_low", "1 while the balance is below SMSGW_LOW_BALANCE", labels=["account"]
         )
         for name in settings.accounts:
-            low.add_metric([name], accounts.state(conn, name).balance_low)
+            account = accounts.state(conn, name)
+            held.add_metric([name, account.reason], 1 if account.state == accounts.HELD else 0)
+            low.add_metric([name], account.balance_low)
+            if account.balance:
+                balance.add_metric([name], float(account.balance))
+        yield held
+        yield balance
         yield low
 
         alerts = CounterMetricFamily("smsgw_alerts", "Alerts raised", labels=["event"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import redis
@@ -77,6 +77,11 @@ def _too_many(detail: str, reset: float) -> Problem:
 
 def today(now: float | None = None) -> str:
     return schema.usage_day(time.time() if now is None else now)
+
+
+def today_date() -> date:
+    """Today in China Standard Time, the day the usage counters count in."""
+    return datetime.strptime(today(), "%Y%m%d").date()
 
 
 def record_usage(pipe: Pipeline, api_key: str, account: str, *, recipients: int, parts: int, suppressed: int) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -305,7 +306,7 @@ def _sensitive_reason(rt: Runtime, chunk: Chunk) -> str:
         v.decode() if v else ""
         for v in rt.conn.hmget(schema.message_key(chunk.mid), Message.field_of("kind"), Message.field_of("text"))
     )
-    sample = text if kind != "p" else text.split("{value", 1)[0]
+    sample = text if kind != "p" else re.sub(r"\{value\d+\}", "", text)  # the template's own words
     try:
         words = rt.client(chunk.account).sensitive_words(sample)
     except p.ProviderError:
