@@ -34,7 +34,7 @@ from devkit.redis_server import RedisServer
 from devkit.simulator import SimState, SimulatorServer
 from gateway import create_app
 from workers import lifecycle, pullers, reports, schema
-from workers.jobs import plan
+from workers.lifecycle import plan
 from workers.queues import QUEUE_NAMES, WORKER_QUEUES
 from workers.runtime import Runtime, install
 from workers.settings import settings_from_env
@@ -133,7 +133,7 @@ def bench_chunk_job(rt: Runtime, sim: SimulatorServer) -> None:
         )
         mids.append(mid)
     for mid in mids:
-        plan(rt, mid)  # enqueues one send job each
+        plan(rt.conn, rt.settings, mid)  # enqueues one send job each
     send = run_all()
     line("send job (incl. one provider call)", send, rq_noop)
     line("send job minus the bare HTTP call", send - http, rq_noop)
@@ -152,7 +152,7 @@ def bench_memory(rt: Runtime, sim: SimulatorServer) -> None:
         schema.message_key(mid),
         mapping={"st": "accepted", "a": "default", "pr": "bulk", "k": "t", "text": "您好", "to": to, "n": n},
     )
-    plan(rt, mid)
+    plan(rt.conn, rt.settings, mid)
     SimpleWorker([Queue(q, connection=conn) for q in WORKER_QUEUES], connection=conn).work(
         burst=True, logging_level="ERROR"
     )
@@ -219,7 +219,7 @@ def bench_scaling(env: dict[str, str], rt: Runtime, sim: SimulatorServer) -> Non
                 "n": chunks * 10,
             },
         )
-        plan(rt, mid)
+        plan(rt.conn, rt.settings, mid)
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "worker", "--name", f"bench{i}"],

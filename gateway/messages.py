@@ -23,7 +23,7 @@ import redis
 
 from gateway.quotas import record_usage
 from gateway.validation import Accepted
-from workers import lifecycle, schema
+from workers import coalesce, lifecycle, schema
 from workers.chunks import chunk_count
 from workers.reports import recipient_states
 from workers.runtime import replicated
@@ -94,11 +94,16 @@ def accept(
         job_seq=1,
     )
     key, fence = schema.message_key(mid), schema.accept_fence_key(mid)
+    # One recipient, sent now, for real: it waits in a pool to share a provider call.
+    pool = None if delay or test else coalesce.pool_for(settings, msg.account, priority, msg.kind, msg.text, msg.items)
+    pool_size = 0
     try:
         with conn.pipeline(transaction=True) as pipe:
             pipe.watch(fence)
             pipe.multi()
-            if msg.items:
+            if pool is not None:
+                coalesce.add(pipe, settings, pool[0], mid, pool[1], priority, now)
+            elif msg.items:
                 record.job = lifecycle.enqueue_plan(
                     pipe,
                     conn,
@@ -126,10 +131,13 @@ def accept(
                     json.dumps({"fp": fingerprint, "id": mid, "body": body}),
                     ex=settings.idempotency_ttl,
                 )
-            pipe.execute()
+            replies = pipe.execute()
+            pool_size = int(replies[2]) if pool is not None else 0
     except (redis.ConnectionError, redis.TimeoutError, redis.WatchError):
         if not settle(conn, mid, settings.accept_settle_seconds):
             raise NotAccepted(mid) from None
+    if pool is not None:
+        coalesce.due_now_if_full(conn, pool[0], pool_size, chunk_size)
     try:
         durable = replicated(conn, settings)
     except redis.RedisError:
@@ -209,6 +217,11 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
         for i in range(0, len(raw), 2):
             if raw[i]:
                 chunks.append(chunk_view(Chunk.from_hash(raw[i], mid=mid), raw[i + 1]))
+    elif msg.via:
+        # Coalesced: the batch's submission that carries its one recipient, with the others'.
+        for chunk in lifecycle.member_chunks(conn, mid, msg.via):
+            shared = chunk_view(chunk, conn.lrange(schema.history_key(msg.via, chunk.n), 0, -1))
+            chunks.append({**shared, "recipients": 1, "batch": msg.via, "submission_recipients": chunk.recipients})
     by_state = (
         lifecycle.PENDING,
         lifecycle.SUBMITTING,
@@ -229,7 +242,7 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
     }
     counts[lifecycle.SUBMITTED] -= sum(reported.values())
     counts.update(reported)
-    if not msg.chunk_seq:
+    if not msg.chunk_seq and not msg.via:
         waiting = msg.state if msg.state in ("cancelled", "suppressed") else "pending"
         counts[waiting] = msg.recipients
     counts["suppressed"] = counts.get("suppressed", 0) + len(json.loads(msg.suppressed or "[]"))
@@ -404,6 +417,8 @@ def recipients(conn: redis.Redis, mid: str, cursor: int, limit: int) -> tuple[li
     it its own: ``delivered``, ``undelivered`` (with the operator's code) or ``unknown``.
     """
     msg = Message.load(conn, mid) or Message(id=mid)
+    if msg.via:
+        return _member_recipients(conn, msg), None
     out: list[dict[str, Any]] = []
     position = 0
     for n in range(msg.chunk_seq):
@@ -447,3 +462,18 @@ def recipients(conn: redis.Redis, mid: str, cursor: int, limit: int) -> tuple[li
         nxt = cursor + limit
         return out, nxt if nxt < len(items) else None
     return out, None
+
+
+def _member_recipients(conn: redis.Redis, msg: Message) -> list[dict[str, Any]]:
+    """A coalesced message's one recipient, as its batch's chunk (and the reports on it) say."""
+    mobile = msg.items.split(",", 1)[0]
+    for chunk in lifecycle.member_chunks(conn, msg.id, msg.via):
+        reported = recipient_states(conn, msg.via, chunk.n)
+        state, code, ts = reported.get(mobile, (chunk.state, "", ""))
+        row = {"mobile": mobile, "chunk": 0, "linkid": chunk.linkid, "state": state}
+        return [{**row, "operator_code": code or None, "reported_at": _iso(ts)}]
+    done = [s for s, n in msg.recipients_final.items() if n and s in lifecycle.FINAL]
+    state = done[0] if done else msg.state
+    return [
+        {"mobile": mobile, "chunk": None, "linkid": None, "state": state, "operator_code": None, "reported_at": None}
+    ]

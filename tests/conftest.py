@@ -32,6 +32,7 @@ from rq.scheduler import RQScheduler
 from devkit.redis_server import RedisServer
 from devkit.simulator import SimState, SimulatorServer
 from gateway import create_app
+from workers import coalesce, lifecycle, schema
 from workers.queues import WORKER_QUEUES
 from workers.runtime import Runtime, install
 from workers.settings import Settings, settings_from_env
@@ -153,15 +154,34 @@ def drain(rt: Runtime, *, timeout: float = 20.0, until: Callable[[], bool] | Non
     try:
         while time.monotonic() < deadline:
             scheduler.enqueue_scheduled_jobs()
+            coalesce.flush_due(rt, now=float("inf"))  # pools leave now, not at their window's end
             SimpleWorker(queues, connection=rt.conn).work(burst=True, logging_level="WARNING")
             if until is not None and until():
                 return
-            if until is None and not any(q.count for q in queues) and not _scheduled(rt):
+            idle = not any(q.count for q in queues) and not _scheduled(rt) and not rt.conn.zcard(schema.POOLS)
+            if until is None and idle:
                 return
             time.sleep(0.05)
     finally:
         scheduler.release_locks()
     raise AssertionError("jobs did not finish in time")
+
+
+def waiting(conn: redis.Redis) -> int:
+    """Work waiting for a worker: queued jobs and sends in coalescing pools."""
+    pools = [raw for raw in conn.zrange(schema.POOLS, 0, -1)]
+    jobs = sum(Queue(q, connection=conn).count for q in WORKER_QUEUES)
+    return jobs + sum(conn.zcard(p) for p in pools)
+
+
+def carrier(conn: redis.Redis, mid: str) -> bytes:
+    """What a linkid of the message maps to: its own chunk 0, or its batch's chunk that carries
+    it (a coalesced one-recipient message)."""
+    via = conn.hget(schema.message_key(mid), schema.Message.field_of("via"))
+    if via:
+        [chunk] = lifecycle.member_chunks(conn, mid, via.decode())
+        return f"{chunk.mid}:{chunk.n}".encode()
+    return f"{mid}:0".encode()
 
 
 def _scheduled(rt: Runtime) -> int:

@@ -10,13 +10,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from rq import Queue
 
 from gateway import create_app
-from tests.conftest import AUTH, make_settings
+from tests.conftest import AUTH, make_settings, waiting
 from tests.faultproxy import FaultProxy
 from workers import schema
-from workers.queues import QUEUE_NAMES
 
 
 @pytest.fixture
@@ -42,7 +40,7 @@ def test_an_exec_that_arrives_after_the_fence_is_void_and_the_answer_says_so(pro
     assert time.monotonic() - started < 3.0
     time.sleep(3.5)  # the stalled EXEC has reached Redis by now, and was aborted
     assert len(list(redis_conn.scan_iter(match=schema.message_key("*")))) == 1
-    assert Queue(QUEUE_NAMES["normal"], connection=redis_conn).count == 1
+    assert waiting(redis_conn) == 1
 
 
 def test_an_exec_whose_answer_was_lost_is_found_and_answered_202(proxied, redis_conn):
@@ -53,7 +51,7 @@ def test_an_exec_whose_answer_was_lost_is_found_and_answered_202(proxied, redis_
     assert answer.status_code == 202, answer.get_json()
     mid = answer.get_json()["id"]
     assert redis_conn.exists(schema.message_key(mid))
-    assert Queue(QUEUE_NAMES["normal"], connection=redis_conn).count == 2
+    assert waiting(redis_conn) == 2
 
 
 def test_a_redis_that_does_not_answer_in_time_gets_503_fast_and_recovers(redis_server, redis_conn):

@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 
 from gateway.cli import cli
-from tests.conftest import AUTH, drain, sim_admin, sim_submissions
+from tests.conftest import AUTH, carrier, drain, sim_admin, sim_submissions
 
 
 def run(settings_env, *args: str):
@@ -20,10 +20,12 @@ def test_failed_list_requeue_status_and_accounts(api, runtime, simulator, settin
     sim_admin(simulator, "script", endpoint="post_send_md5", codes=[5])
     mid = api.post("/v1/messages", json={"to": ["13800138000"], "text": "x"}, headers=AUTH).get_json()["id"]
     drain(runtime)
+    ref = carrier(runtime.conn, mid).decode()  # the batch that carried the one-recipient message
     [row] = json.loads(run(settings_env, "failed", "list"))
-    assert (row["message"], row["chunk"], row["state"]) == (mid, "0", "failed")
-    assert "requeued" in run(settings_env, "failed", "requeue", f"{mid}:0")
-    assert "left alone" in run(settings_env, "failed", "requeue", f"{mid}:0")  # not failed any more
+    assert (f"{row['message']}:{row['chunk']}", row["state"]) == (ref, "failed")
+    assert json.loads(run(settings_env, "status", mid))["status"] == "failed"
+    assert "requeued" in run(settings_env, "failed", "requeue", ref)
+    assert "left alone" in run(settings_env, "failed", "requeue", ref)  # not failed any more
     drain(runtime)
     assert json.loads(run(settings_env, "status", mid))["status"] == "submitted"
     assert len(sim_submissions(simulator)) == 1

@@ -7,7 +7,7 @@ import base64
 import pytest
 from rq.job import Job
 
-from tests.conftest import AUTH, drain, sim_admin, sim_submissions
+from tests.conftest import AUTH, carrier, drain, sim_admin, sim_submissions
 from workers import accounts
 from workers.schema import Chunk
 from workers.settings import settings_from_env
@@ -55,7 +55,8 @@ def test_requeued_submitted_chunk_sends_nothing(op_app, runtime, simulator):
     api = op_app.test_client()
     mid = api.post("/v1/messages", json={"to": ["13800138000"], "text": "once"}, headers=AUTH).get_json()["id"]
     drain(runtime)
-    job_id = Chunk.load(runtime.conn, mid, 0).job
+    batch, n = carrier(runtime.conn, mid).decode().rsplit(":", 1)
+    job_id = Chunk.load(runtime.conn, batch, int(n)).job
     # fail the finished job's record as RQ would, then requeue it through rq-dashboard
     job = Job.fetch(job_id, connection=runtime.conn)
     from rq.registry import FailedJobRegistry
@@ -90,9 +91,10 @@ def test_requeue_failed_chunk_from_the_page(op_app, runtime, simulator):
     sim_admin(simulator, "script", endpoint="post_send_md5", codes=[5])
     mid = api.post("/v1/messages", json={"to": ["13800138000"], "text": "x"}, headers=AUTH).get_json()["id"]
     drain(runtime)
+    batch, n = carrier(runtime.conn, mid).decode().rsplit(":", 1)  # the submission that carried it
     page = api.get("/dashboard/", headers=OP).get_data(as_text=True)
-    assert mid in page and "Requeue" in page
-    r = api.post(f"/dashboard/chunks/{mid}/0/requeue", headers={**OP, "Origin": "http://localhost"})
+    assert batch in page and "Requeue" in page
+    r = api.post(f"/dashboard/chunks/{batch}/{n}/requeue", headers={**OP, "Origin": "http://localhost"})
     assert r.status_code == 303
     drain(runtime)
     view = api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()

@@ -7,7 +7,7 @@ from collections import Counter
 
 from rq import SimpleWorker
 
-from tests.conftest import AUTH, drain, sim_admin, sim_submissions
+from tests.conftest import AUTH, carrier, drain, sim_admin, sim_submissions
 from workers import schema
 from workers.schema import Chunk
 
@@ -150,7 +150,8 @@ def test_requeued_job_of_a_submitted_chunk_sends_nothing(api, runtime, simulator
 
     mid = send(api, {"to": ["13800138000"], "text": "once"})
     drain(runtime)
-    chunk = Chunk.load(runtime.conn, mid, 0)
+    batch, n = carrier(runtime.conn, mid).decode().rsplit(":", 1)
+    chunk = Chunk.load(runtime.conn, batch, int(n))
     assert chunk is not None
     job = Job.fetch(chunk.job, connection=runtime.conn)
     runtime.queue("normal").enqueue_job(job)  # what an operator's requeue does

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import AUTH, drain, sim_admin, sim_submissions
+from tests.conftest import AUTH, carrier, drain, sim_admin, sim_submissions
 from workers import accounts, lifecycle, maintenance, schema
 from workers import provider as p
 from workers.policy import POLICY, Action, backoff, classify
@@ -83,7 +83,7 @@ def test_hold_codes_hold_the_account_and_burn_nothing(api, runtime, simulator, c
 
 def test_balance_hold_resumes_by_itself_when_topped_up(api, runtime, simulator):
     sim_admin(simulator, "config", balance=0)
-    mids = [send(api, {"to": [f"1380000000{i}"], "text": "x"}) for i in range(3)]
+    mids = [send(api, {"to": [f"1380000000{i}"], "text": f"x{i}"}) for i in range(3)]  # 3 texts: 3 submissions
     drain(runtime)
     assert accounts.state(runtime.conn, "default").code == "2"
     assert maintenance.run_once(runtime)["resumed"] == 0  # still no money
@@ -141,7 +141,7 @@ def test_ambiguous_normal_without_report_resubmits_under_a_new_linkid(api, short
     assert "awaiting_report" in events and "no_report_resubmit_new_linkid" in events
     [sub] = sim_submissions(simulator)
     assert sub["linkid"] == chunk["linkid"]
-    assert runtime.conn.get(schema.linkid_key(chunk["linkid"])) == f"{mid}:0".encode()
+    assert runtime.conn.get(schema.linkid_key(chunk["linkid"])) == carrier(runtime.conn, mid)
 
 
 def test_rate_limit_is_shared_through_redis(runtime):
@@ -194,7 +194,7 @@ def test_accepted_then_failed_high_resubmits_under_a_new_linkid_and_counts_it(ap
     assert chunk["state"] == "submitted" and chunk["linkid"] == sent[1] and chunk["possible_duplicates"] == 1
     assert "ambiguous_resubmit_new_linkid" in [h["event"] for h in chunk["history"]]
     for linkid in sent:  # a report on either linkid reaches the message
-        assert runtime.conn.get(schema.linkid_key(linkid)) == f"{mid}:0".encode()
+        assert runtime.conn.get(schema.linkid_key(linkid)) == carrier(runtime.conn, mid)
     assert runtime.conn.hget(schema.COUNTS, "possible_duplicates") == b"1"
 
 

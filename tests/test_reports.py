@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import pytest
 
 from devkit.simulator import _share
-from tests.conftest import AUTH, Receiver, drain, sim_admin
+from tests.conftest import AUTH, Receiver, carrier, drain, sim_admin
 from workers import pullers, reports, schema
 
 PUSH = "/callbacks/provider/push-secret-123"
@@ -108,7 +108,8 @@ def test_a_later_delivrd_is_not_undone_by_an_older_report(runtime, api, simulato
     newer = {**base, "status": "DELIVRD", "time": "2030-01-01 10:05:00"}
     older = {**base, "status": "UNDELIV", "time": "2030-01-01 10:00:00"}
     for order in ([older, newer], [newer, older], [newer, older, newer, older]):
-        runtime.conn.delete(reports.recipients_key(mid, 0))
+        batch, n = carrier(runtime.conn, mid).decode().rsplit(":", 1)
+        runtime.conn.delete(reports.recipients_key(batch, int(n)))
         runtime.conn.hdel(schema.message_key(mid), "r_D", "r_U")
         for item in order:
             reports.apply_item(runtime, item)

@@ -38,9 +38,12 @@ def test_resume_with_explicit_settings_and_no_environment(no_smsgw_env, redis_se
     conn = redis.Redis.from_url(redis_server.url)
     queues = [Queue(q, connection=conn) for q in WORKER_QUEUES]
     # A worker process has its own runtime (its entry point installs it); the API process has none.
+    from workers import coalesce
     from workers.runtime import Runtime
 
-    install(Runtime.from_settings(settings))
+    worker_runtime = Runtime.from_settings(settings)
+    install(worker_runtime)
+    coalesce.flush_due(worker_runtime, now=float("inf"))  # what a worker's coalescer does
     SimpleWorker(queues, connection=conn).work(burst=True, logging_level="WARNING")
     install(None)
     chunk = api.get(f"/v1/messages/{mid}", headers=auth).get_json()["chunks"][0]

@@ -76,7 +76,7 @@ def test_worker_killed_mid_call_loses_nothing_and_repeats_no_linkid(api, workers
 
 
 def test_job_lost_between_blpop_and_registration_is_swept(api, runtime, simulator, workers):
-    mid = send(api, {"to": ["13800138000"], "text": "hi"})
+    mid = send(api, {"to": ["13800138000", "13900139000"], "text": "hi"})  # two: a plan job of its own
     queue_key = f"rq:queue:{QUEUE_NAMES['normal']}"
     assert runtime.conn.lpop(queue_key) is not None  # what a worker killed right after BLPOP leaves
     time.sleep(runtime.settings.job_grace_seconds + 0.1)
@@ -91,9 +91,9 @@ def test_high_priority_jumps_200_bulk_chunks(api, runtime, simulator, workers):
     runtime.conn.hset(schema.account_key("default"), "chunk_size", 1)
     bulk = send(api, {"to": [f"135{i:08d}" for i in range(200)], "text": "bulk", "priority": "bulk"})
     # plan the bulk message first, so its 200 chunk jobs are queued before the high one arrives
-    from workers.jobs import plan
+    from workers.lifecycle import plan
 
-    plan(runtime, bulk)
+    plan(runtime.conn, runtime.settings, bulk)
     runtime.conn.lrem(f"rq:queue:{QUEUE_NAMES['bulk']}", 1, f"p-{bulk}-1")
     high = send(api, {"to": ["13800138000"], "text": "code", "priority": "high"})
     workers.start("w1")

@@ -25,7 +25,7 @@ from rq import get_current_job
 from workers import accounts, lifecycle, metrics, schema
 from workers import provider as p
 from workers.alerts import alert
-from workers.chunks import chunked, new_linkid
+from workers.chunks import new_linkid
 from workers.lifecycle import SENDABLE, SUBMITTING
 from workers.policy import HOLD_REASONS, Action, backoff, classify
 from workers.runtime import Runtime, current, replicated
@@ -38,7 +38,8 @@ log = logging.getLogger("smsgw.jobs")
 
 
 def plan_message(mid: str) -> str:
-    return plan(current(), mid)
+    rt = current()
+    return lifecycle.plan(rt.conn, rt.settings, mid)
 
 
 def send_chunk(mid: str, n: int) -> str:
@@ -52,53 +53,6 @@ def send_chunk(mid: str, n: int) -> str:
 def check_unconfirmed(mid: str, n: int) -> str:
     rt = current()
     return lifecycle.settle_unconfirmed(rt.conn, rt.settings, mid, n)
-
-
-# -- planning ----------------------------------------------------------------------------------
-
-
-def plan(rt: Runtime, mid: str) -> str:
-    """Cut the message into chunks, give each its linkid, and fan out one job per chunk.
-
-    One transaction: if this run dies before it commits, nothing half exists and the sweeper
-    runs it again; if it committed, a second run finds the message ``sending`` and returns.
-    """
-    conn, settings = rt.conn, rt.settings
-    key = schema.message_key(mid)
-    with conn.pipeline() as pipe:
-        pipe.watch(key)
-        raw = pipe.hgetall(key)
-        msg = Message.from_hash(raw, id=mid)
-        if msg.state not in lifecycle.UNPLANNED:
-            pipe.reset()
-            return msg.state or "missing"
-        size = accounts.chunk_size(conn, settings, msg.account)
-        parts = list(enumerate(chunked(msg.items.split(";"), size)))
-        ttl = schema.ttl_of(pipe, key, settings.retention_seconds)
-        pipe.multi()
-        lifecycle.create_chunks(
-            pipe,
-            conn,
-            settings,
-            mid,
-            parts,
-            account=msg.account,
-            priority=msg.priority,
-            ttl=ttl,
-            redact=bool(msg.redact),
-            api_key=msg.api_key,
-        )
-        pipe.hset(
-            key, mapping=Message.short(state="sending", chunks=len(parts), chunk_seq=len(parts), planned=time.time())
-        )
-        pipe.hdel(key, Message.field_of("items"))
-        pipe.zrem(schema.WATCH, schema.message_ref(mid))
-        try:
-            pipe.execute()
-        except redis.WatchError:
-            return "raced"
-    log.info("planned %s in %d chunks", mid, len(parts), extra={"message_id": mid, "account": msg.account})
-    return "planned"
 
 
 # -- sending -----------------------------------------------------------------------------------
@@ -153,6 +107,8 @@ def send(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = None) -> s
     )
     if moved is None:
         return "raced"
+    # As read under WATCH: a coalesced member cancelled since our first read is not in it.
+    chunk = moved
     chunk.state, chunk.attempts = SUBMITTING, attempt
     if not replicated(conn, settings, strict=False):
         # 'submitting' might not survive a failover; a call made now could then be made again
@@ -320,6 +276,7 @@ def split(rt: Runtime, chunk: Chunk, error_fields: dict[str, Any]) -> str:
     conn, settings = rt.conn, rt.settings
     mid, n = chunk.mid, chunk.n
     items = chunk.items.split(";")
+    mids = chunk.mids.split(";") if chunk.mids else []
     if len(items) < 2:
         return lifecycle.fail(
             conn, settings, chunk, "provider answered 3 (too many) to a single recipient", error_fields
@@ -345,6 +302,7 @@ def split(rt: Runtime, chunk: Chunk, error_fields: dict[str, Any]) -> str:
             split_from=n,
             redact=bool(chunk.redact),
             api_key=chunk.api_key,
+            members=[mids[:half], mids[half:]] if mids else [],
         )
         lifecycle.append_history(pipe, mid, n, "split", into=[m for m, _ in parts], size=half)
 

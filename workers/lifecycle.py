@@ -34,7 +34,7 @@ from rq import Queue
 
 from workers import accounts, schema
 from workers.alerts import alert
-from workers.chunks import new_linkid
+from workers.chunks import chunked, new_linkid
 from workers.queues import QUEUE_NAMES
 from workers.schema import Chunk, Message
 from workers.settings import Settings
@@ -150,6 +150,53 @@ def enqueue_plan(
 # -- making chunks ----------------------------------------------------------------------------
 
 
+def plan(conn: redis.Redis, settings: Settings, mid: str) -> str:
+    """Cut the message into chunks, give each its linkid, and fan out one send job per chunk.
+
+    One transaction: if this run dies before it commits, nothing half exists and the sweeper
+    runs it again; if it committed, a second run finds the message ``sending`` and returns.
+    The plan job runs it for a message; ``workers.coalesce`` runs it inline for a batch.
+    """
+    key = schema.message_key(mid)
+    with conn.pipeline() as pipe:
+        pipe.watch(key)
+        raw = pipe.hgetall(key)
+        msg = Message.from_hash(raw, id=mid)
+        if msg.state not in UNPLANNED:
+            pipe.reset()
+            return msg.state or "missing"
+        size = accounts.chunk_size(conn, settings, msg.account)
+        items = msg.items.split(";")
+        parts = list(enumerate(chunked(items, size)))
+        members = list(chunked(msg.mids.split(";"), size)) if msg.mids else []
+        ttl = schema.ttl_of(pipe, key, settings.retention_seconds)
+        pipe.multi()
+        create_chunks(
+            pipe,
+            conn,
+            settings,
+            mid,
+            parts,
+            account=msg.account,
+            priority=msg.priority,
+            ttl=ttl,
+            redact=bool(msg.redact),
+            api_key=msg.api_key,
+            members=members,
+        )
+        pipe.hset(
+            key, mapping=Message.short(state="sending", chunks=len(parts), chunk_seq=len(parts), planned=time.time())
+        )
+        pipe.hdel(key, Message.field_of("items"), Message.field_of("mids"))
+        pipe.zrem(schema.WATCH, schema.message_ref(mid))
+        try:
+            pipe.execute()
+        except redis.WatchError:
+            return "raced"
+    log.info("planned %s in %d chunks", mid, len(parts), extra={"message_id": mid, "account": msg.account})
+    return "planned"
+
+
 def create_chunks(
     pipe: Pipeline,
     conn: redis.Redis,
@@ -163,13 +210,15 @@ def create_chunks(
     split_from: int = -1,
     redact: bool = False,
     api_key: str = "",
+    members: Sequence[Sequence[str]] = (),
 ) -> list[int]:
     """Add to ``pipe`` each chunk ``(n, items)``: its hash with a fresh linkid, the linkid's
     mapping back to it, its sweeper entry, its history and its first send job. The plan job and
-    a split both make chunks this way."""
+    a split both make chunks this way. A batch's chunks also carry ``members``: the message
+    each item belongs to, part by part."""
     now = time.time()
     datas = []
-    for n, items in parts:
+    for i, (n, items) in enumerate(parts):
         linkid = new_linkid()
         jid = job_id(SEND, mid, n, 1)
         chunk = Chunk(
@@ -187,6 +236,7 @@ def create_chunks(
             split_from=split_from,
             redact=int(redact),
             api_key=api_key,
+            mids=";".join(members[i]) if members else "",
         )
         key = schema.chunk_key(mid, n)
         pipe.hset(key, mapping=chunk.to_hash())
@@ -236,15 +286,18 @@ def transition(
                     return None
                 if linkid is not None and before.linkid != linkid:
                     return None
+                keys = _member_keys(conn, before) if new_state == FAILED else {}
                 pipe.multi()
                 pipe.hset(key, mapping=fields)
                 if new_state in FINAL:
-                    _count_final(pipe, mid, before, new_state)
+                    _count_final(pipe, mid, before, new_state, keys)
                 if also is not None:
                     also(pipe, before)
                 pipe.execute()
                 if new_state in FINAL and before.redact:
                     redact_if_done(conn, mid)
+                    if new_state != SPLIT:
+                        _redact_members(conn, before)
                 return before
             except redis.WatchError:
                 continue
@@ -273,22 +326,66 @@ def redact_if_done(conn: redis.Redis, mid: str) -> bool:
     return True
 
 
-def _count_final(pipe: Pipeline, mid: str, chunk: Chunk, state: str) -> None:
-    """A chunk reached a final state: the message's counters follow, in the same transaction."""
+def _count_final(pipe: Pipeline, mid: str, chunk: Chunk, state: str, member_keys: dict[str, int]) -> None:
+    """A chunk reached a final state: the message's counters follow, in the same transaction.
+    A batch's chunk counts for each member message it carries (a split carries them on)."""
     key = schema.message_key(mid)
     pipe.hincrby(key, Message.final_field(schema.CHUNKS_IN, state), 1)
     if state != SPLIT:
         pipe.hincrby(key, Message.final_field(schema.RECIPIENTS_IN, state), chunk.recipients)
         pipe.hincrby(schema.COUNTS, f"recipients_{state}", chunk.recipients)
+        for member in chunk.mids.split(";") if chunk.mids else ():
+            _count_member(pipe, member, state)
     if state == FAILED:
         minute = schema.minute_key(time.time())
         pipe.hincrby(minute, "failed", chunk.recipients)
         pipe.expire(minute, 7200)
         day = schema.usage_day(time.time())
-        for key in (schema.usage_key(chunk.api_key, day), schema.account_usage_key(chunk.account, day)):
-            pipe.hincrby(key, "failed", chunk.recipients)
-            pipe.expire(key, 90 * 86400)
+        usage = member_keys or {chunk.api_key: chunk.recipients}
+        for api_key, count in usage.items():
+            pipe.hincrby(schema.usage_key(api_key, day), "failed", count)
+            pipe.expire(schema.usage_key(api_key, day), 90 * 86400)
+        pipe.hincrby(schema.account_usage_key(chunk.account, day), "failed", chunk.recipients)
+        pipe.expire(schema.account_usage_key(chunk.account, day), 90 * 86400)
     pipe.zrem(schema.WATCH, schema.chunk_ref(mid, chunk.n))
+
+
+def _count_member(pipe: Pipeline, member: str, state: str, by: int = 1) -> None:
+    """A member of a batch has one recipient: its one chunk is the batch's chunk that carries it."""
+    key = schema.message_key(member)
+    pipe.hincrby(key, Message.final_field(schema.CHUNKS_IN, state), by)
+    pipe.hincrby(key, Message.final_field(schema.RECIPIENTS_IN, state), by)
+
+
+def _member_keys(conn: redis.Redis, chunk: Chunk) -> dict[str, int]:
+    """A batch's chunk: how many of its recipients each API key sent (for the day's usage)."""
+    if not chunk.mids:
+        return {}
+    with conn.pipeline(transaction=False) as pipe:
+        for member in chunk.mids.split(";"):
+            pipe.hget(schema.message_key(member), Message.field_of("api_key"))
+        keys = [(k or b"").decode() for k in pipe.execute()]
+    return {k: keys.count(k) for k in set(keys) if k}
+
+
+def _redact_members(conn: redis.Redis, chunk: Chunk) -> None:
+    """A batch's chunk is final: its members' texts go as their own message's would."""
+    members = chunk.mids.split(";") if chunk.mids else []
+    with conn.pipeline(transaction=False) as pipe:
+        for member in members:
+            pipe.hmget(schema.message_key(member), *(Message.field_of(f) for f in ("text", "redact", "items")))
+        found = pipe.execute()
+    with conn.pipeline(transaction=False) as pipe:
+        for member, (text, redact, items) in zip(members, found, strict=True):
+            if text and redact == b"1":
+                digest = hashlib.sha256(text).hexdigest()
+                mobile = (items or b"").split(b",", 1)[0].decode()  # 点点通 values go with the text
+                pipe.hdel(schema.message_key(member), Message.field_of("text"))
+                pipe.hset(
+                    schema.message_key(member),
+                    mapping=Message.short(text_length=len(text.decode()), text_sha256=digest, items=mobile),
+                )
+        pipe.execute()
 
 
 def enqueue_next(
@@ -418,6 +515,8 @@ def requeue_failed(conn: redis.Redis, settings: Settings, mid: str, n: int, *, b
         pipe.hincrby(key, Message.final_field(schema.CHUNKS_IN, FAILED), -1)
         pipe.hincrby(key, Message.final_field(schema.RECIPIENTS_IN, FAILED), -chunk.recipients)
         pipe.hincrby(schema.COUNTS, f"recipients_{FAILED}", -chunk.recipients)
+        for member in chunk.mids.split(";") if chunk.mids else ():
+            _count_member(pipe, member, FAILED, -1)
 
     return enqueue_next(
         conn,
@@ -453,6 +552,9 @@ def cancel_message(conn: redis.Redis, mid: str) -> dict[str, int] | None:
                 break
             except redis.WatchError:
                 continue
+    via = (conn.hget(key, Message.field_of("via")) or b"").decode()
+    if via:
+        return {"chunks": 1, "recipients": 1} if _cancel_member(conn, mid, via) else None
     cancelled = {"chunks": 0, "recipients": 0}
     planned = int(conn.hget(key, Message.field_of("chunk_seq")) or 0)
     for n in range(planned):
@@ -467,6 +569,51 @@ def cancel_message(conn: redis.Redis, mid: str) -> dict[str, int] | None:
             cancelled["chunks"] += 1
             cancelled["recipients"] += before.recipients
     return cancelled if cancelled["chunks"] else None
+
+
+def _cancel_member(conn: redis.Redis, mid: str, via: str) -> bool:
+    """Take a coalesced message out of its batch's chunk while the chunk is not yet sent; a
+    send that starts later reads the chunk without it (``transition`` re-reads under WATCH)."""
+    for chunk in member_chunks(conn, mid, via):
+        key = schema.chunk_key(via, chunk.n)
+        with conn.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                now = Chunk.from_hash(pipe.hgetall(key), mid=via)
+                members = now.members
+                if now.state not in CANCELLABLE or mid not in members.values():
+                    pipe.reset()
+                    continue
+                if len(members) == 1:
+                    pipe.reset()
+                    return transition(conn, via, chunk.n, CANCELLABLE, CANCELLED) is not None
+                pairs = zip(now.items.split(";"), now.mids.split(";"), strict=True)
+                kept = [(item, m) for item, m in pairs if m != mid]
+                pipe.multi()
+                pipe.hset(
+                    key,
+                    mapping=Chunk.short(
+                        items=";".join(i for i, _ in kept), mids=";".join(m for _, m in kept), recipients=len(kept)
+                    ),
+                )
+                _count_member(pipe, mid, CANCELLED)
+                pipe.hincrby(schema.COUNTS, f"recipients_{CANCELLED}", 1)
+                append_history(pipe, via, chunk.n, "member_cancelled", message=mid)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return _cancel_member(conn, mid, via)
+    return False
+
+
+def member_chunks(conn: redis.Redis, mid: str, via: str) -> list[Chunk]:
+    """The chunks of batch ``via`` that carry (or carried, before a split) message ``mid``."""
+    seq = int(conn.hget(schema.message_key(via), Message.field_of("chunk_seq")) or 0)
+    with conn.pipeline(transaction=False) as pipe:
+        for n in range(seq):
+            pipe.hgetall(schema.chunk_key(via, n))
+        found = [Chunk.from_hash(raw, mid=via) for raw in pipe.execute() if raw]
+    return [c for c in found if c.state != SPLIT and mid in c.mids.split(";")]
 
 
 def cancel_unplanned(conn: redis.Redis, mid: str) -> bool:

@@ -29,6 +29,7 @@ from workers import provider as p
 from workers.notifications import queue_event
 from workers.runtime import Runtime
 from workers.schema import COUNTS, DEAD, INBOX, ORPHANS, REPLIES, Chunk, Message, Reply, recipients_key
+from workers.settings import Settings
 
 log = logging.getLogger("smsgw.reports")
 
@@ -185,12 +186,10 @@ def epoch(provider_time: str) -> float:
 
 
 @dataclass(frozen=True)
-class _Sent:
-    """What a report needs to know of the chunk its linkid names; looked up once per batch."""
+class _Owner:
+    """The message a reported recipient belongs to: where its counters, usage and events go."""
 
     mid: str
-    n: int
-    submitted: float
     ttl: int
     callback: bool
     api_key: str
@@ -203,28 +202,71 @@ class _Sent:
         return keys + ([schema.account_usage_key(self.account, day)] if self.account else [])
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """What a report needs to know of the chunk its linkid names; looked up once per batch.
+    A message's chunk has one owner; a batch's chunk one per mobile (``workers.coalesce``)."""
+
+    mid: str
+    n: int
+    submitted: float
+    owner: _Owner | None
+    members: dict[str, _Owner]
+
+    def owner_of(self, mobile: str) -> _Owner | None:
+        return self.owner if self.owner is not None else self.members.get(mobile)
+
+
+def _owners(conn: redis.Redis, settings: Settings, mids: list[str]) -> list[_Owner]:
+    """One round trip for the owners of up to a chunk of messages."""
+    with conn.pipeline(transaction=False) as pipe:
+        for mid in mids:
+            pipe.ttl(schema.message_key(mid))
+            pipe.hmget(schema.message_key(mid), *(Message.field_of(f) for f in ("callback_url", "api_key", "account")))
+        raw = pipe.execute()
+    out = []
+    for i, mid in enumerate(mids):
+        ttl, (callback, api_key, account) = raw[2 * i], raw[2 * i + 1]
+        ttl = int(ttl) if ttl and int(ttl) > 0 else settings.retention_seconds
+        out.append(
+            _Owner(mid, ttl, bool(callback), api_key.decode() if api_key else "", account.decode() if account else "")
+        )
+    return out
+
+
+def chunk_of(conn: redis.Redis, linkid: str) -> tuple[str, int] | None:
+    """The chunk a linkid names (any linkid it ever carried)."""
+    ref = conn.get(schema.linkid_key(linkid)) if linkid else None
+    if ref is None:
+        return None
+    mid, _, n = ref.decode().rpartition(":")
+    return mid, int(n)
+
+
 def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | None:
     if linkid in cache:
         return cache[linkid]
     conn = rt.conn
-    ref = conn.get(schema.linkid_key(linkid)) if linkid else None
-    if ref is None:
+    found = chunk_of(conn, linkid)
+    if found is None:
         cache[linkid] = None
         return None
-    mid, _, n_s = ref.decode().rpartition(":")
-    n = int(n_s)
+    mid, n = found
     with conn.pipeline(transaction=False) as pipe:
         pipe.set(schema.report_seen_key(linkid), 1, ex=rt.settings.retention_seconds)
-        pipe.hmget(schema.chunk_key(mid, n), Chunk.field_of("state"), Chunk.field_of("submitted_at"))
-        pipe.ttl(schema.message_key(mid))
-        pipe.hmget(schema.message_key(mid), *(Message.field_of(f) for f in ("callback_url", "api_key", "account")))
-        _, (state, submitted), ttl, (callback, api_key, account) = pipe.execute()
+        pipe.hmget(schema.chunk_key(mid, n), *(Chunk.field_of(f) for f in ("state", "submitted_at", "items", "mids")))
+        _, (state, submitted, items, mids) = pipe.execute()
     if state == lifecycle.UNCONFIRMED.encode():
         # A report proves the ambiguous submission was accepted.
         lifecycle.settle_unconfirmed(conn, rt.settings, mid, n)
-    ttl = int(ttl) if ttl and int(ttl) > 0 else rt.settings.retention_seconds
-    owners = (api_key.decode() if api_key else "", account.decode() if account else "")
-    cache[linkid] = _Sent(mid, n, float(submitted or 0), ttl, bool(callback), *owners)
+    chunk = Chunk(items=(items or b"").decode(), mids=(mids or b"").decode())
+    members = chunk.members
+    if members:
+        owners = _owners(conn, rt.settings, list(members.values()))
+        by_mid = {o.mid: o for o in owners}
+        cache[linkid] = _Sent(mid, n, float(submitted or 0), None, {m: by_mid[i] for m, i in members.items()})
+    else:
+        cache[linkid] = _Sent(mid, n, float(submitted or 0), _owners(conn, rt.settings, [mid])[0], {})
     return cache[linkid]
 
 
@@ -239,7 +281,8 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
     conn = rt.conn
     linkid, mobile, status = item.get("linkid", ""), item.get("mobile", ""), item.get("status", "")
     sent = _sent(rt, linkid, cache)
-    if sent is None:
+    owner = sent.owner_of(mobile) if sent is not None else None
+    if sent is None or owner is None:
         with conn.pipeline(transaction=False) as pipe:
             pipe.lpush(ORPHANS, json.dumps(item, ensure_ascii=False))
             pipe.ltrim(ORPHANS, 0, ORPHANS_MAX - 1)
@@ -249,27 +292,27 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
         return 0
     state = "D" if status == "DELIVRD" else "U"
     ts = epoch(item.get("time", "")) or time.time()
-    usage = [schema.minute_key(time.time()), *sent.usage_keys(time.time())]
+    usage = [schema.minute_key(time.time()), *owner.usage_keys(time.time())]
     changed = conn.eval(
         MERGE,
         3 + len(usage),
         recipients_key(sent.mid, sent.n),
-        schema.message_key(sent.mid),
+        schema.message_key(owner.mid),
         COUNTS,
         *usage,
         mobile,
         state,
         status,
         f"{ts:.0f}",
-        sent.ttl,
+        owner.ttl,
         f"{sent.submitted:.0f}",
         f"reports_{STATE_NAMES[state]}",
         1,
     )
-    if changed and sent.callback:
+    if changed and owner.callback:
         queue_event(
             rt,
-            sent.mid,
+            owner.mid,
             {
                 "type": "recipient.final",
                 "mobile": mobile,
@@ -285,8 +328,12 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
 def _apply_reply(rt: Runtime, item: dict[str, str]) -> int:
     conn, settings = rt.conn, rt.settings
     linkid = item.get("linkid", "")
-    ref = conn.get(schema.linkid_key(linkid)) if linkid else None
-    mid = ref.decode().rpartition(":")[0] if ref else ""
+    found = chunk_of(conn, linkid)
+    mid = found[0] if found else ""
+    if found:  # a batch's chunk: the mobile names the member message it answers
+        items, mids = conn.hmget(schema.chunk_key(*found), Chunk.field_of("items"), Chunk.field_of("mids"))
+        members = Chunk(items=(items or b"").decode(), mids=(mids or b"").decode()).members
+        mid = members.get(item.get("mobile", ""), "") if members else mid
     account, api_key = item.get("account", ""), ""
     if mid:
         sent_by = conn.hmget(schema.message_key(mid), Message.field_of("account"), Message.field_of("api_key"))
@@ -345,12 +392,13 @@ def mark_unknown(rt: Runtime, now: float, window: float) -> int:
             _, mid, n = schema.parse_ref(raw.decode())
             chunk = Chunk.load(conn, mid, n)
             ttl = schema.ttl_of(conn, schema.message_key(mid), rt.settings.retention_seconds)
+            members = chunk.members if chunk else {}
             for mobile in chunk.mobiles if chunk else []:
                 marked += conn.eval(
                     MERGE,
                     3,
                     recipients_key(mid, n),
-                    schema.message_key(mid),
+                    schema.message_key(members.get(mobile, mid)),
                     COUNTS,
                     mobile,
                     "X",

@@ -43,6 +43,8 @@ functions below and against a live Redis after a full run)::
     sg:cbq:<mid>               callback_queue_key list events waiting for the caller's callback URL
     sg:cbh:<mid>               callback_log_key  list  the caller callback attempts, one JSON line each
     sg:cbjob:<mid>             callback_job_key  str   marker: a callback delivery job is scheduled
+    sg:pool:<acct>:<pr>:<what> pool_key          zset  sends waiting to share a submission ("<mid>|<item>")
+    sg:pools                   POOLS             zset  pool keys by when their oldest send must leave
 
 Records map readable attribute names to the short hash fields in one place (each class's
 ``FIELDS``); code reads and writes attributes, never the two-letter names. Counters that the
@@ -167,6 +169,12 @@ def callback_job_key(mid: str) -> str:
     return f"sg:cbjob:{mid}"
 
 
+def pool_key(account: str, priority: str, what: str) -> str:
+    """``what``: the mode (``t`` one text, ``p`` one template, ``v`` plain texts as ``{value0}``)
+    and a digest of the text; see ``workers.coalesce``."""
+    return f"sg:pool:{account}:{priority}:{what}"
+
+
 def key_messages_key(api_key: str) -> str:
     return f"sg:mk:{api_key}"
 
@@ -194,6 +202,7 @@ METRICS = "sg:metrics"
 INBOX = "sg:inbox"
 DEAD = "sg:dead"
 ORPHANS = "sg:orphans"
+POOLS = "sg:pools"
 REPLIES = "sg:replies"
 
 
@@ -215,6 +224,12 @@ def parse_ref(ref: str) -> tuple[str, str, int]:
         mid, _, n = rest.rpartition(":")
         return kind, mid, int(n)
     return kind, rest, -1
+
+
+def new_batch_id() -> str:
+    """A batch message (``workers.coalesce``): a message id with ``b`` in front, so no API
+    key's id can ever name one."""
+    return "b" + new_message_id()
 
 
 def new_message_id() -> str:
@@ -342,6 +357,8 @@ class Message(Record):
     callback_fails: int = _h("cb_fails", 0)
     callback_state: str = _h("cb_state")
     callbacks_dropped: int = _h("cb_dropped", 0)
+    via: str = _h("via")  # coalesced: the batch message whose submission carries it
+    mids: str = _h("ms")  # a batch: its members' ids, parallel to ``items`` (dropped when planned)
     chunks_final: dict[str, int] = field(default_factory=dict)
     recipients_final: dict[str, int] = field(default_factory=dict)
 
@@ -391,10 +408,17 @@ class Chunk(Record):
     possible_duplicates: int = _h("pdup", 0)  # high: resubmitted after an ambiguous outcome
     redact: int = _h("rd", 0)  # its message's texts are dropped once every chunk is final
     api_key: str = _h("key")  # the key that sent its message (for the day's usage counters)
+    mids: str = _h("ms")  # a batch's chunk: the message each recipient belongs to, parallel to items
 
     @property
     def mobiles(self) -> list[str]:
         return [item.split(",", 1)[0] for item in self.items.split(";") if item]
+
+    @property
+    def members(self) -> dict[str, str]:
+        """A batch's chunk: mobile → the message it belongs to (empty for a message's own chunk:
+        a mobile is at most once in a submission, so the mobile names the member)."""
+        return dict(zip(self.mobiles, self.mids.split(";"), strict=True)) if self.mids else {}
 
     @classmethod
     def load(cls, conn: redis.Redis, mid: str, n: int) -> Chunk | None:

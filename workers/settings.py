@@ -53,6 +53,10 @@ class Secret:
         return hash(self._value)
 
 
+#: The default coalescing windows: ``high`` (verification codes) waits least.
+COALESCE_MS = {"high": 50, "normal": 200, "bulk": 500}
+
+
 @dataclass(frozen=True)
 class AccountSettings:
     """One provider account: its credentials and the limits of its channel."""
@@ -72,6 +76,9 @@ class AccountSettings:
     signature_mode: Literal["require", "append"] = "require"
     optout_hint: str = ""  # e.g. 回T退订: a bulk text without it is refused
     low_balance: float = 0.0  # alert once when the balance falls below (0: off)
+    # Plain one-recipient texts that differ (a code inside) may share one 点点通 submission as the
+    # template ``{value0}``: opt-in, because the provider then bills and filters them as 点点通.
+    coalesce_plain: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,9 @@ class Settings:
     redis_socket_timeout: float = 2.0
     redis_connect_timeout: float = 1.0
     accept_settle_seconds: int = 30
+    #: One-recipient sends wait at most this long (ms, by priority) to share a provider call with
+    #: others of the same account and text; 0 sends each on its own (``workers.coalesce``).
+    coalesce_ms: Mapping[str, int] = field(default_factory=lambda: dict(COALESCE_MS))
 
     @property
     def account(self) -> AccountSettings:
@@ -217,6 +227,8 @@ def _account(env: Mapping[str, str], name: str, prefix: str, base: AccountSettin
         signature_mode=_choice(  # type: ignore[arg-type]
             env, channel + "SIGNATURE_MODE", base.signature_mode if base else "require", ("require", "append")
         ),
+        coalesce_plain=_choice(env, prefix + "COALESCE_PLAIN", "1" if base and base.coalesce_plain else "0", ("0", "1"))
+        == "1",
     )
 
 
@@ -428,4 +440,5 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         redis_socket_timeout=_float(env, "SMSGW_REDIS_SOCKET_TIMEOUT", 2.0),
         redis_connect_timeout=_float(env, "SMSGW_REDIS_CONNECT_TIMEOUT", 1.0),
         accept_settle_seconds=_int(env, "SMSGW_ACCEPT_SETTLE_SECONDS", 30, 0),
+        coalesce_ms={p: _int(env, f"SMSGW_COALESCE_MS_{p.upper()}", ms, 0) for p, ms in COALESCE_MS.items()},
     )

@@ -1,5 +1,6 @@
 """``smsgw worker``: an RQ worker on smsgw's queues in priority order, with RQ's scheduler
-(retries and ``send_at`` are ``enqueue_at``) and smsgw's maintenance thread.
+(retries and ``send_at`` are ``enqueue_at``), smsgw's maintenance thread and its coalescer
+(``workers.coalesce``).
 
 RQ's worker exits when Redis goes away (its teardown cannot even register the death). A Redis
 restart or failover must not take the fleet with it, so the process waits for Redis to answer
@@ -15,7 +16,7 @@ import threading
 import redis
 from rq import Queue, Worker
 
-from workers import maintenance
+from workers import coalesce, maintenance
 from workers.queues import WORKER_QUEUES
 from workers.runtime import Runtime, check_durability, connect, install
 from workers.settings import Settings
@@ -31,6 +32,7 @@ def run_worker(
     check_durability(runtime.conn, settings.redis_durability)
     install(runtime)  # before RQ forks: every work horse inherits it
     thread, stop = maintenance.start(runtime)
+    coalescer, stop_coalescing = coalesce.start(runtime)
     try:
         while True:
             # RQ gets a connection of its own: it lengthens the socket timeout of the one it is
@@ -51,7 +53,9 @@ def run_worker(
                 worker.register_death()
     finally:
         stop.set()
+        stop_coalescing.set()
         thread.join(timeout=5)
+        coalescer.join(timeout=5)
 
 
 def wait_for_redis(conn: redis.Redis, interval: float = 0.5) -> bool:

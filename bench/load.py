@@ -1,0 +1,427 @@
+"""smsgw under real load, against baselines measured in the same run (issue 12 §3).
+
+Starts what it needs: a private Redis, the provider simulator in its own process answering
+every call in 100 ms, the API under gunicorn as in production (``smsgw api``, 2 processes),
+4 ``smsgw worker`` processes; and the baseline: the plain job-per-message Flask + RQ pipeline
+(``bench.plain``) under the same gunicorn settings with 4 ``rq worker`` processes. A small
+asyncio HTTP/1.1 client with keep-alive connections drives them over loopback sockets. Every
+scenario runs ``BENCH_RUNS`` times (default 3; the slow plain pipeline once) and the medians
+are printed as one table and written to ``bench/results/latest.md``.
+
+POST → provider is measured per message: from the moment its POST was written to the moment
+the simulator recorded the submission that carried its mobile (every message has its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import requests
+
+from devkit.redis_server import RedisServer
+from workers import schema
+
+KEY = "bench-key-0123456789abcdef"
+LATENCY = 0.1
+WORKERS = 4
+CONNECTIONS = 32
+OTP = 2000
+CAMPAIGN = 100_000
+RESULTS = Path(__file__).parent / "results" / "latest.md"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+# -- the load generator ------------------------------------------------------------------------
+
+
+@dataclass
+class Posted:
+    mobile: str
+    started: float  # epoch seconds, as the simulator records submissions
+    seconds: float
+    status: int
+
+
+async def _connection(port: int, work: asyncio.Queue[tuple[str, bytes]], out: list[Posted], path: str) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+    try:
+        while not work.empty():
+            mobile, body = work.get_nowait()
+            started, t0 = time.time(), time.perf_counter()
+            writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+            raw = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length:\s*(\d+)", raw)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+            out.append(Posted(mobile, started, time.perf_counter() - t0, int(raw.split(b" ", 2)[1])))
+    finally:
+        writer.close()
+
+
+def drive(port: int, bodies: list[tuple[str, dict[str, object]]], path: str = "/v1/messages") -> list[Posted]:
+    """POST every body over ``CONNECTIONS`` keep-alive connections; returns one row per POST."""
+    work: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    for mobile, body in bodies:
+        work.put_nowait((mobile, json.dumps(body, ensure_ascii=False).encode()))
+    out: list[Posted] = []
+
+    async def all_of_them() -> None:
+        await asyncio.gather(*(_connection(port, work, out, path) for _ in range(CONNECTIONS)))
+
+    asyncio.run(all_of_them())
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+# -- the processes -------------------------------------------------------------------------------
+
+
+class Stack:
+    """Every process of one benchmark run; stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="smsgw-load-")
+        self.redis = RedisServer(self.tmp).start()
+        self.conn = redis.Redis.from_url(self.redis.url)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.sim_port = free_port()
+        self.sim = f"http://127.0.0.1:{self.sim_port}"
+        self.log = open(os.path.join(self.tmp, "processes.log"), "ab")  # noqa: SIM115
+        self.env = {
+            **os.environ,
+            "SMSGW_REDIS_URL": self.redis.url,
+            "SMSGW_PROVIDER_URL": f"{self.sim}/smsmarketing/wwwroot/api/",
+            "SMSGW_PROVIDER_UID": "test",
+            "SMSGW_PROVIDER_PASSWORD": "secret",
+            "SMSGW_API_KEYS": f"bench:{KEY}",
+            "SMSGW_ALLOW_DEV_DEFAULTS": "1",
+            "SMSGW_PULL_INTERVAL_SECONDS": "1",
+            "SMSGW_PULL_GAP_SECONDS": "0.01",
+            "SMSGW_MOBILE_CAPS_HIGH": "",
+            "SMSGW_LOG_LEVEL": "WARNING",
+            "PLAIN_REDIS_URL": self.redis.url,
+            "PLAIN_PROVIDER_URL": f"{self.sim}/smsmarketing/wwwroot/api/",
+        }
+
+    def start(self, args: list[str], **env: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, env={**self.env, **env}, stdout=self.log, stderr=self.log)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
+        chosen = self.procs if procs is None else procs
+        for p in chosen:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in chosen:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = [p for p in self.procs if p not in chosen]
+
+    def simulator(self) -> None:
+        self.start(
+            [
+                sys.executable,
+                "-m",
+                "devkit.simulator",
+                "--port",
+                str(self.sim_port),
+                "--balance",
+                "1000000000",
+                "--max-chars",
+                "500",
+            ]
+        )
+        wait_http(f"{self.sim}/_sim/state")
+        self.sim_admin("fault", endpoint="*", mode="latency", seconds=LATENCY)
+
+    def sim_admin(self, path: str, **body: object) -> None:
+        requests.post(f"{self.sim}/_sim/{path}", json=body, timeout=10).raise_for_status()
+
+    def submissions(self) -> list[dict[str, object]]:
+        return list(requests.get(f"{self.sim}/_sim/submissions", timeout=30).json())
+
+    def reset(self) -> None:
+        self.sim_admin("reset")
+        self.sim_admin("fault", endpoint="*", mode="latency", seconds=LATENCY)
+
+    def smsgw(self, **env: str) -> tuple[int, list[subprocess.Popen[bytes]]]:
+        port = free_port()
+        procs = [self.start([sys.executable, "-m", "gateway.cli", "api", "--bind", f"127.0.0.1:{port}"], **env)]
+        procs += [
+            self.start([sys.executable, "-m", "gateway.cli", "worker", "--name", f"w{i}-{port}"], **env)
+            for i in range(WORKERS)
+        ]
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        return port, procs
+
+    def plain(self) -> tuple[int, list[subprocess.Popen[bytes]]]:
+        port = free_port()
+        conf = str(Path(__file__).parents[1] / "gateway" / "gunicorn_conf.py")
+        gunicorn = [sys.executable, "-m", "gunicorn", "-c", conf, "--bind", f"127.0.0.1:{port}", "bench.plain:app"]
+        procs = [self.start(gunicorn)]
+        procs += [
+            self.start([sys.executable, "-m", "rq.cli", "worker", "--url", self.redis.url, "--quiet", "plain"])
+            for _ in range(WORKERS)
+        ]
+        wait_http(f"http://127.0.0.1:{port}/v1/messages")
+        return port, procs
+
+    def close(self) -> None:
+        self.stop()
+        self.redis.stop()
+        self.log.close()
+
+
+@contextlib.contextmanager
+def stack() -> Iterator[Stack]:
+    s = Stack()
+    try:
+        s.simulator()
+        yield s
+    finally:
+        s.close()
+
+
+# -- scenarios -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    accept_rps: float
+    p50_ms: float
+    p99_ms: float
+    to_provider_rps: float
+    e2e_p50_s: float
+    e2e_p99_s: float
+    calls: int
+
+
+def otp_bodies(shape: str, n: int, offset: int = 0) -> list[tuple[str, dict[str, object]]]:
+    out = []
+    for i in range(n):
+        mobile = f"139{offset + i:08d}"
+        code = f"{(i * 7919) % 1_000_000:06d}"
+        if shape == "template":
+            body: dict[str, object] = {
+                "template": "您的验证码是{code}，5分钟内有效",
+                "recipients": [{"to": mobile, "vars": {"code": code}}],
+            }
+        else:
+            body = {"to": [mobile], "text": f"您的验证码是{code}，5分钟内有效"}
+        out.append((mobile, {**body, "priority": "high"}))
+    return out
+
+
+def burst(s: Stack, port: int, bodies: list[tuple[str, dict[str, object]]], timeout: float = 600) -> Run:
+    """POST every body, then wait until the simulator holds every mobile; one row of figures."""
+    s.reset()
+    posted = drive(port, bodies)
+    bad = [p.status for p in posted if p.status != 202]
+    if bad:
+        raise RuntimeError(f"{len(bad)} POSTs failed: {bad[:5]}")
+    wanted = {p.mobile for p in posted}
+    deadline = time.monotonic() + timeout
+    while True:
+        subs = s.submissions()
+        seen = {m: float(sub["at"]) for sub in subs for m in sub["mobiles"]}  # type: ignore[attr-defined]
+        if wanted <= seen.keys():
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(wanted & seen.keys())} of {len(wanted)} reached the provider")
+        time.sleep(0.2)
+    first = min(p.started for p in posted)
+    last_post = max(p.started + p.seconds for p in posted)
+    e2e = [seen[p.mobile] - p.started for p in posted]
+    return Run(
+        accept_rps=len(posted) / (last_post - first),
+        p50_ms=pct([p.seconds for p in posted], 0.5) * 1000,
+        p99_ms=pct([p.seconds for p in posted], 0.99) * 1000,
+        to_provider_rps=len(posted) / (max(seen[m] for m in wanted) - first),
+        e2e_p50_s=pct(e2e, 0.5),
+        e2e_p99_s=pct(e2e, 0.99),
+        calls=len(subs),
+    )
+
+
+def median_run(runs: list[Run]) -> Run:
+    fields = Run.__dataclass_fields__
+    return Run(**{f: statistics.median(getattr(r, f) for r in runs) for f in fields})  # type: ignore[arg-type]
+
+
+def campaign(s: Stack, port: int) -> float:
+    """One request of ``CAMPAIGN`` recipients, the rate high enough not to bind: seconds from
+    the POST to the last recipient with the provider."""
+    s.reset()
+    to = [f"135{i:08d}" for i in range(CAMPAIGN)]
+    started = time.time()
+    answer = requests.post(
+        f"http://127.0.0.1:{port}/v1/messages",
+        json={"to": to, "text": "会员日全场八折", "priority": "bulk"},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=120,
+    )
+    answer.raise_for_status()
+    while True:
+        subs = s.submissions()
+        if sum(len(sub["mobiles"]) for sub in subs) >= CAMPAIGN:  # type: ignore[arg-type]
+            return max(float(sub["at"]) for sub in subs) - started  # type: ignore[arg-type]
+        time.sleep(0.5)
+
+
+def redis_bytes_per_recipient(s: Stack, recipients: int) -> float:
+    """smsgw's keys at rest (RQ's own job records, kept minutes, are not counted)."""
+    total = sum(s.conn.memory_usage(k, samples=0) or 0 for k in s.conn.scan_iter(match=schema.PREFIX + "*", count=1000))
+    return total / recipients
+
+
+def settle_reports(s: Stack, expected: int, timeout: float = 120) -> None:
+    """Wait until the workers pulled and applied a report for every recipient."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = int(s.conn.hget(schema.COUNTS, "reports") or 0)
+        if done >= expected and not s.conn.llen(schema.INBOX):
+            return
+        time.sleep(0.5)
+    raise RuntimeError("reports did not all arrive")
+
+
+def main() -> None:
+    runs = int(os.environ.get("BENCH_RUNS", "3"))
+    rows: list[tuple[str, str, str, str]] = []
+    with stack() as s:
+        print(f"simulator answers in {LATENCY * 1000:.0f} ms; {WORKERS} workers; {CONNECTIONS} connections")
+        port, procs = s.plain()
+        plain = burst(s, port, otp_bodies("plain", OTP), timeout=900)
+        print(f"plain Flask+RQ: {plain}")
+        s.stop(procs)
+        s.conn.flushdb()
+
+        port, procs = s.smsgw()
+        template = median_run([burst(s, port, otp_bodies("template", OTP, OTP * (r + 1))) for r in range(runs)])
+        print(f"smsgw template: {template}")
+        s.stop(procs)
+        s.conn.flushdb()
+
+        port, procs = s.smsgw(SMSGW_PROVIDER_COALESCE_PLAIN="1")
+        texts = median_run([burst(s, port, otp_bodies("plain", OTP, OTP * (r + 10))) for r in range(runs)])
+        print(f"smsgw plain texts (COALESCE_PLAIN=1): {texts}")
+        s.stop(procs)
+        s.conn.flushdb()
+
+        # Memory: one burst of one-recipient messages, every report in, then a campaign.
+        port, procs = s.smsgw(SMSGW_PROVIDER_COALESCE_PLAIN="1", SMSGW_PROVIDER_RATE="100000")
+        burst(s, port, otp_bodies("plain", OTP, 900_000))
+        settle_reports(s, OTP)
+        single_bytes = redis_bytes_per_recipient(s, OTP)
+        s.conn.flushdb()
+        seconds = statistics.median(campaign(s, port) for _ in range(max(1, runs - 1)))
+        settle_reports(s, CAMPAIGN, timeout=300)
+        campaign_bytes = redis_bytes_per_recipient(s, CAMPAIGN)
+        s.stop(procs)
+
+    ideal = math.ceil(CAMPAIGN / 1000) * LATENCY / WORKERS
+    rows += [
+        (
+            "accept, 1 recipient (template), req/s",
+            f"{template.accept_rps:.0f}",
+            f"{plain.accept_rps:.0f} (bare enqueue)",
+            f"{template.accept_rps / plain.accept_rps:.2f}x (>= 0.8x)",
+        ),
+        (
+            "POST latency p50 / p99, ms",
+            f"{template.p50_ms:.0f} / {template.p99_ms:.0f}",
+            f"{plain.p50_ms:.0f} / {plain.p99_ms:.0f}",
+            "p99 <= 50 ms",
+        ),
+        (
+            "OTP template: POST → provider, msgs/s",
+            f"{template.to_provider_rps:.0f}",
+            f"{plain.to_provider_rps:.1f}",
+            f"{template.to_provider_rps / plain.to_provider_rps:.0f}x plain (>= 15x); "
+            f"{template.to_provider_rps / template.accept_rps:.2f}x own accept (>= 0.9x)",
+        ),
+        (
+            "OTP template: POST → provider p50 / p99, s",
+            f"{template.e2e_p50_s:.2f} / {template.e2e_p99_s:.2f}",
+            f"{plain.e2e_p50_s:.1f} / {plain.e2e_p99_s:.1f}",
+            "p99 <= 1 s",
+        ),
+        ("OTP template: provider calls for 2000 messages", f"{template.calls}", f"{plain.calls}", ""),
+        (
+            "OTP plain texts (opt-in {value0}): POST → provider, msgs/s",
+            f"{texts.to_provider_rps:.0f}",
+            f"{plain.to_provider_rps:.1f}",
+            f"{texts.to_provider_rps / plain.to_provider_rps:.0f}x plain; "
+            f"{texts.to_provider_rps / texts.accept_rps:.2f}x own accept",
+        ),
+        (
+            "OTP plain texts: POST → provider p50 / p99, s",
+            f"{texts.e2e_p50_s:.2f} / {texts.e2e_p99_s:.2f}",
+            "",
+            "p99 <= 1 s",
+        ),
+        (
+            f"{CAMPAIGN:,} recipients in one request, s to the provider",
+            f"{seconds:.2f}",
+            f"ideal {ideal:.2f}",
+            f"{ideal / seconds:.2f} of ideal (>= 0.85)",
+        ),
+        ("Redis bytes per recipient at rest: 2000 one-recipient messages", f"{single_bytes:.0f}", "", "<= 200"),
+        (f"Redis bytes per recipient at rest: one {CAMPAIGN:,} campaign", f"{campaign_bytes:.0f}", "", "<= 200"),
+    ]
+    table = [
+        "| figure (4 workers, simulator at 100 ms) | smsgw | baseline, same run | ratio / target |",
+        "|---|---|---|---|",
+    ]
+    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    text = "\n".join(table)
+    print(text)
+    RESULTS.parent.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    RESULTS.write_text(f"# make bench: load ({stamp}, {os.cpu_count()} CPUs, BENCH_RUNS={runs})\n\n{text}\n")
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

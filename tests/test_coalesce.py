@@ -1,0 +1,279 @@
+"""Coalescing (issue 12): many one-recipient requests, one provider submission.
+
+Everything runs for real: the API's accept, the pools in our Redis, the claim, the plan, the
+send to the simulator over loopback, reports pulled back. ``drain`` flushes pools at once (the
+window is tested on its own); the crash test uses real worker processes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+
+from gateway import create_app
+from tests.conftest import AUTH, carrier, drain, sim_admin, sim_submissions, wait_for
+from tests.test_reports import pull_all
+from workers import accounts, coalesce, maintenance, schema
+from workers.runtime import Runtime
+from workers.settings import settings_from_env
+
+
+def send(api, body, headers=None) -> str:
+    r = api.post("/v1/messages", json=body, headers={**AUTH, **(headers or {})})
+    assert r.status_code == 202, r.get_json()
+    return r.get_json()["id"]
+
+
+def view(api, mid):
+    return api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()
+
+
+def no_linkid_twice(simulator) -> None:
+    assert sim_admin(simulator, "config")["repeated_linkids"] == {}
+
+
+def test_one_text_to_many_phones_is_one_submission_and_each_message_gets_its_own_report(api, runtime, simulator):
+    sim_admin(simulator, "config", undelivered_share=0.3)
+    mobiles = [f"1380000{i:04d}" for i in range(50)]
+    mids = {send(api, {"to": [m], "text": "您的订单已发货"}): m for m in mobiles}
+    drain(runtime)
+    [sub] = sim_submissions(simulator)
+    assert sorted(sub["mobiles"]) == sorted(mobiles) and set(sub["texts"]) == {"您的订单已发货"}
+    pull_all(runtime)
+    states = Counter()
+    for mid, mobile in mids.items():
+        v = view(api, mid)
+        [chunk] = v["chunks"]
+        assert chunk["linkid"] == sub["linkid"] and chunk["recipients"] == 1
+        assert chunk["submission_recipients"] == 50
+        [row] = api.get(f"/v1/messages/{mid}/recipients", headers=AUTH).get_json()["items"]
+        assert row["mobile"] == mobile and row["linkid"] == sub["linkid"]
+        assert v["status"] == row["state"]  # the message's state is its one recipient's report
+        assert v["recipients"]["by_state"] == {row["state"]: 1}
+        states[row["state"]] += 1
+    assert set(states) == {"delivered", "undelivered"} and sum(states.values()) == 50
+    assert runtime.conn.hget(schema.COUNTS, "reports") == b"50"
+    no_linkid_twice(simulator)
+
+
+def test_a_phone_is_at_most_once_in_a_submission(api, runtime, simulator):
+    for mobile in ["13800138000"] * 3 + ["13900139000", "13700137000"]:
+        send(api, {"to": [mobile], "text": "same"})
+    drain(runtime)
+    subs = sim_submissions(simulator)
+    assert all(len(set(s["mobiles"])) == len(s["mobiles"]) for s in subs)
+    assert sum(s["mobiles"].count("13800138000") for s in subs) == 3 and len(subs) == 3
+    assert sum(len(s["mobiles"]) for s in subs) == 5
+    no_linkid_twice(simulator)
+
+
+def test_texts_priorities_and_accounts_do_not_mix(api, runtime, simulator):
+    send(api, {"to": ["13800138000"], "text": "a"})
+    send(api, {"to": ["13800138001"], "text": "a", "priority": "bulk"})
+    send(api, {"to": ["13800138002"], "text": "b"})
+    send(api, {"to": ["13800138003"], "text": "a"})
+    drain(runtime)
+    groups = sorted(sorted(s["mobiles"]) for s in sim_submissions(simulator))
+    assert groups == [["13800138000", "13800138003"], ["13800138001"], ["13800138002"]]
+
+
+def test_a_cancelled_message_leaves_the_submission_before_it_is_sent_never_after(api, runtime, simulator):
+    mids = [send(api, {"to": [f"1380013800{i}"], "text": "sale"}) for i in range(3)]
+    assert coalesce.flush_due(runtime, now=float("inf")) == 1  # one batch, planned, not yet sent
+    answer = api.delete(f"/v1/messages/{mids[1]}", headers=AUTH)
+    assert answer.status_code == 200 and answer.get_json()["status"] == "cancelled"
+    drain(runtime)
+    [sub] = sim_submissions(simulator)
+    assert sorted(sub["mobiles"]) == ["13800138000", "13800138002"]
+    assert [view(api, m)["status"] for m in mids] == ["submitted", "cancelled", "submitted"]
+    assert api.delete(f"/v1/messages/{mids[0]}", headers=AUTH).status_code == 409  # sent: too late
+
+
+def test_a_cancel_before_the_claim_never_reaches_a_batch(api, runtime, simulator):
+    mid = send(api, {"to": ["13800138000"], "text": "x"})
+    assert api.delete(f"/v1/messages/{mid}", headers=AUTH).status_code == 200
+    drain(runtime)
+    assert sim_submissions(simulator) == [] and view(api, mid)["status"] == "cancelled"
+    assert runtime.conn.zcard(schema.POOLS) == 0
+
+
+def test_answer_3_splits_the_submission_and_every_message_follows_its_half(api, runtime, simulator):
+    sim_admin(simulator, "script", endpoint="post_send_md5", codes=[3])
+    mids = {send(api, {"to": [f"1380013800{i}"], "text": "x"}): f"1380013800{i}" for i in range(4)}
+    drain(runtime)
+    subs = sim_submissions(simulator)
+    assert sorted(len(s["mobiles"]) for s in subs) == [2, 2]
+    by_mobile = {m: s["linkid"] for s in subs for m in s["mobiles"]}
+    for mid, mobile in mids.items():
+        [chunk] = view(api, mid)["chunks"]  # the half that carried it, not the split one
+        assert chunk["state"] == "submitted" and chunk["linkid"] == by_mobile[mobile]
+        assert view(api, mid)["status"] == "submitted"
+    assert accounts.chunk_size(runtime.conn, runtime.settings, "default") == 2
+    no_linkid_twice(simulator)
+
+
+def test_a_hold_on_answer_2_parks_the_submission_and_a_top_up_sends_it_once(api, runtime, simulator):
+    sim_admin(simulator, "config", balance=0)
+    mids = [send(api, {"to": [f"1380013800{i}"], "text": "x"}) for i in range(3)]
+    drain(runtime)
+    assert [view(api, m)["chunks"][0]["state"] for m in mids] == ["held"] * 3
+    assert sim_submissions(simulator) == []
+    sim_admin(simulator, "config", balance=100)
+    runtime.conn.hset(schema.account_key("default"), "checked", 0)
+    assert maintenance.run_once(runtime)["resumed"] == 1  # one submission carries all three
+    drain(runtime)
+    [sub] = sim_submissions(simulator)
+    assert len(sub["mobiles"]) == 3 and [view(api, m)["status"] for m in mids] == ["submitted"] * 3
+
+
+def test_an_ambiguous_answer_on_a_normal_submission_waits_for_reports_and_never_resends(api, runtime, simulator):
+    sim_admin(simulator, "fault", endpoint="post_send_md5", accept=True, times=1, mode="http", status=502)
+    mids = [send(api, {"to": [f"1380013800{i}"], "text": "x"}) for i in range(3)]
+    drain(runtime, until=lambda: view(api, mids[0])["chunks"][0]["state"] == "unconfirmed", timeout=30)
+    pull_all(runtime)
+    drain(runtime)
+    [sub] = sim_submissions(simulator)
+    assert [view(api, m)["status"] for m in mids] == ["delivered"] * 3
+    assert {view(api, m)["chunks"][0]["linkid"] for m in mids} == {sub["linkid"]}
+
+
+def test_an_ambiguous_answer_on_a_high_submission_resends_under_a_new_linkid_counted(api, runtime, simulator):
+    sim_admin(simulator, "fault", endpoint="post_send_md5", accept=True, times=1, mode="garbage")
+    mids = [send(api, {"to": [f"1380013800{i}"], "text": "code", "priority": "high"}) for i in range(3)]
+    drain(runtime, timeout=30)
+    subs = sim_submissions(simulator)
+    assert len(subs) == 2 and subs[0]["linkid"] != subs[1]["linkid"]
+    assert sorted(subs[0]["mobiles"]) == sorted(subs[1]["mobiles"])
+    [chunk] = view(api, mids[0])["chunks"]
+    assert chunk["possible_duplicates"] == 1 and chunk["linkid"] == subs[1]["linkid"]
+    assert runtime.conn.hget(schema.COUNTS, "possible_duplicates") == b"1"  # one submission, counted once
+    for linkid in (s["linkid"] for s in subs):  # a report on either linkid reaches the messages
+        assert runtime.conn.get(schema.linkid_key(linkid)) == carrier(runtime.conn, mids[0])
+
+
+def test_one_idempotency_key_is_one_recipient_in_the_submission(api, runtime, simulator):
+    first = send(api, {"to": ["13800138000"], "text": "x"}, {"Idempotency-Key": "k1"})
+    again = send(api, {"to": ["13800138000"], "text": "x"}, {"Idempotency-Key": "k1"})
+    drain(runtime)
+    assert first == again and [s["mobiles"] for s in sim_submissions(simulator)] == [["13800138000"]]
+
+
+def test_replies_reach_the_message_of_the_phone_that_replied(api, runtime, simulator):
+    mids = {send(api, {"to": [m], "text": "rate us"}): m for m in ("13800138000", "13900139000")}
+    drain(runtime)
+    [sub] = sim_submissions(simulator)
+    sim_admin(simulator, "reply", mobile="13900139000", content="5 stars", linkid=sub["linkid"])
+    pull_all(runtime)
+    for mid, mobile in mids.items():
+        texts = [r["text"] for r in view(api, mid)["replies"]]
+        assert texts == (["5 stars"] if mobile == "13900139000" else [])
+
+
+def test_a_template_is_one_ddt_submission_with_each_phones_values(api, runtime, simulator):
+    for i in range(3):
+        body = {
+            "template": "验证码{code}，5分钟内有效",
+            "recipients": [{"to": f"1380013800{i}", "vars": {"code": f"00{i}"}}],
+        }
+        send(api, body)
+    drain(runtime)
+    [sub] = sim_submissions(simulator)
+    assert sub["endpoint"].startswith("post_send_ddt")
+    assert sorted(sub["texts"]) == [f"验证码00{i}，5分钟内有效" for i in range(3)]
+
+
+def test_plain_texts_that_differ_ride_one_ddt_as_value0_when_the_account_opts_in(settings_env, runtime, simulator):
+    api = create_app(settings_from_env({**settings_env, "SMSGW_PROVIDER_COALESCE_PLAIN": "1"})).test_client()
+    texts = {f"1380013800{i}": f"您的验证码是{1000 + i}。请勿告诉他人！" for i in range(3)}
+    mids = {send(api, {"to": [m], "text": t, "priority": "high"}): m for m, t in texts.items()}
+    comma = send(api, {"to": ["13900139000"], "text": "验证码 1234, 请勿外传", "priority": "high"})
+    drain(runtime)
+    [ddt] = [s for s in sim_submissions(simulator) if "ddt" in s["endpoint"]]
+    assert dict(zip(ddt["mobiles"], ddt["texts"], strict=True)) == texts  # exactly the caller's texts
+    [plain] = [s for s in sim_submissions(simulator) if "ddt" not in s["endpoint"]]
+    assert plain["mobiles"] == ["13900139000"] and plain["texts"] == ["验证码 1234, 请勿外传"]
+    for mid in [*mids, comma]:
+        v = view(api, mid)
+        assert v["status"] == "submitted" and v["text"] == "[redacted]"  # high: codes are dropped
+        assert v["text_length"] == len(texts.get(mids.get(mid, ""), "验证码 1234, 请勿外传"))
+    batch, _ = carrier(runtime.conn, next(iter(mids))).decode().rsplit(":", 1)
+    for key in runtime.conn.scan_iter(match=schema.chunk_key(batch, "*")):
+        assert b"1000" not in runtime.conn.hget(key, schema.Chunk.field_of("items"))  # codes gone
+
+
+def test_a_full_pool_leaves_at_once_and_a_partial_one_waits_its_window(settings_env, runtime, simulator):
+    env = {**settings_env, "SMSGW_COALESCE_MS_NORMAL": "60000", "SMSGW_PROVIDER_CHUNK_SIZE": "3"}
+    api = create_app(settings_from_env(env)).test_client()
+    worker = Runtime.from_settings(settings_from_env(env))  # API and workers share the settings
+    for i in range(4):
+        send(api, {"to": [f"1380013800{i}"], "text": "x"})
+    assert coalesce.flush_due(worker) == 1  # three: full, gone now; the fourth waits a minute
+    assert coalesce.flush_due(worker) == 0
+    [pool] = runtime.conn.zrange(schema.POOLS, 0, -1, withscores=True)
+    assert pool[1] > time.time() + 50
+    assert coalesce.flush_due(worker, now=pool[1]) == 1
+
+
+def test_an_expired_or_vanished_member_is_dropped_by_the_claim(api, runtime, simulator):
+    keep = send(api, {"to": ["13800138000"], "text": "x"})
+    gone = send(api, {"to": ["13800138001"], "text": "x"})
+    runtime.conn.delete(schema.message_key(gone))  # its retention ended before any worker ran
+    drain(runtime)
+    assert [s["mobiles"] for s in sim_submissions(simulator)] == [["13800138000"]]
+    assert view(api, keep)["status"] == "submitted"
+
+
+def test_a_coalescer_that_dies_after_its_claim_leaves_a_batch_the_sweeper_plans(api, runtime, simulator):
+    from workers.sweeper import sweep
+
+    mids = [send(api, {"to": [f"1380013800{i}"], "text": "x"}) for i in range(2)]
+    [pool] = runtime.conn.zrange(schema.POOLS, 0, -1)
+    batch = coalesce.claim(runtime, pool.decode())  # claimed, and the process died before planning
+    assert batch and runtime.conn.zcard(pool) == 0
+    assert sweep(runtime.conn, runtime.settings, time.time() + runtime.settings.job_grace_seconds + 1) == 1
+    drain(runtime)
+    [sub] = sim_submissions(simulator)
+    assert len(sub["mobiles"]) == 2 and [view(api, m)["status"] for m in mids] == ["submitted"] * 2
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_call_on_a_batch_loses_nothing_and_repeats_no_linkid(api, workers, simulator, runtime):
+    victim = workers.start("victim")
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="latency", seconds=3, times=1)
+    mids = [send(api, {"to": [f"1380013800{i}"], "text": "hi"}) for i in range(5)]
+
+    def submitting() -> bool:
+        chunks = view(api, mids[0])["chunks"]
+        return bool(chunks) and chunks[0]["state"] == "submitting"
+
+    wait_for(submitting, what="the batch's call to start")
+    workers.kill(victim)
+    workers.start("rescuer")
+    wait_for(
+        lambda: all(view(api, m)["status"] in ("submitted", "delivered") for m in mids),
+        timeout=90,
+        what="every message submitted after the crash",
+    )
+    subs = sim_submissions(simulator)
+    assert len(subs) == 1 and sorted(subs[0]["mobiles"]) == [f"1380013800{i}" for i in range(5)]
+    no_linkid_twice(simulator)
+    [chunk] = view(api, mids[0])["chunks"]
+    assert "awaiting_report" in [h["event"] for h in chunk["history"]]
+
+
+@pytest.mark.slow
+def test_sends_from_two_api_processes_leave_together_when_the_window_ends(settings_env, workers, simulator, runtime):
+    """Two app instances and one real worker: the pool and its due time live in Redis, so the
+    window and the batch span API processes and worker hosts."""
+    workers.start("w1")
+    env = {**settings_env, "SMSGW_COALESCE_MS_HIGH": "2000"}
+    apis = [create_app(settings_from_env(env)).test_client() for _ in range(2)]
+    started = time.monotonic()
+    for i in range(6):
+        send(apis[i % 2], {"to": [f"1380013800{i}"], "text": "otp", "priority": "high"})
+    wait_for(lambda: sum(len(s["mobiles"]) for s in sim_submissions(simulator)) == 6, timeout=30, what="sent")
+    waited = time.monotonic() - started
+    assert len(sim_submissions(simulator)) == 1
+    assert 1.9 < waited < 5.0, waited  # the window, then at once
