@@ -30,12 +30,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 import requests
 
 from devkit.redis_server import RedisServer
-from workers import schema
+from workers import pullers, reports, schema
+from workers.runtime import Runtime
+from workers.settings import settings_from_env
 
 KEY = "bench-key-0123456789abcdef"
 LATENCY = 0.1
@@ -136,6 +139,7 @@ class Stack:
             "SMSGW_PULL_GAP_SECONDS": "0.01",
             "SMSGW_MOBILE_CAPS_HIGH": "",
             "SMSGW_LOG_LEVEL": "WARNING",
+            "SMSGW_LEASE_SECONDS": "2",
             "PLAIN_REDIS_URL": self.redis.url,
             "PLAIN_PROVIDER_URL": f"{self.sim}/smsmarketing/wwwroot/api/",
         }
@@ -173,36 +177,42 @@ class Stack:
             ]
         )
         wait_http(f"{self.sim}/_sim/state")
-        self.sim_admin("fault", endpoint="*", mode="latency", seconds=LATENCY)
+        self.slow_sends()
+
+    def slow_sends(self) -> None:
+        """Every send answers in ``LATENCY`` (pulls answer at once: 100,000 reports at 20 a
+        pull would otherwise take the benchmark minutes to collect)."""
+        for endpoint in ("post_send_md5", "post_send_ddt"):
+            self.sim_admin("fault", endpoint=endpoint, mode="latency", seconds=LATENCY)
 
     def sim_admin(self, path: str, **body: object) -> None:
         requests.post(f"{self.sim}/_sim/{path}", json=body, timeout=10).raise_for_status()
 
-    def submissions(self) -> list[dict[str, object]]:
+    def submissions(self) -> list[dict[str, Any]]:
         return list(requests.get(f"{self.sim}/_sim/submissions", timeout=30).json())
 
     def reset(self) -> None:
         self.sim_admin("reset")
-        self.sim_admin("fault", endpoint="*", mode="latency", seconds=LATENCY)
+        self.slow_sends()
 
-    def smsgw(self, **env: str) -> tuple[int, list[subprocess.Popen[bytes]]]:
+    def smsgw(self, workers: int = WORKERS, **env: str) -> tuple[int, list[subprocess.Popen[bytes]]]:
         port = free_port()
         procs = [self.start([sys.executable, "-m", "gateway.cli", "api", "--bind", f"127.0.0.1:{port}"], **env)]
         procs += [
             self.start([sys.executable, "-m", "gateway.cli", "worker", "--name", f"w{i}-{port}"], **env)
-            for i in range(WORKERS)
+            for i in range(workers)
         ]
         wait_http(f"http://127.0.0.1:{port}/healthz")
         return port, procs
 
-    def plain(self) -> tuple[int, list[subprocess.Popen[bytes]]]:
+    def plain(self, workers: int = WORKERS) -> tuple[int, list[subprocess.Popen[bytes]]]:
         port = free_port()
         conf = str(Path(__file__).parents[1] / "gateway" / "gunicorn_conf.py")
         gunicorn = [sys.executable, "-m", "gunicorn", "-c", conf, "--bind", f"127.0.0.1:{port}", "bench.plain:app"]
         procs = [self.start(gunicorn)]
         procs += [
             self.start([sys.executable, "-m", "rq.cli", "worker", "--url", self.redis.url, "--quiet", "plain"])
-            for _ in range(WORKERS)
+            for _ in range(workers)
         ]
         wait_http(f"http://127.0.0.1:{port}/v1/messages")
         return port, procs
@@ -253,9 +263,13 @@ def otp_bodies(shape: str, n: int, offset: int = 0) -> list[tuple[str, dict[str,
     return out
 
 
-def burst(s: Stack, port: int, bodies: list[tuple[str, dict[str, object]]], timeout: float = 600) -> Run:
-    """POST every body, then wait until the simulator holds every mobile; one row of figures."""
-    s.reset()
+def burst(
+    s: Stack, port: int, bodies: list[tuple[str, dict[str, object]]], timeout: float = 600, keep: bool = False
+) -> Run:
+    """POST every body, then wait until the simulator holds every mobile; one row of figures.
+    ``keep``: leave the simulator's earlier submissions (a campaign under way)."""
+    if not keep:
+        s.reset()
     posted = drive(port, bodies)
     bad = [p.status for p in posted if p.status != 202]
     if bad:
@@ -264,7 +278,7 @@ def burst(s: Stack, port: int, bodies: list[tuple[str, dict[str, object]]], time
     deadline = time.monotonic() + timeout
     while True:
         subs = s.submissions()
-        seen = {m: float(sub["at"]) for sub in subs for m in sub["mobiles"]}  # type: ignore[attr-defined]
+        seen = {m: float(sub["at"]) for sub in subs for m in sub["mobiles"]}
         if wanted <= seen.keys():
             break
         if time.monotonic() > deadline:
@@ -286,7 +300,7 @@ def burst(s: Stack, port: int, bodies: list[tuple[str, dict[str, object]]], time
 
 def median_run(runs: list[Run]) -> Run:
     fields = Run.__dataclass_fields__
-    return Run(**{f: statistics.median(getattr(r, f) for r in runs) for f in fields})  # type: ignore[arg-type]
+    return Run(**{f: statistics.median(getattr(r, f) for r in runs) for f in fields})
 
 
 def campaign(s: Stack, port: int) -> float:
@@ -304,8 +318,8 @@ def campaign(s: Stack, port: int) -> float:
     answer.raise_for_status()
     while True:
         subs = s.submissions()
-        if sum(len(sub["mobiles"]) for sub in subs) >= CAMPAIGN:  # type: ignore[arg-type]
-            return max(float(sub["at"]) for sub in subs) - started  # type: ignore[arg-type]
+        if sum(len(sub["mobiles"]) for sub in subs) >= CAMPAIGN:
+            return max(float(sub["at"]) for sub in subs) - started
         time.sleep(0.5)
 
 
@@ -315,85 +329,133 @@ def redis_bytes_per_recipient(s: Stack, recipients: int) -> float:
     return total / recipients
 
 
-def settle_reports(s: Stack, expected: int, timeout: float = 120) -> None:
-    """Wait until the workers pulled and applied a report for every recipient."""
+def settle_reports(s: Stack, expected: int, timeout: float = 300) -> None:
+    """Pull and apply every report now (as the workers' pullers would, without waiting for the
+    provider's pull interval), until each recipient has one."""
+    rt = Runtime.from_settings(settings_from_env(s.env))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = int(s.conn.hget(schema.COUNTS, "reports") or 0)
-        if done >= expected and not s.conn.llen(schema.INBOX):
+        pullers.tick(rt, "bench", now=time.time() + 3600)
+        while reports.ingest(rt):
+            pass
+        if int(s.conn.hget(schema.COUNTS, "reports") or 0) >= expected:
             return
-        time.sleep(0.5)
     raise RuntimeError("reports did not all arrive")
+
+
+def accept_only(s: Stack, start: str, bodies: list[tuple[str, dict[str, object]]]) -> Run:
+    """POSTs only, no worker running: what the door costs."""
+    port, procs = s.smsgw(workers=0) if start == "smsgw" else s.plain(workers=0)
+    try:
+        posted = drive(port, bodies)
+    finally:
+        s.stop(procs)
+        s.conn.flushdb()
+    assert all(p.status == 202 for p in posted), {p.status for p in posted}
+    first, last = min(p.started for p in posted), max(p.started + p.seconds for p in posted)
+    latencies = [p.seconds for p in posted]
+    return Run(len(posted) / (last - first), pct(latencies, 0.5) * 1000, pct(latencies, 0.99) * 1000, 0, 0, 0, 0)
+
+
+def otp_during_campaign(s: Stack, port: int, offset: int) -> Run:
+    """The OTP burst posted while a 100,000-recipient bulk campaign drains (same account)."""
+    s.reset()
+    to = [f"136{i:08d}" for i in range(CAMPAIGN)]
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"to": to, "text": "会员日全场八折", "priority": "bulk"}
+    requests.post(f"http://127.0.0.1:{port}/v1/messages", json=body, headers=headers, timeout=120).raise_for_status()
+    time.sleep(1.0)  # the campaign's chunks are queued and going out
+    return burst(s, port, otp_bodies("template", OTP, offset), keep=True)
 
 
 def main() -> None:
     runs = int(os.environ.get("BENCH_RUNS", "3"))
-    rows: list[tuple[str, str, str, str]] = []
     with stack() as s:
-        print(f"simulator answers in {LATENCY * 1000:.0f} ms; {WORKERS} workers; {CONNECTIONS} connections")
+        print(
+            f"simulator answers in {LATENCY * 1000:.0f} ms; {WORKERS} workers; {CONNECTIONS} connections; {runs} runs"
+        )
+        door_plain, door_smsgw = [], []
+        for r in range(runs):  # alternated, so drift on a shared machine hits both alike
+            door_plain.append(accept_only(s, "plain", otp_bodies("plain", OTP, 500_000 + r * OTP)))
+            door_smsgw.append(accept_only(s, "smsgw", otp_bodies("template", OTP, 600_000 + r * OTP)))
+        bare, door = median_run(door_plain), median_run(door_smsgw)
+        print(f"accept only: bare enqueue {bare}\n             smsgw {door}")
+
         port, procs = s.plain()
         plain = burst(s, port, otp_bodies("plain", OTP), timeout=900)
-        print(f"plain Flask+RQ: {plain}")
+        print(f"plain Flask+RQ pipeline: {plain}")
         s.stop(procs)
         s.conn.flushdb()
 
         port, procs = s.smsgw()
         template = median_run([burst(s, port, otp_bodies("template", OTP, OTP * (r + 1))) for r in range(runs)])
-        print(f"smsgw template: {template}")
+        print(f"smsgw OTP template: {template}")
+        busy = otp_during_campaign(s, port, 700_000)
+        print(f"smsgw OTP template while a campaign drains: {busy}")
         s.stop(procs)
         s.conn.flushdb()
 
         port, procs = s.smsgw(SMSGW_PROVIDER_COALESCE_PLAIN="1")
         texts = median_run([burst(s, port, otp_bodies("plain", OTP, OTP * (r + 10))) for r in range(runs)])
-        print(f"smsgw plain texts (COALESCE_PLAIN=1): {texts}")
+        print(f"smsgw OTP plain texts (COALESCE_PLAIN=1): {texts}")
         s.stop(procs)
         s.conn.flushdb()
 
-        # Memory: one burst of one-recipient messages, every report in, then a campaign.
+        # The campaign with the rate high enough not to bind; then memory at rest, every report in.
+        port, procs = s.smsgw(SMSGW_PROVIDER_COALESCE_PLAIN="1", SMSGW_PROVIDER_RATE="100000")
+        seconds = statistics.median(campaign(s, port) for _ in range(runs))
+        s.conn.flushdb()
+        campaign(s, port)
+        s.stop(procs)
+        settle_reports(s, CAMPAIGN)
+        campaign_bytes = redis_bytes_per_recipient(s, CAMPAIGN)
+        s.conn.flushdb()
         port, procs = s.smsgw(SMSGW_PROVIDER_COALESCE_PLAIN="1", SMSGW_PROVIDER_RATE="100000")
         burst(s, port, otp_bodies("plain", OTP, 900_000))
+        s.stop(procs)
         settle_reports(s, OTP)
         single_bytes = redis_bytes_per_recipient(s, OTP)
-        s.conn.flushdb()
-        seconds = statistics.median(campaign(s, port) for _ in range(max(1, runs - 1)))
-        settle_reports(s, CAMPAIGN, timeout=300)
-        campaign_bytes = redis_bytes_per_recipient(s, CAMPAIGN)
-        s.stop(procs)
 
     ideal = math.ceil(CAMPAIGN / 1000) * LATENCY / WORKERS
-    rows += [
+    rows = [
         (
-            "accept, 1 recipient (template), req/s",
-            f"{template.accept_rps:.0f}",
-            f"{plain.accept_rps:.0f} (bare enqueue)",
-            f"{template.accept_rps / plain.accept_rps:.2f}x (>= 0.8x)",
+            "accept, 1 recipient, req/s (no worker running)",
+            f"{door.accept_rps:.0f}",
+            f"{bare.accept_rps:.0f} bare enqueue",
+            f"{door.accept_rps / bare.accept_rps:.2f}x (>= 0.8x)",
         ),
         (
-            "POST latency p50 / p99, ms",
-            f"{template.p50_ms:.0f} / {template.p99_ms:.0f}",
-            f"{plain.p50_ms:.0f} / {plain.p99_ms:.0f}",
+            "accept latency p50 / p99, ms (no worker running)",
+            f"{door.p50_ms:.1f} / {door.p99_ms:.1f}",
+            f"{bare.p50_ms:.1f} / {bare.p99_ms:.1f}",
             "p99 <= 50 ms",
         ),
         (
-            "OTP template: POST → provider, msgs/s",
+            "OTP template burst: accept req/s, with 4 workers sending",
+            f"{template.accept_rps:.0f}",
+            f"{plain.accept_rps:.0f}",
+            "",
+        ),
+        (
+            "OTP template burst: POST → provider, msgs/s",
             f"{template.to_provider_rps:.0f}",
             f"{plain.to_provider_rps:.1f}",
             f"{template.to_provider_rps / plain.to_provider_rps:.0f}x plain (>= 15x); "
             f"{template.to_provider_rps / template.accept_rps:.2f}x own accept (>= 0.9x)",
         ),
         (
-            "OTP template: POST → provider p50 / p99, s",
+            "OTP template burst: POST → provider p50 / p99, s",
             f"{template.e2e_p50_s:.2f} / {template.e2e_p99_s:.2f}",
             f"{plain.e2e_p50_s:.1f} / {plain.e2e_p99_s:.1f}",
             "p99 <= 1 s",
         ),
-        ("OTP template: provider calls for 2000 messages", f"{template.calls}", f"{plain.calls}", ""),
+        ("OTP template burst: provider calls for 2000 messages", f"{template.calls}", f"{plain.calls}", ""),
         (
             "OTP plain texts (opt-in {value0}): POST → provider, msgs/s",
             f"{texts.to_provider_rps:.0f}",
             f"{plain.to_provider_rps:.1f}",
-            f"{texts.to_provider_rps / plain.to_provider_rps:.0f}x plain; "
-            f"{texts.to_provider_rps / texts.accept_rps:.2f}x own accept",
+            f"{texts.to_provider_rps / plain.to_provider_rps:.0f}x plain (>= 15x); "
+            f"{texts.to_provider_rps / texts.accept_rps:.2f}x own accept (>= 0.9x)",
         ),
         (
             "OTP plain texts: POST → provider p50 / p99, s",
@@ -402,13 +464,29 @@ def main() -> None:
             "p99 <= 1 s",
         ),
         (
-            f"{CAMPAIGN:,} recipients in one request, s to the provider",
+            "OTP template burst while a 100,000 campaign drains: POST → provider p50 / p99, s",
+            f"{busy.e2e_p50_s:.2f} / {busy.e2e_p99_s:.2f}",
+            "",
+            "p99 <= 1.5 s",
+        ),
+        (
+            f"{CAMPAIGN:,} recipients in one request: s until all are with the provider",
             f"{seconds:.2f}",
             f"ideal {ideal:.2f}",
             f"{ideal / seconds:.2f} of ideal (>= 0.85)",
         ),
-        ("Redis bytes per recipient at rest: 2000 one-recipient messages", f"{single_bytes:.0f}", "", "<= 200"),
-        (f"Redis bytes per recipient at rest: one {CAMPAIGN:,} campaign", f"{campaign_bytes:.0f}", "", "<= 200"),
+        (
+            "Redis bytes per recipient at rest: 2000 one-recipient messages, reported",
+            f"{single_bytes:.0f}",
+            "",
+            "<= 200",
+        ),
+        (
+            f"Redis bytes per recipient at rest: one {CAMPAIGN:,} campaign, reported",
+            f"{campaign_bytes:.0f}",
+            "",
+            "<= 200",
+        ),
     ]
     table = [
         "| figure (4 workers, simulator at 100 ms) | smsgw | baseline, same run | ratio / target |",
@@ -419,7 +497,7 @@ def main() -> None:
     print(text)
     RESULTS.parent.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    RESULTS.write_text(f"# make bench: load ({stamp}, {os.cpu_count()} CPUs, BENCH_RUNS={runs})\n\n{text}\n")
+    RESULTS.write_text(f"# make bench: under load ({stamp}, {os.cpu_count()} CPUs, BENCH_RUNS={runs})\n\n{text}\n")
     print(f"written to {RESULTS}")
 
 

@@ -59,16 +59,18 @@ def activate(settings: Settings, conn: redis.Redis, name: str, *, by: str) -> bo
     return was_held
 
 
-def hold_and_slot(conn: redis.Redis, name: str) -> tuple[bool, int]:
+def hold_and_slot(conn: redis.Redis, name: str) -> tuple[bool, int, float]:
     """In one round trip: whether the account is held, and this call's number in the current
-    second's rate window (a slot is taken even if held: harmless, it expires in 2 s)."""
-    key = schema.rate_key(name, int(time.time()))
+    second's rate window (a slot is taken even if held: harmless, it expires in 2 s), and the
+    time it was taken at (for :func:`give_back`)."""
+    now = time.time()
+    key = schema.rate_key(name, int(now))
     with conn.pipeline(transaction=False) as pipe:
         pipe.hget(schema.account_key(name), _STATE)
         pipe.incr(key)
         pipe.expire(key, 2)
         held, slot, _ = pipe.execute()
-    return held == HELD.encode(), int(slot)
+    return held == HELD.encode(), int(slot), now
 
 
 def chunk_size(conn: redis.Redis, settings: Settings, name: str, now: float | None = None) -> int:
@@ -102,6 +104,40 @@ def record_balance(conn: redis.Redis, name: str, balance: str, now: float) -> No
     conn.hset(schema.account_key(name), mapping=AccountState.short(balance=balance, balance_at=now))
 
 
+def take_pace(conn: redis.Redis, name: str, per_second: int, now: float) -> bool:
+    """May a coalescer send a pool off that is due but not full? Yes while this second's
+    partial pools stay within an even share of the rate (at most 1 + rate x the elapsed
+    fraction) and the account's calls are not spent. Otherwise the pool grows: under load,
+    submissions grow to carry what arrives instead of queueing small ones behind the rate.
+    The take is counted atomically (INCR, given back when refused), so two coalescers never
+    both take the last share."""
+    second = int(now)
+    pace = schema.pace_key(name, second)
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.incr(pace)
+        pipe.expire(pace, 2)
+        pipe.get(schema.rate_key(name, second))
+        taken, _, spent = pipe.execute()
+    if taken <= min(per_second, 1 + int(per_second * (now % 1))) and int(spent or 0) < per_second:
+        return True
+    conn.decr(pace)
+    return False
+
+
+def rate_limit(priority: str, per_second: int) -> int:
+    """The calls a second a send of ``priority`` may take: ``high`` every one, the others all
+    but a fifth, kept for ``high`` (a campaign draining at the account's rate must not make a
+    verification code wait for the next second)."""
+    if priority == "high" or per_second < 2:
+        return per_second
+    return per_second - max(1, per_second // 5)
+
+
+def give_back(conn: redis.Redis, name: str, now: float) -> None:
+    """Return a slot taken (at ``now``) past the limit, so it does not count against ``high``."""
+    conn.decr(schema.rate_key(name, int(now)))
+
+
 def acquire_rate(conn: redis.Redis, name: str, per_second: int, *, max_wait: float = 30.0) -> bool:
     """Block until this account may make one more provider call this second.
 
@@ -118,6 +154,7 @@ def acquire_rate(conn: redis.Redis, name: str, per_second: int, *, max_wait: flo
             count = pipe.execute()[0]
         if count <= per_second:
             return True
+        give_back(conn, name, now)
         if time.monotonic() >= deadline:
             return False
         time.sleep(max(0.001, int(now) + 1 - now))

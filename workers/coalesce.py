@@ -19,6 +19,11 @@ Three ways to share a submission:
   template is ``{value0}`` and each member's whole text its value. Only for texts without an
   ASCII ``,`` or ``;`` (the groups' separators), so the text sent is the caller's, exactly.
 
+A pool that is due but not full waits while the account's provider calls this second are at
+their evenly paced share of its rate (``accounts.take_pace``): under load, submissions grow to
+carry what arrives instead of queueing small ones behind the rate limit. A full pool (due ``0``)
+leaves at once.
+
 The claim is one Lua script: it takes the pool's oldest sends, at most one per mobile (a phone
 twice in one submission would get one message), skips those cancelled meanwhile, marks each
 member ``sending`` with the batch's id, and writes the batch, unplanned and on the sweeper's
@@ -90,7 +95,7 @@ if #oldest == 0 then
   redis.call('ZREM', KEYS[2], KEYS[1])
 else
   local due = tonumber(oldest[2]) + window
-  if redis.call('ZCARD', KEYS[1]) >= size then due = now end
+  if redis.call('ZCARD', KEYS[1]) >= size then due = 0 end
   redis.call('ZADD', KEYS[2], due, KEYS[1])
 end
 if #items == 0 then return 0 end
@@ -178,8 +183,13 @@ def flush_due(rt: Runtime, now: float | None = None) -> int:
     conn = rt.conn
     now = time.time() if now is None else now
     made = 0
-    for raw in conn.zrangebyscore(schema.POOLS, "-inf", now, start=0, num=100):
-        pool = raw.decode()
+    raw: tuple[bytes, float]
+    for raw in conn.zrangebyscore(schema.POOLS, "-inf", now, start=0, num=100, withscores=True):
+        pool, due = raw[0].decode(), raw[1]
+        account = pool.rsplit(":", 3)[1]
+        rate = rt.settings.accounts[account].rate_per_second if account in rt.settings.accounts else 0
+        if due > 0 and rate and not accounts.take_pace(conn, account, rate, time.time()):
+            continue  # not full, and the account's calls are spent for now: let it grow
         while (bid := claim(rt, pool)) is not None:
             lifecycle.plan(conn, rt.settings, bid)
             made += 1
@@ -198,9 +208,11 @@ def loop(rt: Runtime, stop: threading.Event) -> None:
     logged and waited out."""
     while not stop.is_set():
         try:
-            flush_due(rt)
+            made = flush_due(rt)
             due = next_due(rt.conn)
             wait = IDLE if due is None else min(IDLE, max(0.0, due - time.time()))
+            if not made and due is not None and due <= time.time():
+                wait = IDLE / 5  # due but paced out: look again soon, not in a busy loop
         except redis.RedisError as e:
             log.warning("coalescer: %s; retrying", type(e).__name__)
             wait = 1.0

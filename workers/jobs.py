@@ -80,10 +80,12 @@ def send(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = None) -> s
     if chunk.state not in SENDABLE:
         return chunk.state
     account = chunk.account
-    held, slot = (False, 0) if test else accounts.hold_and_slot(conn, account)
+    held, slot, taken = (False, 0, 0.0) if test else accounts.hold_and_slot(conn, account)
     if held:
         return lifecycle.park_held(conn, settings, chunk, SENDABLE)
-    rate = settings.accounts[account].rate_per_second
+    rate = accounts.rate_limit(chunk.priority, settings.accounts[account].rate_per_second)
+    if not test and slot > rate:
+        accounts.give_back(conn, account, taken)
     if not test and slot > rate and not accounts.acquire_rate(conn, account, rate):
         lifecycle.enqueue_next(
             conn, settings, mid, n, from_states={chunk.state}, to_state=chunk.state, delay=1.0, event="rate_limited"
