@@ -131,7 +131,7 @@ def create_message() -> Response:
         if isinstance(e, messages.NotAccepted):
             raise Problem(503, "Service Unavailable", "storage is unreachable; nothing was accepted: retry") from None
         raise
-    location = url_for("api.get_message", mid=mid)
+    location = f"{request.script_root}/v1/messages/{mid}"  # url_for's answer, without its cost
     return json_response(body, 202, {"Location": location})
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from gateway.quotas import record_usage
+import gateway.quotas as quotas
 from gateway.validation import Accepted
 from workers import coalesce, lifecycle, schema
 from workers.chunks import chunk_count
@@ -29,6 +29,53 @@ from workers.reports import recipient_states
 from workers.runtime import replicated
 from workers.schema import Chunk, Message, Reply
 from workers.settings import Settings
+
+# The accept's writes in one step. KEYS: fence, message, the key's index, COUNTS, this minute,
+# the key's and the account's usage today, the idempotency key ('' none), the pool ('' none),
+# POOLS. ARGV: message ttl, id, index floor, index ttl, recipients, parts, suppressed, usage
+# ttl, idempotency record, its ttl, pool entry, chunk size (a pool that big is due at once),
+# now, pool due, the message's fields (a JSON object: one argument packs faster than sixty).
+# Returns the pool's size (0 without
+# one), or -1 when the fence was set first: a settle() already answered that nothing was
+# stored, so nothing is. A second run (redis-py retries a command once on a timeout; the first
+# may still arrive) finds the message and writes nothing again: its usage is counted once.
+ACCEPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local fields = {}
+for name, value in pairs(cjson.decode(ARGV[15])) do
+  fields[#fields + 1] = name
+  fields[#fields + 1] = value
+end
+redis.call('HSET', KEYS[2], unpack(fields))
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], 0, ARGV[2])
+redis.call('ZREMRANGEBYLEX', KEYS[3], '-', ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+local counts = {requests = 1, recipients = tonumber(ARGV[5]), parts = tonumber(ARGV[6]), suppressed = tonumber(ARGV[7])}
+redis.call('HINCRBY', KEYS[4], 'accepted_recipients', counts.recipients)
+redis.call('HINCRBY', KEYS[4], 'accepted_parts', counts.parts)
+if counts.suppressed > 0 then redis.call('HINCRBY', KEYS[4], 'suppressed_recipients', counts.suppressed) end
+redis.call('HINCRBY', KEYS[5], 'accepted', 1)
+redis.call('EXPIRE', KEYS[5], 7200)
+for i = 6, 7 do
+  for name, value in pairs(counts) do
+    if value > 0 then redis.call('HINCRBY', KEYS[i], name, value) end
+  end
+  redis.call('EXPIRE', KEYS[i], ARGV[8])
+end
+if KEYS[8] ~= '' then redis.call('SET', KEYS[8], ARGV[9], 'EX', ARGV[10]) end
+if KEYS[9] == '' then return 0 end
+redis.call('ZADD', KEYS[9], ARGV[13], ARGV[11])
+local size = redis.call('ZCARD', KEYS[9])
+if size >= tonumber(ARGV[12]) then
+  redis.call('ZADD', KEYS[10], 0, KEYS[9])  -- full: it leaves now
+else
+  redis.call('ZADD', KEYS[10], 'NX', ARGV[14], KEYS[9])
+end
+return size
+"""
+_accept = redis.Redis().register_script(ACCEPT)  # EVALSHA, loaded on first use on any server
 
 
 def accept(
@@ -96,48 +143,63 @@ def accept(
     key, fence = schema.message_key(mid), schema.accept_fence_key(mid)
     # One recipient, sent now, for real: it waits in a pool to share a provider call.
     pool = None if delay or test else coalesce.pool_for(settings, msg.account, priority, msg.kind, msg.text, msg.items)
-    pool_size = 0
+    day = quotas.today(now)
+    keys = [
+        fence,
+        key,
+        schema.key_messages_key(key_name),
+        schema.COUNTS,
+        schema.minute_key(now),
+        schema.usage_key(key_name, day),
+        schema.account_usage_key(msg.account, day),
+        idempotency[0] if idempotency else "",
+        pool[0] if pool else "",
+        schema.POOLS,
+    ]
+    idem_value = json.dumps({"fp": idempotency[1], "id": mid, "body": body}) if idempotency else ""
+    args: list[Any] = [
+        ttl,
+        mid,
+        "(" + schema.message_id_at(now - settings.retention_seconds),
+        settings.retention_seconds + int(delay),
+        len(msg.items),
+        msg.parts,
+        len(msg.suppressed),
+        quotas.USAGE_DAYS * 86400,
+        idem_value,
+        settings.idempotency_ttl,
+        f"{mid}|{pool[1]}" if pool else "",
+        chunk_size,
+        f"{now:.3f}",
+        f"{now + settings.coalesce_ms.get(priority, 0) / 1000:.3f}",
+    ]
+    fields = json.dumps({k: str(v) for k, v in record.to_hash().items()}, ensure_ascii=False)
     try:
-        with conn.pipeline(transaction=True) as pipe:
-            pipe.watch(fence)
-            pipe.multi()
-            if pool is not None:
-                coalesce.add(pipe, settings, pool[0], mid, pool[1], priority, now)
-            elif msg.items:
-                record.job = lifecycle.enqueue_plan(
-                    pipe,
-                    conn,
-                    settings,
-                    mid,
-                    account=msg.account,
-                    priority=priority,
-                    seq=1,
-                    at=msg.send_at if delay > 0 else None,
-                    now=now,
-                )
-            pipe.hset(key, mapping=record.to_hash())
-            pipe.expire(key, ttl)
-            index = schema.key_messages_key(key_name)
-            pipe.zadd(index, {mid: 0})  # ordered by id: ids begin with their creation time
-            pipe.zremrangebylex(index, "-", "(" + schema.message_id_at(now - settings.retention_seconds))
-            pipe.expire(index, settings.retention_seconds + int(delay))
-            record_usage(
-                pipe, key_name, msg.account, recipients=len(msg.items), parts=msg.parts, suppressed=len(msg.suppressed)
-            )
-            if idempotency is not None:
-                idem_key, fingerprint = idempotency
-                pipe.set(
-                    idem_key,
-                    json.dumps({"fp": fingerprint, "id": mid, "body": body}),
-                    ex=settings.idempotency_ttl,
-                )
-            replies = pipe.execute()
-            pool_size = int(replies[2]) if pool is not None else 0
+        if pool is not None:
+            # One script, one round trip: the fence is checked inside it, as WATCH would.
+            if int(_accept(keys=keys, args=[*args, fields], client=conn)) < 0:
+                raise redis.WatchError("the accept's fence was set first")
+        else:
+            with conn.pipeline(transaction=True) as pipe:
+                pipe.watch(fence)
+                pipe.multi()
+                if msg.items:
+                    record.job = lifecycle.enqueue_plan(
+                        pipe,
+                        conn,
+                        settings,
+                        mid,
+                        account=msg.account,
+                        priority=priority,
+                        seq=1,
+                        at=msg.send_at if delay > 0 else None,
+                        now=now,
+                    )
+                pipe.eval(ACCEPT, len(keys), *keys, *args, fields)
+                pipe.execute()
     except (redis.ConnectionError, redis.TimeoutError, redis.WatchError):
         if not settle(conn, mid, settings.accept_settle_seconds):
             raise NotAccepted(mid) from None
-    if pool is not None:
-        coalesce.due_now_if_full(conn, pool[0], pool_size, chunk_size)
     try:
         durable = replicated(conn, settings)
     except redis.RedisError:

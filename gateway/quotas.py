@@ -7,7 +7,7 @@ day whose refused cost is given back at once. Over either: 429 with ``Retry-Afte
 problem document, and nothing is queued.
 
 Usage per key and day (requests, recipients, parts, suppressed) is written in the accept
-transaction itself (``record_usage``) and kept 90 days: what finance reconciles against the
+transaction itself (``gateway.messages.ACCEPT``) and kept 90 days: what finance reconciles against the
 provider's bill.
 """
 
@@ -24,7 +24,6 @@ from flask import Flask, current_app
 from limits import RateLimitItemPerDay, RateLimitItemPerSecond
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
-from redis.client import Pipeline
 
 from gateway.problems import Problem
 from workers import schema
@@ -82,24 +81,6 @@ def today(now: float | None = None) -> str:
 def today_date() -> date:
     """Today in China Standard Time, the day the usage counters count in."""
     return datetime.strptime(today(), "%Y%m%d").date()
-
-
-def record_usage(pipe: Pipeline, api_key: str, account: str, *, recipients: int, parts: int, suppressed: int) -> None:
-    """Inside the accept transaction: the day's counters of this key and of the account, and
-    the fleet's totals for /metrics."""
-    day = today()
-    pipe.hincrby(schema.COUNTS, "accepted_recipients", recipients)
-    minute = schema.minute_key(time.time())
-    pipe.hincrby(minute, "accepted", 1)
-    pipe.expire(minute, 7200)
-    pipe.hincrby(schema.COUNTS, "accepted_parts", parts)
-    if suppressed:
-        pipe.hincrby(schema.COUNTS, "suppressed_recipients", suppressed)
-    for key in (schema.usage_key(api_key, day), schema.account_usage_key(account, day)):
-        for name, value in (("requests", 1), ("recipients", recipients), ("parts", parts), ("suppressed", suppressed)):
-            if value:
-                pipe.hincrby(key, name, value)
-        pipe.expire(key, USAGE_DAYS * 86400)
 
 
 def usage_rows(conn: redis.Redis, key_of: Callable[[str], str], start: date, end: date) -> list[dict[str, Any]]:

@@ -25,16 +25,37 @@ def proxied(redis_server, redis_conn):
     proxy.close()
 
 
-def post(api, **headers):
-    return api.post("/v1/messages", json={"to": ["13800138000"], "text": "hi"}, headers={**AUTH, **headers})
+def post(api, to=("13800138000",), **headers):
+    return api.post("/v1/messages", json={"to": list(to), "text": "hi"}, headers={**AUTH, **headers})
+
+
+#: The command that writes an accept: one script for one recipient (it checks the fence itself),
+#: MULTI/EXEC under WATCH for more.
+WRITES = {"one recipient": (b"EVALSHA", ("13800138000",)), "two": (b"EXEC", ("13800138000", "13900139000"))}
+
+
+def test_a_script_that_arrives_late_after_its_retry_succeeded_writes_nothing_twice(proxied, redis_conn):
+    """redis-py retries a command once after a timeout; the stalled first run of the accept
+    script still reaches Redis later and must find the message there and write nothing."""
+    api, proxy = proxied
+    assert post(api).status_code == 202
+    proxy.delay(b"EVALSHA", 3.0)
+    answer = post(api)
+    assert answer.status_code == 202  # the retry went through on a fresh connection
+    time.sleep(3.5)  # the stalled first run has arrived by now
+    assert len(list(redis_conn.scan_iter(match=schema.message_key("*")))) == 2
+    day = schema.usage_day(time.time())
+    assert redis_conn.hget(schema.usage_key("tester", day), "requests") == b"2"  # not 3
+    assert waiting(redis_conn) == 2
 
 
 def test_an_exec_that_arrives_after_the_fence_is_void_and_the_answer_says_so(proxied, redis_conn):
     api, proxy = proxied
-    assert post(api).status_code == 202  # opens the connections
-    proxy.delay(b"EXEC", 3.0)
+    marker, to = WRITES["two"]
+    assert post(api, to).status_code == 202  # opens the connections
+    proxy.delay(marker, 3.0)
     started = time.monotonic()
-    answer = post(api)
+    answer = post(api, to)
     assert answer.status_code == 503 and answer.mimetype == "application/problem+json"
     assert "nothing was accepted" in answer.get_json()["detail"]
     assert time.monotonic() - started < 3.0
@@ -43,11 +64,13 @@ def test_an_exec_that_arrives_after_the_fence_is_void_and_the_answer_says_so(pro
     assert waiting(redis_conn) == 1
 
 
-def test_an_exec_whose_answer_was_lost_is_found_and_answered_202(proxied, redis_conn):
+@pytest.mark.parametrize("shape", list(WRITES))
+def test_an_exec_whose_answer_was_lost_is_found_and_answered_202(proxied, redis_conn, shape):
     api, proxy = proxied
-    assert post(api).status_code == 202
-    proxy.cut_after(b"EXEC")
-    answer = post(api)
+    marker, to = WRITES[shape]
+    assert post(api, to).status_code == 202
+    proxy.cut_after(marker)
+    answer = post(api, to)
     assert answer.status_code == 202, answer.get_json()
     mid = answer.get_json()["id"]
     assert redis_conn.exists(schema.message_key(mid))

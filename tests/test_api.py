@@ -188,18 +188,35 @@ def test_balance_and_sensitive_words_pass_through(api):
     assert r.get_json()["words"] == ["发票"]
 
 
-def test_accept_is_one_redis_transaction(api, redis_conn):
-    """Validation, the fence (SET PX, WATCH), then one MULTI/EXEC that writes: no read."""
-    assert post(api, {"to": ["13700137000", "13900139000"], "text": "warm"}).status_code == 202  # opens connections
+def commands(redis_conn, api, body) -> dict[str, int]:
     redis_conn.config_resetstat()
-    assert post(api, {"to": ["13800138000", "13900139000"], "text": "hi"}).status_code == 202
+    assert post(api, body).status_code == 202
     calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in redis_conn.info("commandstats").items()}
     for ours in ("config|resetstat", "info"):  # this test's own commands
         calls.pop(ours, None)
+    return calls
+
+
+def test_accept_is_one_redis_transaction(api, redis_conn):
+    """Validation, the fence (WATCH), then one MULTI/EXEC that writes (its bookkeeping one
+    script inside it): no read but the opt-out list."""
+    assert post(api, {"to": ["13700137000", "13900139000"], "text": "warm"}).status_code == 202  # opens connections
+    calls = commands(redis_conn, api, {"to": ["13800138000", "13900139000"], "text": "hi"})
     assert calls.pop("multi") == 1 and calls.pop("exec") == 1
     assert calls.pop("watch") == 1  # the fence (see gateway.messages.settle)
     assert calls.pop("hmget") == 1  # the opt-out list, before the transaction (issue 11)
+    assert calls.pop("eval") == 1 and calls.pop("exists") == 2  # the script; its fence and replay checks
     assert set(calls) <= {"hset", "expire", "zadd", "sadd", "rpush", "hincrby", "zremrangebylex"}, calls
+
+
+def test_accepting_one_recipient_is_one_script(api, redis_conn):
+    """The hot path (issue 12): the opt-out list, then one EVALSHA that checks the fence itself
+    and writes the message, its pool entry and the bookkeeping. No WATCH, no MULTI."""
+    assert post(api, {"to": ["13700137000"], "text": "warm"}).status_code == 202  # loads the script
+    calls = commands(redis_conn, api, {"to": ["13800138000"], "text": "hi"})
+    assert calls.pop("hmget") == 1 and calls.pop("evalsha") == 1
+    assert "watch" not in calls and "multi" not in calls
+    assert set(calls) <= {"hset", "expire", "zadd", "hincrby", "zremrangebylex", "exists", "zcard"}, calls
 
 
 # -- the door: bounded, clear, before anything is queued ---------------------------------------

@@ -2,9 +2,10 @@
 
 Services mostly send one recipient per request (verification codes, order notices). Each would
 cost a provider call and a slot of the account's rate; the provider takes 1000 recipients a
-call. So a one-recipient send does not get a plan job of its own: accept puts it in a *pool*
-(``schema.pool_key``: one per account, priority and text, or template) and notes in
-``schema.POOLS`` when the pool's oldest send must leave. Any worker's coalescer thread
+call. So a one-recipient send does not get a plan job of its own: accept (``gateway.messages``)
+puts it in a *pool* (``schema.pool_key``: one per account, priority and text, or template,
+entries ``<mid>|<item>`` by accept time) and notes in ``schema.POOLS`` when the pool's oldest
+send must leave (``NX``: a pool already waiting keeps its earlier time). Any worker's coalescer thread
 (:func:`loop`) takes a due pool's sends into a *batch*: a message of its own (``b…``, no API
 key sees it) whose plan cuts the usual chunks, with the member message of each recipient on
 the chunk. From there a batch is sent, held, split, retried and settled like any message; what
@@ -42,7 +43,6 @@ import time
 from collections.abc import Sequence
 
 import redis
-from redis.client import Pipeline
 
 from workers import accounts, lifecycle, schema
 from workers.runtime import Runtime
@@ -127,21 +127,6 @@ def pool_for(
         mode, shared = "t", text
     digest = hashlib.sha1(f"{mode}\x00{shared}".encode()).hexdigest()[:16]
     return schema.pool_key(account, priority, mode + digest), item
-
-
-def add(pipe: Pipeline, settings: Settings, pool: str, mid: str, item: str, priority: str, now: float) -> None:
-    """Accept's share: the send joins its pool; the pool is due one window after its oldest
-    send (``NX``: a pool already waiting keeps its earlier time). The last reply of ``pipe`` is
-    the pool's size, for :func:`due_now_if_full`."""
-    pipe.zadd(pool, {f"{mid}|{item}": now})
-    pipe.zadd(schema.POOLS, {pool: now + settings.coalesce_ms[priority] / 1000}, nx=True)
-    pipe.zcard(pool)
-
-
-def due_now_if_full(conn: redis.Redis, pool: str, size: int, chunk_size: int) -> None:
-    """A full pool leaves now rather than at the end of its window."""
-    if size >= chunk_size:
-        conn.zadd(schema.POOLS, {pool: 0}, lt=True)
 
 
 def claim(rt: Runtime, pool: str, now: float | None = None) -> str | None:
