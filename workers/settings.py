@@ -143,6 +143,9 @@ class Settings:
     #: One-recipient sends wait at most this long (ms, by priority) to share a provider call with
     #: others of the same account and text; 0 sends each on its own (``workers.coalesce``).
     coalesce_ms: Mapping[str, int] = field(default_factory=lambda: dict(COALESCE_MS))
+    #: ``yes``: RQ's Worker forks a work horse per job; ``no``: RQ's SimpleWorker runs jobs in
+    #: the worker process itself (README "Speed, measured" has the figures behind the default).
+    worker_fork: Literal["yes", "no"] = "no"
 
     @property
     def account(self) -> AccountSettings:
@@ -440,5 +443,6 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         redis_socket_timeout=_float(env, "SMSGW_REDIS_SOCKET_TIMEOUT", 2.0),
         redis_connect_timeout=_float(env, "SMSGW_REDIS_CONNECT_TIMEOUT", 1.0),
         accept_settle_seconds=_int(env, "SMSGW_ACCEPT_SETTLE_SECONDS", 30, 0),
+        worker_fork=_choice(env, "SMSGW_WORKER_FORK", "no", ("yes", "no")),  # type: ignore[arg-type]
         coalesce_ms={p: _int(env, f"SMSGW_COALESCE_MS_{p.upper()}", ms, 0) for p, ms in COALESCE_MS.items()},
     )

@@ -14,7 +14,7 @@ import signal
 import threading
 
 import redis
-from rq import Queue, Worker
+from rq import Queue, SimpleWorker, Worker
 
 from workers import coalesce, maintenance
 from workers.queues import WORKER_QUEUES
@@ -40,7 +40,8 @@ def run_worker(
             rq_conn = connect(settings, socket_timeout=None)
             served = [Queue(q, connection=rq_conn) for q in queues]
             # Maintenance also re-takes a dead scheduler's lock: every minute, not RQ's default ten.
-            worker = Worker(served, connection=rq_conn, name=name, maintenance_interval=60)
+            kind = SimpleWorker if settings.worker_fork == "no" else Worker
+            worker = kind(served, connection=rq_conn, name=name, maintenance_interval=60)
             try:
                 return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
             except REDIS_DOWN as e:
