@@ -211,7 +211,8 @@ def bench_scaling(env: dict[str, str], rt: Runtime, sim: SimulatorServer) -> Non
     rates = {}
     for workers in (1, 2):
         conn.flushall()
-        conn.hset(schema.account_key("default"), "chunk_size", 10)
+        # Lowered just now (as after answer 3), so the probe-back does not restore 1000 at once.
+        conn.hset(schema.account_key("default"), mapping={"chunk_size": 10, "csat": time.time()})
         mid = schema.new_message_id()
         chunks = 200
         conn.hset(
