@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import redis
 import requests
@@ -78,9 +79,11 @@ class Posted:
     status: int
 
 
-async def _connection(port: int, work: asyncio.Queue[tuple[str, bytes]], out: list[Posted], path: str) -> None:
+async def _connection(
+    port: int, work: asyncio.Queue[tuple[str, bytes]], out: list[Posted], path: str, content_type: str
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = f"POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+    head = f"POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {KEY}\r\nContent-Type: {content_type}\r\n"
     try:
         while not work.empty():
             mobile, body = work.get_nowait()
@@ -95,15 +98,22 @@ async def _connection(port: int, work: asyncio.Queue[tuple[str, bytes]], out: li
         writer.close()
 
 
-def drive(port: int, bodies: list[tuple[str, dict[str, object]]], path: str = "/v1/messages") -> list[Posted]:
-    """POST every body over ``CONNECTIONS`` keep-alive connections; returns one row per POST."""
+def drive(
+    port: int,
+    bodies: list[tuple[str, dict[str, object]]] | list[tuple[str, bytes]],
+    path: str = "/v1/messages",
+    content_type: str = "application/json",
+) -> list[Posted]:
+    """POST every body (a dict goes as JSON) over ``CONNECTIONS`` keep-alive connections;
+    returns one row per POST."""
     work: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
     for mobile, body in bodies:
-        work.put_nowait((mobile, json.dumps(body, ensure_ascii=False).encode()))
+        raw = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
+        work.put_nowait((mobile, raw))
     out: list[Posted] = []
 
     async def all_of_them() -> None:
-        await asyncio.gather(*(_connection(port, work, out, path) for _ in range(CONNECTIONS)))
+        await asyncio.gather(*(_connection(port, work, out, path, content_type) for _ in range(CONNECTIONS)))
 
     asyncio.run(all_of_them())
     return out
@@ -141,6 +151,7 @@ class Stack:
             "SMSGW_MOBILE_CAPS_HIGH": "",
             "SMSGW_LOG_LEVEL": "WARNING",
             "SMSGW_LEASE_SECONDS": "2",
+            "SMSGW_CALLBACK_SECRET": PUSH_SECRET,
             "PLAIN_REDIS_URL": self.redis.url,
             "PLAIN_PROVIDER_URL": f"{self.sim}/smsmarketing/wwwroot/api/",
         }
@@ -359,6 +370,37 @@ def accept_only(s: Stack, start: str, bodies: list[tuple[str, dict[str, object]]
     return Run(len(posted) / (last - first), pct(latencies, 0.5) * 1000, pct(latencies, 0.99) * 1000, 0, 0, 0, 0)
 
 
+PUSH_SECRET = "bench-push-secret-0123"
+
+
+def push_bodies(n: int, offset: int) -> list[tuple[str, bytes]]:
+    """Status reports as the provider pushes them: a GB2312 form, one report a request."""
+    out = []
+    for i in range(n):
+        mobile = f"137{offset + i:08d}"
+        form = {"Class": "rpt", "SmsName": "test", "Mobile": mobile, "LinkId": f"L{offset + i:012d}"}
+        form.update(Report="DELIVRD", ReportTime="2026-11-26 10:00:00")
+        out.append((mobile, urlencode(form, encoding="gb2312").encode()))
+    return out
+
+
+def push_only(s: Stack, start: str, bodies: list[tuple[str, bytes]]) -> Run:
+    """The provider's pushes only, no worker running: smsgw's receiver or the bare one."""
+    port, procs = s.smsgw(workers=0) if start == "smsgw" else s.plain(workers=0)
+    path = f"/callbacks/provider/{PUSH_SECRET}" if start == "smsgw" else "/push"
+    form = "application/x-www-form-urlencoded"
+    try:
+        drive(port, bodies[:WARM_UP], path, form)
+        posted = drive(port, bodies[WARM_UP:], path, form)
+    finally:
+        s.stop(procs)
+        s.conn.flushdb()
+    assert all(p.status == 200 for p in posted), {p.status for p in posted}
+    first, last = min(p.started for p in posted), max(p.started + p.seconds for p in posted)
+    latencies = [p.seconds for p in posted]
+    return Run(len(posted) / (last - first), pct(latencies, 0.5) * 1000, pct(latencies, 0.99) * 1000, 0, 0, 0, 0)
+
+
 def otp_during_campaign(s: Stack, port: int, offset: int) -> Run:
     """The OTP burst posted while a 100,000-recipient bulk campaign drains (same account)."""
     s.reset()
@@ -381,6 +423,12 @@ def main() -> None:
             door_plain.append(accept_only(s, "plain", otp_bodies("plain", OTP + WARM_UP, 500_000 + r * 5000)))
             door_smsgw.append(accept_only(s, "smsgw", otp_bodies("template", OTP + WARM_UP, 600_000 + r * 5000)))
         bare, door = median_run(door_plain), median_run(door_smsgw)
+        push_plain, push_smsgw = [], []
+        for r in range(runs):
+            push_plain.append(push_only(s, "plain", push_bodies(OTP + WARM_UP, r * 10_000)))
+            push_smsgw.append(push_only(s, "smsgw", push_bodies(OTP + WARM_UP, 100_000 + r * 10_000)))
+        bare_push, push = median_run(push_plain), median_run(push_smsgw)
+        print(f"push only: bare {bare_push}\n           smsgw {push}")
         print(f"accept only: bare enqueue {bare}\n             smsgw {door}")
 
         port, procs = s.plain()
@@ -470,6 +518,12 @@ def main() -> None:
             f"{busy.e2e_p50_s:.2f} / {busy.e2e_p99_s:.2f}",
             "",
             "p99 <= 1.5 s",
+        ),
+        (
+            "pushed reports taken by the push receiver, req/s (no worker running)",
+            f"{push.accept_rps:.0f}",
+            f"{bare_push.accept_rps:.0f} bare (form body, one RPUSH)",
+            f"{push.accept_rps / bare_push.accept_rps:.2f}x (>= 0.7x)",
         ),
         (
             f"{CAMPAIGN:,} recipients in one request: s until all are with the provider",

@@ -28,7 +28,8 @@ PROVIDER_URL = os.environ.get("PLAIN_PROVIDER_URL", "http://127.0.0.1:8081/")
 UID, PASSWORD = os.environ.get("PLAIN_UID", "test"), os.environ.get("PLAIN_PASSWORD", "secret")
 
 app = Flask(__name__)
-queue = Queue("plain", connection=redis.Redis.from_url(REDIS_URL))
+redis_conn = redis.Redis.from_url(REDIS_URL)
+queue = Queue("plain", connection=redis_conn)
 _session = requests.Session()
 
 
@@ -40,6 +41,13 @@ def create() -> Any:
         return jsonify({"error": "to and text are required"}), 400
     job = queue.enqueue(send_one, to, text)
     return jsonify({"id": job.id}), 202
+
+
+@app.post("/push")
+def push() -> Any:
+    """The baseline for smsgw's push receiver: take the provider's form body, store it, 200."""
+    redis_conn.rpush("plain:inbox", request.get_data())
+    return "ok"
 
 
 def send_one(to: list[str], text: str) -> str:

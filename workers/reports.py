@@ -116,13 +116,16 @@ return 0
 """
 
 
+_receive = redis.Redis().register_script(RECEIVE)  # EVALSHA: the push path sends the hash, not the text
+
+
 def receive(conn: redis.Redis, items: list[dict[str, str]], ttl: int) -> int:
     """Store pushed items in the inbox, each once (a replayed push is acknowledged, not stored
     and counted). Returns how many were new."""
     new = 0
     for item in items:
         entry = json.dumps({"src": "push", **item}, ensure_ascii=False)
-        new += int(conn.eval(RECEIVE, 3, schema.push_seen_key(item_id(item)), INBOX, COUNTS, ttl, entry))
+        new += int(_receive(keys=[schema.push_seen_key(item_id(item)), INBOX, COUNTS], args=[ttl, entry], client=conn))
     return new
 
 
