@@ -37,6 +37,7 @@ import redis
 import requests
 
 from devkit.redis_server import RedisServer
+from devkit.run import wait_http
 from workers import pullers, reports, schema
 from workers.runtime import Runtime
 from workers.settings import settings_from_env
@@ -55,17 +56,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.RequestException:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 # -- the load generator ------------------------------------------------------------------------
@@ -355,19 +345,28 @@ def settle_reports(s: Stack, expected: int, timeout: float = 300) -> None:
     raise RuntimeError("reports did not all arrive")
 
 
-def accept_only(s: Stack, start: str, bodies: list[tuple[str, dict[str, object]]]) -> Run:
-    """POSTs only, no worker running: what the door costs."""
+def door(s: Stack, start: str, bodies: list[tuple[str, bytes]], path: str, content_type: str, ok: int) -> Run:
+    """Requests at the door only, no worker running: smsgw's or the baseline's, after a warm-up."""
     port, procs = s.smsgw(workers=0) if start == "smsgw" else s.plain(workers=0)
     try:
-        drive(port, [(m, {**b, "priority": "normal"}) for m, b in bodies[:WARM_UP]])  # imports, connections
-        posted = drive(port, bodies[WARM_UP:])
+        drive(port, bodies[:WARM_UP], path, content_type)  # imports, connections
+        posted = drive(port, bodies[WARM_UP:], path, content_type)
     finally:
         s.stop(procs)
         s.conn.flushdb()
-    assert all(p.status == 202 for p in posted), {p.status for p in posted}
+    assert all(p.status == ok for p in posted), {p.status for p in posted}
     first, last = min(p.started for p in posted), max(p.started + p.seconds for p in posted)
     latencies = [p.seconds for p in posted]
     return Run(len(posted) / (last - first), pct(latencies, 0.5) * 1000, pct(latencies, 0.99) * 1000, 0, 0, 0, 0)
+
+
+def accept_only(s: Stack, start: str, bodies: list[tuple[str, dict[str, object]]]) -> Run:
+    """POSTs of messages only: what the door costs."""
+    raw = [
+        (m, json.dumps({**b, "priority": "normal"} if i < WARM_UP else b, ensure_ascii=False).encode())
+        for i, (m, b) in enumerate(bodies)
+    ]
+    return door(s, start, raw, "/v1/messages", "application/json", 202)
 
 
 PUSH_SECRET = "bench-push-secret-0123"
@@ -385,20 +384,9 @@ def push_bodies(n: int, offset: int) -> list[tuple[str, bytes]]:
 
 
 def push_only(s: Stack, start: str, bodies: list[tuple[str, bytes]]) -> Run:
-    """The provider's pushes only, no worker running: smsgw's receiver or the bare one."""
-    port, procs = s.smsgw(workers=0) if start == "smsgw" else s.plain(workers=0)
+    """The provider's pushes only: smsgw's receiver or the bare one."""
     path = f"/callbacks/provider/{PUSH_SECRET}" if start == "smsgw" else "/push"
-    form = "application/x-www-form-urlencoded"
-    try:
-        drive(port, bodies[:WARM_UP], path, form)
-        posted = drive(port, bodies[WARM_UP:], path, form)
-    finally:
-        s.stop(procs)
-        s.conn.flushdb()
-    assert all(p.status == 200 for p in posted), {p.status for p in posted}
-    first, last = min(p.started for p in posted), max(p.started + p.seconds for p in posted)
-    latencies = [p.seconds for p in posted]
-    return Run(len(posted) / (last - first), pct(latencies, 0.5) * 1000, pct(latencies, 0.99) * 1000, 0, 0, 0, 0)
+    return door(s, start, bodies, path, "application/x-www-form-urlencoded", 200)
 
 
 def otp_during_campaign(s: Stack, port: int, offset: int) -> Run:

@@ -92,7 +92,7 @@ def run_local(*, api_port: int, simulator_port: int) -> None:
                 start_new_session=True,
             )
         )
-        _wait_http(f"{sim_url}/_sim/state")
+        wait_http(f"{sim_url}/_sim/state")
         api_url = f"http://127.0.0.1:{api_port}"
         children.append(
             subprocess.Popen(
@@ -106,7 +106,7 @@ def run_local(*, api_port: int, simulator_port: int) -> None:
                 [py, "-m", "gateway.cli", "worker", "--name", "local-worker"], env=env, start_new_session=True
             )
         )
-        _wait_http(f"{api_url}/readyz")
+        wait_http(f"{api_url}/readyz")
         key = env["SMSGW_API_KEYS"].split(",")[0].partition(":")[2]
         banner = BANNER.format(
             redis=redis_server.url, sim=sim_url, api=api_url, key=key, switches=switches(env, api_url)
@@ -129,7 +129,8 @@ def run_local(*, api_port: int, simulator_port: int) -> None:
         redis_server.stop()
 
 
-def _wait_http(url: str, timeout: float = 20.0) -> None:
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    """Until the URL answers at all (any status), for at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
