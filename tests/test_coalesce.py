@@ -69,7 +69,7 @@ def test_a_phone_is_at_most_once_in_a_submission(api, runtime, simulator):
     no_linkid_twice(simulator)
 
 
-def test_texts_priorities_and_accounts_do_not_mix(api, runtime, simulator):
+def test_texts_and_priorities_do_not_mix(api, runtime, simulator):
     send(api, {"to": ["13800138000"], "text": "a"})
     send(api, {"to": ["13800138001"], "text": "a", "priority": "bulk"})
     send(api, {"to": ["13800138002"], "text": "b"})
