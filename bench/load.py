@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ import redis
 import requests
 
 from devkit.redis_server import RedisServer
-from devkit.run import wait_http
+from devkit.run import stop, wait_http
 from workers import pullers, reports, schema
 from workers.runtime import Runtime
 from workers.settings import settings_from_env
@@ -153,15 +152,7 @@ class Stack:
 
     def stop(self, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
         chosen = self.procs if procs is None else procs
-        for p in chosen:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in chosen:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop(chosen, timeout=15)
         self.procs = [p for p in self.procs if p not in chosen]
 
     def simulator(self) -> None:

@@ -118,15 +118,21 @@ def run_local(*, api_port: int, simulator_port: int) -> None:
         # then the simulator, Redis last. One SIGTERM each: a second signal would make RQ's
         # worker abandon its job.
         for group in (children[1:], children[:1]):
-            for child in group:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-            for child in group:
-                try:
-                    child.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            stop(group, timeout=60)
         redis_server.stop()
+
+
+def stop(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """One SIGTERM to each that still runs, then wait; SIGKILL what outlives ``timeout``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_http(url: str, timeout: float = 20.0) -> None:
