@@ -202,7 +202,7 @@ def list_messages() -> Response:
         since = datetime.fromisoformat(args["since"]).timestamp() if args.get("since") else 0.0
         until = datetime.fromisoformat(args["until"]).timestamp() if args.get("until") else time.time() + 1
         cursor = args.get("cursor")
-        if limit < 1 or (cursor is not None and not re.fullmatch(r"[0-9a-f]{1,32}", cursor)):
+        if limit < 1 or (cursor is not None and not re.fullmatch(r"[0-9]{1,16}-[0-9]{1,16}", cursor)):
             raise ValueError
     except (ValueError, OverflowError):
         raise Problem(400, "Bad query", "since/until as ISO 8601 with an offset; 1 ≤ limit ≤ 200") from None

@@ -49,8 +49,7 @@ for name, value in pairs(cjson.decode(ARGV[15])) do
 end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], 0, ARGV[2])
-redis.call('ZREMRANGEBYLEX', KEYS[3], '-', ARGV[3])
+redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[3], '*', 'm', ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 local counts = {requests = 1, recipients = tonumber(ARGV[5]), parts = tonumber(ARGV[6]), suppressed = tonumber(ARGV[7])}
 redis.call('HINCRBY', KEYS[4], 'accepted_recipients', counts.recipients)
@@ -160,7 +159,7 @@ def accept(
     args: list[Any] = [
         ttl,
         mid,
-        "(" + schema.message_id_at(now - settings.retention_seconds),
+        int((now - settings.retention_seconds) * 1000),  # the index forgets what has expired
         settings.retention_seconds + int(delay),
         len(msg.items),
         msg.parts,
@@ -408,6 +407,9 @@ def list_replies(
 
 
 SCAN_PAGES = 10
+#: The index's entry ids are Redis's clock at accept, a message's id the API's: the range read
+#: is this much wider at each end, and each message's own time decides.
+CLOCK_SKEW_MS = 60_000
 
 
 def list_messages(
@@ -422,19 +424,23 @@ def list_messages(
     limit: int,
     cursor: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """The key's own messages, newest first, created in ``[since, until)`` and before the
-    ``cursor`` (the id of the last one returned). Ids begin with their creation time, so the index
-    is ordered by id: two messages of one millisecond page correctly. Filters read at most
-    ``SCAN_PAGES`` pages of the index."""
+    """The key's own messages, newest first, created in ``[since, until)`` and older than the
+    ``cursor`` (the index entry of the last one returned). The index is a stream of message ids
+    in the order they were accepted: about 40 bytes a message, where a sorted set took 118.
+    Filters read at most ``SCAN_PAGES`` pages of it."""
     index = schema.key_messages_key(api_key)
-    top = "(" + min(cursor or "~", schema.message_id_at(until))
-    bottom = "[" + schema.message_id_at(since)
+    high = "(" + cursor if cursor else str(int(until * 1000) + CLOCK_SKEW_MS)
+    low = str(max(0, int(since * 1000) - CLOCK_SKEW_MS))
+    first, past = schema.message_id_at(since), schema.message_id_at(until)
     out: list[dict[str, Any]] = []
     for _ in range(SCAN_PAGES):
-        page = conn.zrevrangebylex(index, top, bottom, start=0, num=limit * 2)
-        for raw in page:
-            mid = raw.decode()
-            top = "(" + mid
+        page = conn.xrevrange(index, high, low, count=limit * 2)
+        for raw_id, entry in page:
+            at = raw_id.decode()
+            high = "(" + at
+            mid = entry[b"m"].decode()
+            if not first <= mid[: len(first)] < past:
+                continue
             msg = Message.load(conn, mid)
             if msg is None or (reference and msg.reference != reference):
                 continue
@@ -454,10 +460,10 @@ def list_messages(
                 }
             )
             if len(out) == limit:
-                return out, mid
+                return out, at
         if len(page) < limit * 2:
             return out, None
-    return out, top.lstrip("(")
+    return out, high.lstrip("(")
 
 
 def _mobiles(conn: redis.Redis, msg: Message) -> set[str]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import time
+from datetime import UTC, datetime
 
 import pytest
 
 from gateway import create_app
 from tests.conftest import API_KEY, drain, sim_admin
 from tests.test_reports import pull_all
+from workers import schema
 from workers.settings import settings_from_env
 
 OTHER_KEY = "other-key-0123456789abcdef"
@@ -71,3 +74,31 @@ def test_a_key_lists_its_own_messages_newest_first_with_filters_and_paging(two_k
     second = api.get(f"/v1/messages?limit=2&cursor={first['next_cursor']}", headers=MINE).get_json()
     assert [m["id"] for m in first["items"] + second["items"]] == sorted(mine, reverse=True)[:4]
     assert api.get("/v1/messages?since=yesterday", headers=MINE).status_code == 400
+    assert api.get(f"/v1/messages?cursor={mine[0]}", headers=MINE).status_code == 400  # a cursor is an index entry
+
+
+def test_the_listing_honours_since_and_until_and_its_index_is_small(two_keys, runtime, redis_conn):
+    """The index is a stream of ids (issue 11 §7): ``since``/``until`` pick by each message's own
+    time, and a message costs the index well under 60 bytes (a sorted set took 118)."""
+    api = two_keys
+
+    def send(n: int) -> list[str]:
+        return [
+            api.post("/v1/messages", json={"to": [f"1380013{i:04d}"], "text": f"码 {i}"}, headers=MINE).get_json()["id"]
+            for i in range(n)
+        ]
+
+    def listed(query: str) -> list[str]:
+        return [m["id"] for m in api.get(f"/v1/messages?limit=200{query}", headers=MINE).get_json()["items"]]
+
+    before = send(3)
+    time.sleep(0.05)
+    boundary = datetime.now(UTC).isoformat().replace("+00:00", "%2B00:00")
+    time.sleep(0.05)
+    after = send(297)
+    assert listed(f"&until={boundary}") == before[::-1]
+    assert listed(f"&since={boundary}") == after[::-1][:200]
+    assert listed("&since=2000-01-01T00:00:00%2B00:00&until=2000-01-02T00:00:00%2B00:00") == []
+    index = schema.key_messages_key("tester")
+    assert redis_conn.xlen(index) == 300
+    assert (redis_conn.memory_usage(index, samples=0) or 0) / 300 < 60

@@ -29,7 +29,7 @@ functions below and against a live Redis after a full run)::
     sg:cap:<acct>:<pr>:<mobile> cap_key          zset  send times to a mobile, for its frequency caps
     sg:lim:<limit>             LIMITS            str   an API key's rate and daily quota (keys built by ``limits``)
     sg:usage:<key>:<day>       usage_key         hash  an API key's requests, recipients, parts, suppressed that day
-    sg:mk:<key>                key_messages_key  zset  an API key's message ids by creation time (GET /v1/messages)
+    sg:mx:<key>                key_messages_key  stream an API key's message ids as accepted (GET /v1/messages)
     sg:ausage:<acct>:<day>     account_usage_key hash  the same day's counters of a provider account
     sg:optout:<scope>          suppression_key   hash  mobile -> why and when it opted out (scope: account or *)
     sg:cache:<what>:<id>       cache_key         str   cached provider answers (balance, sensitive words)
@@ -181,7 +181,9 @@ def pool_key(account: str, priority: str, what: str) -> str:
 
 
 def key_messages_key(api_key: str) -> str:
-    return f"sg:mk:{api_key}"
+    """A stream, not a sorted set: 40 bytes a message, not 118 (``sg:mk:``, its sorted-set
+    predecessor, is left to expire; its messages stay readable by id)."""
+    return f"sg:mx:{api_key}"
 
 
 def usage_key(api_key: str, day: str) -> str:
