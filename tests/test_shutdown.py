@@ -86,3 +86,33 @@ def test_json_log_lines_carry_context():
     record.message_id, record.linkid, record.account = "m1", "L1", "default"
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "sent x" and line["message_id"] == "m1" and line["linkid"] == "L1"
+
+
+def test_sigterm_while_redis_cannot_be_reached_still_stops_the_worker(tmp_path, settings_env):
+    """A stop asked while Redis is unreachable must not turn into a wait for Redis: RQ's own
+    stop handler needs Redis, fails, and used to leave the worker pinging a server that is gone.
+    The socket file is moved away, as a second ``smsgw run`` did: the connections the worker
+    holds still work, new ones fail."""
+    from devkit.redis_server import RedisServer
+
+    server = RedisServer(str(tmp_path / "r")).start()
+    env = {**os.environ, **settings_env, "SMSGW_REDIS_URL": server.url}
+    log = (tmp_path / "w.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "worker", "--name", "orphaned"], env=env, stdout=log, stderr=log
+    )
+    log.close()
+    try:
+        deadline = time.monotonic() + 30
+        while b"Listening on" not in (tmp_path / "w.log").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        server.socket.rename(tmp_path / "moved.sock")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0, (tmp_path / "w.log").read_text()[-2000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        (tmp_path / "moved.sock").rename(server.socket)
+        server.stop()

@@ -4,7 +4,9 @@
 
 RQ's worker exits when Redis goes away (its teardown cannot even register the death). A Redis
 restart or failover must not take the fleet with it, so the process waits for Redis to answer
-and starts a fresh RQ worker; a stop signal during the wait ends it cleanly.
+and starts a fresh RQ worker; a stop signal during the wait ends it cleanly, and so does one
+that came before Redis went away (RQ's stop handler writes to Redis: when that fails, the stop
+must not turn into a wait).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from types import FrameType
 
 import redis
 from rq import Queue, SimpleWorker, Worker
@@ -23,6 +26,24 @@ from workers.settings import Settings
 
 log = logging.getLogger("smsgw.worker")
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+class _RemembersStop:
+    """Remembers that a stop was asked, whatever RQ's handler then fails to write."""
+
+    stop_asked = False
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_asked = True
+        super().request_stop(signum, frame)  # type: ignore[misc]
+
+
+class _SimpleWorker(_RemembersStop, SimpleWorker):
+    pass
+
+
+class _ForkingWorker(_RemembersStop, Worker):
+    pass
 
 
 def run_worker(
@@ -40,13 +61,16 @@ def run_worker(
             rq_conn = connect(settings, socket_timeout=None)
             served = [Queue(q, connection=rq_conn) for q in queues]
             # Maintenance also re-takes a dead scheduler's lock: every minute, not RQ's default ten.
-            kind = SimpleWorker if settings.worker_fork == "no" else Worker
+            kind = _SimpleWorker if settings.worker_fork == "no" else _ForkingWorker
             worker = kind(served, connection=rq_conn, name=name, maintenance_interval=60)
             try:
                 return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
             except REDIS_DOWN as e:
                 if burst:
                     raise
+                if worker.stop_asked:
+                    log.warning("Redis went away (%s) while stopping; stopped", type(e).__name__)
+                    return True
                 log.warning("Redis went away (%s); waiting for it to come back", type(e).__name__)
                 if not wait_for_redis(rq_conn):
                     return True
