@@ -216,6 +216,26 @@ def test_a_full_pool_leaves_at_once_and_a_partial_one_waits_its_window(settings_
     assert coalesce.flush_due(worker, now=pool[1]) == 1
 
 
+def test_bulk_pools_that_spend_the_pace_never_hold_back_a_high_one(settings_env, runtime, simulator):
+    """Issue 12 §1: a ``high`` submission never waits behind bulk. Ten different bulk texts are
+    due together with one verification code, on an account of 5 calls a second: the bulk
+    pools spend the pace the non-high share allows this second, and the code still leaves."""
+    env = {**settings_env, "SMSGW_PROVIDER_RATE": "5", "SMSGW_COALESCE_MS_BULK": "1", "SMSGW_COALESCE_MS_HIGH": "1"}
+    api = create_app(settings_from_env(env)).test_client()
+    worker = Runtime.from_settings(settings_from_env(env))
+    bulk = [send(api, {"to": [f"1380013800{i}"], "text": f"促销 {i}", "priority": "bulk"}) for i in range(10)]
+    time.sleep(0.01)
+    code = send(api, {"to": ["13900139000"], "text": "验证码 1234", "priority": "high"})
+    time.sleep(int(time.time()) + 1.75 - time.time())  # 3/4 into a second: 4 bulk shares are open
+    for _ in range(3):  # bulk, due first, takes the shared pace; more coalescer ticks change nothing
+        coalesce.flush_due(worker, now=float("inf"))
+    assert runtime.conn.hget(schema.message_key(code), schema.Message.field_of("via"))
+    sent_bulk = [m for m in bulk if runtime.conn.hget(schema.message_key(m), schema.Message.field_of("via"))]
+    assert len(sent_bulk) == accounts.rate_limit("bulk", 5) == 4  # the rest grow until the next second
+    assert accounts.take_pace(runtime.conn, "default", 5, time.time(), "high")  # high's own share is left
+    assert not accounts.take_pace(runtime.conn, "default", 5, time.time(), "bulk")
+
+
 def test_an_expired_or_vanished_member_is_dropped_by_the_claim(api, runtime, simulator):
     keep = send(api, {"to": ["13800138000"], "text": "x"})
     gone = send(api, {"to": ["13800138001"], "text": "x"})

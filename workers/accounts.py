@@ -104,21 +104,26 @@ def record_balance(conn: redis.Redis, name: str, balance: str, now: float) -> No
     conn.hset(schema.account_key(name), mapping=AccountState.short(balance=balance, balance_at=now))
 
 
-def take_pace(conn: redis.Redis, name: str, per_second: int, now: float) -> bool:
+def take_pace(conn: redis.Redis, name: str, per_second: int, now: float, priority: str = "normal") -> bool:
     """May a coalescer send a pool off that is due but not full? Yes while this second's
     partial pools stay within an even share of the rate (at most 1 + rate x the elapsed
     fraction) and the account's calls are not spent. Otherwise the pool grows: under load,
     submissions grow to carry what arrives instead of queueing small ones behind the rate.
     The take is counted atomically (INCR, given back when refused), so two coalescers never
-    both take the last share."""
+    both take the last share.
+
+    ``high`` is paced on a count of its own against the whole rate; the others share one
+    against the rate less ``high``'s reserve (:func:`rate_limit`). Many bulk texts on one
+    account thus never make a verification code's pool wait for the next second."""
     second = int(now)
-    pace = schema.pace_key(name, second)
+    limit = rate_limit(priority, per_second)
+    pace = schema.pace_key(name, second, high=priority == "high")
     with conn.pipeline(transaction=False) as pipe:
         pipe.incr(pace)
         pipe.expire(pace, 2)
         pipe.get(schema.rate_key(name, second))
         taken, _, spent = pipe.execute()
-    if taken <= min(per_second, 1 + int(per_second * (now % 1))) and int(spent or 0) < per_second:
+    if taken <= min(limit, 1 + int(limit * (now % 1))) and int(spent or 0) < limit:
         return True
     conn.decr(pace)
     return False

@@ -23,7 +23,8 @@ Three ways to share a submission:
 A pool that is due but not full waits while the account's provider calls this second are at
 their evenly paced share of its rate (``accounts.take_pace``): under load, submissions grow to
 carry what arrives instead of queueing small ones behind the rate limit. A full pool (due ``0``)
-leaves at once.
+leaves at once. ``high`` pools are tried first and paced apart, with a reserve the others
+cannot spend.
 
 The claim is one Lua script: it takes the pool's oldest sends, at most one per mobile (a phone
 twice in one submission would get one message), skips those cancelled meanwhile, marks each
@@ -168,12 +169,15 @@ def flush_due(rt: Runtime, now: float | None = None) -> int:
     conn = rt.conn
     now = time.time() if now is None else now
     made = 0
-    raw: tuple[bytes, float]
-    for raw in conn.zrangebyscore(schema.POOLS, "-inf", now, start=0, num=100, withscores=True):
-        pool, due = raw[0].decode(), raw[1]
-        account = pool.rsplit(":", 3)[1]
+    due_now = [
+        (raw[0].decode(), raw[1])
+        for raw in conn.zrangebyscore(schema.POOLS, "-inf", now, start=0, num=100, withscores=True)
+    ]
+    due_now.sort(key=lambda entry: entry[0].rsplit(":", 3)[2] != "high")  # high first, then by due time
+    for pool, due in due_now:
+        _, account, priority, _ = pool.rsplit(":", 3)
         rate = rt.settings.accounts[account].rate_per_second if account in rt.settings.accounts else 0
-        if due > 0 and rate and not accounts.take_pace(conn, account, rate, time.time()):
+        if due > 0 and rate and not accounts.take_pace(conn, account, rate, time.time(), priority):
             continue  # not full, and the account's calls are spent for now: let it grow
         while (bid := claim(rt, pool)) is not None:
             lifecycle.plan(conn, rt.settings, bid)
