@@ -117,7 +117,7 @@ def take_pace(conn: redis.Redis, name: str, per_second: int, now: float, priorit
     account thus never make a verification code's pool wait for the next second."""
     second = int(now)
     limit = rate_limit(priority, per_second)
-    pace = schema.pace_key(name, second, high=priority == "high")
+    pace = (schema.high_pace_key if priority == "high" else schema.pace_key)(name, second)
     with conn.pipeline(transaction=False) as pipe:
         pipe.incr(pace)
         pipe.expire(pace, 2)

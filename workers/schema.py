@@ -16,7 +16,8 @@ functions below and against a live Redis after a full run)::
     sg:held:<account>          held_key          zset  chunk refs parked on a held account, by hold time
     sg:await:<account>         awaiting_key      zset  chunk refs submitted, awaiting reports, by submit time
     sg:rate:<account>:<sec>    rate_key          str   provider calls of the account in that second
-    sg:pace:<account>:<sec>[:h] pace_key         str   partial pools the coalescers sent off in that second (:h high)
+    sg:pace:<account>:<sec>    pace_key          str   partial pools the coalescers sent off in that second
+    sg:hpace:<account>:<sec>   high_pace_key     str   the same for high pools, counted apart
     sg:pull:<account>          pull_schedule_key hash  kind -> when the next pull of that kind is due
     sg:lease:<name>            lease_key         str   which process holds a fleet-wide lease
     sg:watch                   WATCH             zset  refs the sweeper checks ("m:<mid>", "c:<mid>:<n>")
@@ -111,9 +112,13 @@ def rate_key(account: str, second: int) -> str:
     return f"sg:rate:{account}:{second}"
 
 
-def pace_key(account: str, second: int, high: bool = False) -> str:
+def pace_key(account: str, second: int) -> str:
+    return f"sg:pace:{account}:{second}"
+
+
+def high_pace_key(account: str, second: int) -> str:
     """``high`` pools have a pace of their own: bulk pools cannot spend it."""
-    return f"sg:pace:{account}:{second}:h" if high else f"sg:pace:{account}:{second}"
+    return f"sg:hpace:{account}:{second}"
 
 
 def pull_schedule_key(account: str) -> str:
