@@ -229,8 +229,12 @@ def test_bulk_pools_that_spend_the_pace_never_hold_back_a_high_one(settings_env,
     time.sleep(int(time.time()) + 1.75 - time.time())  # 3/4 into a second: 4 bulk shares are open
     for _ in range(3):  # bulk, due first, takes the shared pace; more coalescer ticks change nothing
         coalesce.flush_due(worker, now=float("inf"))
-    assert runtime.conn.hget(schema.message_key(code), schema.Message.field_of("via"))
-    sent_bulk = [m for m in bulk if runtime.conn.hget(schema.message_key(m), schema.Message.field_of("via"))]
+
+    def planned(mid: str) -> bool:
+        return runtime.conn.hget(schema.message_key(mid), schema.Message.field_of("state")) != b"accepted"
+
+    assert planned(code)
+    sent_bulk = [m for m in bulk if planned(m)]
     assert len(sent_bulk) == accounts.rate_limit("bulk", 5) == 4  # the rest grow until the next second
     assert accounts.take_pace(runtime.conn, "default", 5, time.time(), "high")  # high's own share is left
     assert not accounts.take_pace(runtime.conn, "default", 5, time.time(), "bulk")
@@ -245,17 +249,34 @@ def test_an_expired_or_vanished_member_is_dropped_by_the_claim(api, runtime, sim
     assert view(api, keep)["status"] == "submitted"
 
 
-def test_a_coalescer_that_dies_after_its_claim_leaves_a_batch_the_sweeper_plans(api, runtime, simulator):
+@pytest.mark.parametrize("sends", [2, 1])
+def test_a_coalescer_that_dies_after_its_claim_leaves_a_batch_the_sweeper_plans(api, runtime, simulator, sends):
+    """Two sends make a batch; one alone is claimed as itself. Either way the claim leaves it on
+    the sweeper's watch, and the sweeper plans what the dead coalescer did not."""
     from workers.sweeper import sweep
 
-    mids = [send(api, {"to": [f"1380013800{i}"], "text": "x"}) for i in range(2)]
+    mids = [send(api, {"to": [f"1380013800{i}"], "text": "x"}) for i in range(sends)]
     [pool] = runtime.conn.zrange(schema.POOLS, 0, -1)
-    batch = coalesce.claim(runtime, pool.decode())  # claimed, and the process died before planning
-    assert batch and runtime.conn.zcard(pool) == 0
+    planned = coalesce.claim(runtime, pool.decode())  # claimed, and the process died before planning
+    assert planned and runtime.conn.zcard(pool) == 0
+    assert planned.startswith("b") == (sends > 1)
     assert sweep(runtime.conn, runtime.settings, time.time() + runtime.settings.job_grace_seconds + 1) == 1
     drain(runtime)
     [sub] = sim_submissions(simulator)
-    assert len(sub["mobiles"]) == 2 and [view(api, m)["status"] for m in mids] == ["submitted"] * 2
+    assert len(sub["mobiles"]) == sends and [view(api, m)["status"] for m in mids] == ["submitted"] * sends
+    no_linkid_twice(simulator)
+
+
+def test_a_send_alone_in_its_pool_goes_as_its_own_message_not_in_a_batch_of_one(api, runtime, simulator):
+    """A batch of one would only add keys: the message, its chunk, its history, per send."""
+    mid = send(api, {"to": ["13800138000"], "text": "只有我"})
+    drain(runtime)
+    assert carrier(runtime.conn, mid) == f"{mid}:0".encode()
+    assert list(runtime.conn.scan_iter(match=schema.message_key("b*"))) == []
+    [sub] = sim_submissions(simulator)
+    assert sub["mobiles"] == ["13800138000"] and sub["texts"] == ["只有我"]
+    shown = view(api, mid)
+    assert shown["status"] == "submitted" and [c["linkid"] for c in shown["chunks"]] == [sub["linkid"]]
 
 
 @pytest.mark.slow

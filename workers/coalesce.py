@@ -29,7 +29,9 @@ cannot spend.
 The claim is one Lua script: it takes the pool's oldest sends, at most one per mobile (a phone
 twice in one submission would get one message), skips those cancelled meanwhile, marks each
 member ``sending`` with the batch's id, and writes the batch, unplanned and on the sweeper's
-watch, all at once. Any number of coalescers on any number of hosts may claim one pool: each
+watch, all at once; a send taken alone is not wrapped in a batch but planned as the message
+it is (a batch of one cost twice the keys, and the sweeper's watch covers it the same way).
+Any number of coalescers on any number of hosts may claim one pool: each
 send goes into exactly one batch. A coalescer that dies after the claim leaves a batch the
 sweeper plans, as it would a message whose plan job was lost.
 """
@@ -59,7 +61,7 @@ SCAN_FACTOR = 3
 
 # KEYS: pool, POOLS, batch message, WATCH.
 # ARGV: size, message key prefix, now, batch id, window, mode, Message.FIELDS (JSON), grace,
-#       ttl, account, priority, batch's watch ref.
+#       ttl, account, priority, batch's watch ref, a message's watch ref without its id.
 CLAIM = """
 local size, now, window = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[5])
 local f = cjson.decode(ARGV[7])
@@ -84,7 +86,6 @@ for _, member in ipairs(cands) do
       table.insert(taken, member)
       text = text or st[2]
       if st[3] == '1' then redact = '1' end
-      redis.call('HSET', key, f.state, 'sending', f.via, ARGV[4], f.chunks, 1, f.planned, ARGV[3])
     end
   end
 end
@@ -99,7 +100,15 @@ else
   if redis.call('ZCARD', KEYS[1]) >= size then due = 0 end
   redis.call('ZADD', KEYS[2], due, KEYS[1])
 end
-if #items == 0 then return 0 end
+if #items == 0 then return false end
+if #items == 1 then
+  -- Alone: it goes as the message it is, no batch around it (a batch of one only costs keys).
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[8]), ARGV[13] .. mids[1])
+  return mids[1]
+end
+for _, mid in ipairs(mids) do
+  redis.call('HSET', ARGV[2] .. mid, f.state, 'sending', f.via, ARGV[4], f.chunks, 1, f.planned, ARGV[3])
+end
 local kind = 't'
 if ARGV[6] == 'v' then kind, text = 'p', '{value0}' elseif ARGV[6] == 'p' then kind = 'p' end
 redis.call('HSET', KEYS[3], f.state, 'accepted', f.account, ARGV[10], f.priority, ARGV[11], f.kind, kind,
@@ -107,7 +116,7 @@ redis.call('HSET', KEYS[3], f.state, 'accepted', f.account, ARGV[10], f.priority
   f.recipients, #items, f.created, ARGV[3], f.redact, redact, f.job_seq, 1)
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[9]))
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[8]), ARGV[12])
-return #items
+return ARGV[4]
 """
 
 
@@ -131,8 +140,9 @@ def pool_for(
 
 
 def claim(rt: Runtime, pool: str, now: float | None = None) -> str | None:
-    """Take up to a chunk of the pool's sends into a new batch; returns its id (``None``: the
-    pool had nothing to take)."""
+    """Take up to a chunk of the pool's sends into a new batch; returns the id of the message to
+    plan: the batch, or the one send taken when it was alone (``None``: the pool had nothing to
+    take). Either is unplanned and on the sweeper's watch until planned."""
     conn, settings = rt.conn, rt.settings
     now = time.time() if now is None else now
     _, account, priority, what = pool.rsplit(":", 3)
@@ -160,8 +170,9 @@ def claim(rt: Runtime, pool: str, now: float | None = None) -> str | None:
         account,
         priority,
         schema.message_ref(bid),
+        schema.message_ref(""),
     )
-    return bid if taken else None
+    return taken.decode() if taken else None
 
 
 def flush_due(rt: Runtime, now: float | None = None) -> int:
