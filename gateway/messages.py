@@ -25,7 +25,7 @@ import gateway.quotas as quotas
 from gateway.validation import Accepted
 from workers import coalesce, lifecycle, schema
 from workers.chunks import chunk_count
-from workers.reports import recipient_states
+from workers.reports import recipient_state, recipient_states
 from workers.runtime import replicated
 from workers.schema import Chunk, Message, Reply
 from workers.settings import Settings
@@ -536,8 +536,7 @@ def _member_recipients(conn: redis.Redis, msg: Message) -> list[dict[str, Any]]:
     """A coalesced message's one recipient, as its batch's chunk (and the reports on it) say."""
     mobile = msg.items.split(",", 1)[0]
     for chunk in lifecycle.member_chunks(conn, msg.id, msg.via):
-        reported = recipient_states(conn, msg.via, chunk.n)
-        state, code, ts = reported.get(mobile, (chunk.state, "", ""))
+        state, code, ts = recipient_state(conn, msg.via, chunk.n, mobile) or (chunk.state, "", "")
         row = {"mobile": mobile, "chunk": 0, "linkid": chunk.linkid, "state": state}
         return [{**row, "operator_code": code or None, "reported_at": _iso(ts)}]
     done = [s for s, n in msg.recipients_final.items() if n and s in lifecycle.FINAL]

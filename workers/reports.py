@@ -416,6 +416,15 @@ def mark_unknown(rt: Runtime, now: float, window: float) -> int:
     return marked
 
 
+def recipient_state(conn: redis.Redis, mid: str, n: int, mobile: str) -> tuple[str, str, str] | None:
+    """One recipient's report on chunk ``n`` (a coalesced message's, in a batch of up to 1000)."""
+    raw = conn.hget(recipients_key(mid, n), mobile)
+    if raw is None:
+        return None
+    state, code, ts = raw.decode().split("|")
+    return STATE_NAMES[state], code, ts
+
+
 def recipient_states(conn: redis.Redis, mid: str, n: int) -> dict[str, tuple[str, str, str]]:
     raw = conn.hgetall(recipients_key(mid, n))
     out = {}
