@@ -151,6 +151,24 @@ def test_no_report_within_the_window_is_unknown(api, runtime, simulator):
     assert view(api, mid)["status"] == "partially_delivered"
 
 
+def test_a_chunk_leaves_the_report_wait_when_its_last_recipient_reports(api, runtime, simulator):
+    """Not at the end of the 72-hour window: the pullers' fast pace and the wait's memory follow
+    what is really outstanding. A repeated report changes nothing."""
+    mid = send(api, {"to": ["13800138000", "13900139000"], "text": "x"})
+    drain(runtime)
+    linkid = view(api, mid)["chunks"][0]["linkid"]
+    waiting = schema.awaiting_key("default")
+    base = {"kind": "rpt", "linkid": linkid, "status": "DELIVRD", "time": "2030-01-01 10:00:00"}
+    assert runtime.conn.zcard(waiting) == 1
+    reports.apply_item(runtime, {**base, "mobile": "13800138000"})
+    reports.apply_item(runtime, {**base, "mobile": "13800138000"})
+    assert runtime.conn.zcard(waiting) == 1
+    reports.apply_item(runtime, {**base, "mobile": "13900139000"})
+    assert runtime.conn.zcard(waiting) == 0
+    assert reports.mark_unknown(runtime, time.time() + 10, 5) == 0
+    assert view(api, mid)["status"] == "delivered"
+
+
 @pytest.mark.parametrize("encoding", ["gb2312", "utf-8"])
 def test_replies_round_trip_exactly_through_push_and_pull(api, runtime, simulator, encoding):
     mid = send(api, {"to": ["13800138000"], "text": "reply to me"})

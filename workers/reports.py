@@ -79,6 +79,9 @@ if submitted > 0 and not cur then
   redis.call('HINCRBY', KEYS[3], 'report_lag_seconds_sum', math.max(0, tonumber(ARGV[4]) - submitted))
   redis.call('HINCRBY', KEYS[3], 'report_lag_count', 1)
 end
+-- ARGV[9]: the chunk's recipients (absent: do not check). 2: this report was its last one.
+local all = tonumber(ARGV[9] or '0')
+if all > 0 and not cur and redis.call('HLEN', KEYS[1]) >= all then return 2 end
 return 1
 """
 
@@ -215,6 +218,8 @@ class _Sent:
     submitted: float
     owner: _Owner | None
     members: dict[str, _Owner]
+    account: str = ""
+    recipients: int = 0
 
     def owner_of(self, mobile: str) -> _Owner | None:
         return self.owner if self.owner is not None else self.members.get(mobile)
@@ -257,19 +262,21 @@ def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | N
     mid, n = found
     with conn.pipeline(transaction=False) as pipe:
         pipe.set(schema.report_seen_key(linkid), 1, ex=rt.settings.retention_seconds)
-        pipe.hmget(schema.chunk_key(mid, n), *(Chunk.field_of(f) for f in ("state", "submitted_at", "items", "mids")))
-        _, (state, submitted, items, mids) = pipe.execute()
+        fields = ("state", "submitted_at", "items", "mids", "account")
+        pipe.hmget(schema.chunk_key(mid, n), *(Chunk.field_of(f) for f in fields))
+        _, (state, submitted, items, mids, account) = pipe.execute()
     if state == lifecycle.UNCONFIRMED.encode():
         # A report proves the ambiguous submission was accepted.
         lifecycle.settle_unconfirmed(conn, rt.settings, mid, n)
     chunk = Chunk(items=(items or b"").decode(), mids=(mids or b"").decode())
     members = chunk.members
+    at, size, name = float(submitted or 0), len(chunk.mobiles), (account or b"").decode()
     if members:
         owners = _owners(conn, rt.settings, list(members.values()))
         by_mid = {o.mid: o for o in owners}
-        cache[linkid] = _Sent(mid, n, float(submitted or 0), None, {m: by_mid[i] for m, i in members.items()})
+        cache[linkid] = _Sent(mid, n, at, None, {m: by_mid[i] for m, i in members.items()}, name, size)
     else:
-        cache[linkid] = _Sent(mid, n, float(submitted or 0), _owners(conn, rt.settings, [mid])[0], {})
+        cache[linkid] = _Sent(mid, n, at, _owners(conn, rt.settings, [mid])[0], {}, name, size)
     return cache[linkid]
 
 
@@ -311,7 +318,13 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
         f"{sent.submitted:.0f}",
         f"reports_{STATE_NAMES[state]}",
         1,
+        sent.recipients,
     )
+    if changed == 2 and sent.account:
+        # Every recipient has reported: nothing is left to wait for. The chunk leaves the report
+        # wait now, not at the window's end (72 h): the pullers go back to their interval, and
+        # a one-recipient message no longer holds a wait entry for three days.
+        conn.zrem(schema.awaiting_key(sent.account), schema.chunk_ref(sent.mid, sent.n))
     if changed and owner.callback:
         queue_event(
             rt,
