@@ -176,7 +176,8 @@ def claim(rt: Runtime, pool: str, now: float | None = None) -> str | None:
 
 
 def flush_due(rt: Runtime, now: float | None = None) -> int:
-    """Claim every due pool and plan each batch at once; returns how many batches were made."""
+    """Claim every due pool and plan what each claim made (a batch, or a send that was alone) at
+    once; returns how many were planned."""
     conn = rt.conn
     now = time.time() if now is None else now
     made = 0
@@ -190,8 +191,8 @@ def flush_due(rt: Runtime, now: float | None = None) -> int:
         rate = rt.settings.accounts[account].rate_per_second if account in rt.settings.accounts else 0
         if due > 0 and rate and not accounts.take_pace(conn, account, rate, time.time(), priority):
             continue  # not full, and the account's calls are spent for now: let it grow
-        while (bid := claim(rt, pool)) is not None:
-            lifecycle.plan(conn, rt.settings, bid)
+        while (claimed := claim(rt, pool)) is not None:  # a batch, or a send that was alone
+            lifecycle.plan(conn, rt.settings, claimed)
             made += 1
             if (conn.zscore(schema.POOLS, pool) or float("inf")) > now:
                 break  # what is left is not due yet
