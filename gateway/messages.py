@@ -65,7 +65,7 @@ for i = 6, 7 do
 end
 if KEYS[8] ~= '' then redis.call('SET', KEYS[8], ARGV[9], 'EX', ARGV[10]) end
 if KEYS[9] == '' then return 0 end
-redis.call('ZADD', KEYS[9], ARGV[13], ARGV[11])
+redis.call('ZADD', KEYS[9], ARGV[14], ARGV[11])  -- scored by when it must leave
 local size = redis.call('ZCARD', KEYS[9])
 if size >= tonumber(ARGV[12]) then
   redis.call('ZADD', KEYS[10], 0, KEYS[9])  -- full: it leaves now

@@ -4,8 +4,11 @@ Services mostly send one recipient per request (verification codes, order notice
 cost a provider call and a slot of the account's rate; the provider takes 1000 recipients a
 call. So a one-recipient send does not get a plan job of its own: accept (``gateway.messages``)
 puts it in a *pool* (``schema.pool_key``: one per account, priority and text, or template,
-entries ``<mid>|<item>`` by accept time) and notes in ``schema.POOLS`` when the pool's oldest
-send must leave (``NX``: a pool already waiting keeps its earlier time). Any worker's coalescer thread
+entries ``<mid>|<item>`` scored by when each must leave: its accept time plus its priority's
+window, as the accepting API process is configured) and notes in ``schema.POOLS`` when the
+pool's oldest send must leave (``NX``: a pool already waiting keeps its earlier time). A claim
+that leaves sends behind re-dates the pool from its oldest remaining entry, so no process
+applies its own window to another's sends. Any worker's coalescer thread
 (:func:`loop`) takes a due pool's sends into a *batch*: a message of its own (``b…``, no API
 key sees it) whose plan cuts the usual chunks, with the member message of each recipient on
 the chunk. From there a batch is sent, held, split, retried and settled like any message; what
@@ -60,11 +63,11 @@ IDLE = 0.05
 SCAN_FACTOR = 3
 
 # KEYS: pool, POOLS, batch message, WATCH.
-# ARGV: size, message key prefix, now, batch id, window, mode, Message.FIELDS (JSON), grace,
+# ARGV: size, message key prefix, now, batch id, mode, Message.FIELDS (JSON), grace,
 #       ttl, account, priority, batch's watch ref, a message's watch ref without its id.
 CLAIM = """
-local size, now, window = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[5])
-local f = cjson.decode(ARGV[7])
+local size, now = tonumber(ARGV[1]), tonumber(ARGV[3])
+local f = cjson.decode(ARGV[6])
 local cands = redis.call('ZRANGE', KEYS[1], 0, size * 3 - 1)
 local seen, items, mids, taken = {}, {}, {}, {}
 local text, redact = nil, '0'
@@ -96,26 +99,26 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #oldest == 0 then
   redis.call('ZREM', KEYS[2], KEYS[1])
 else
-  local due = tonumber(oldest[2]) + window
+  local due = tonumber(oldest[2])
   if redis.call('ZCARD', KEYS[1]) >= size then due = 0 end
   redis.call('ZADD', KEYS[2], due, KEYS[1])
 end
 if #items == 0 then return false end
 if #items == 1 then
   -- Alone: it goes as the message it is, no batch around it (a batch of one only costs keys).
-  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[8]), ARGV[13] .. mids[1])
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[7]), ARGV[12] .. mids[1])
   return mids[1]
 end
 for _, mid in ipairs(mids) do
   redis.call('HSET', ARGV[2] .. mid, f.state, 'sending', f.via, ARGV[4], f.chunks, 1, f.planned, ARGV[3])
 end
 local kind = 't'
-if ARGV[6] == 'v' then kind, text = 'p', '{value0}' elseif ARGV[6] == 'p' then kind = 'p' end
-redis.call('HSET', KEYS[3], f.state, 'accepted', f.account, ARGV[10], f.priority, ARGV[11], f.kind, kind,
+if ARGV[5] == 'v' then kind, text = 'p', '{value0}' elseif ARGV[5] == 'p' then kind = 'p' end
+redis.call('HSET', KEYS[3], f.state, 'accepted', f.account, ARGV[9], f.priority, ARGV[10], f.kind, kind,
   f.text, text or '', f.items, table.concat(items, ';'), f.mids, table.concat(mids, ';'),
   f.recipients, #items, f.created, ARGV[3], f.redact, redact, f.job_seq, 1)
-redis.call('EXPIRE', KEYS[3], tonumber(ARGV[9]))
-redis.call('ZADD', KEYS[4], now + tonumber(ARGV[8]), ARGV[12])
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[8]))
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[7]), ARGV[11])
 return ARGV[4]
 """
 
@@ -162,7 +165,6 @@ def claim(rt: Runtime, pool: str, now: float | None = None) -> str | None:
         schema.message_key(""),
         f"{now:.3f}",
         bid,
-        settings.coalesce_ms.get(priority, 0) / 1000,
         what[0],
         json.dumps(Message.FIELDS),
         settings.job_grace_seconds,
