@@ -6,13 +6,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from devkit.redis_server import RedisServer
+from devkit.run import wait_http
 from tests.conftest import API_KEY, AUTH, drain
 from workers import maintenance
 from workers.settings import settings_from_env
@@ -83,13 +83,7 @@ def test_metrics_add_up_across_gunicorn_workers(settings_env, tmp_path):
     api = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.2)
+        wait_http(f"{base}/healthz", timeout=30)  # a read timeout while workers boot is waited out too
         session = requests.Session()
         headers = {"Authorization": f"Bearer {API_KEY}"}
         for _ in range(60):

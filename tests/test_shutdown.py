@@ -14,6 +14,7 @@ import time
 import pytest
 import requests
 
+from devkit.run import wait_http
 from tests.conftest import API_KEY, AUTH, sim_admin, sim_submissions
 from tests.test_metrics import free_port
 from workers.logs import JsonFormatter
@@ -57,13 +58,7 @@ def test_sigterm_to_gunicorn_drains_requests_in_flight(settings_env, simulator):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                requests.get(f"{base}/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.2)
+        wait_http(f"{base}/healthz", timeout=30)
         result = {}
 
         def slow() -> None:
