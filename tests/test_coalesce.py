@@ -241,17 +241,24 @@ def test_bulk_pools_that_spend_the_pace_never_hold_back_a_high_one(settings_env,
     time.sleep(0.01)
     code = send(api, {"to": ["13900139000"], "text": "验证码 1234", "priority": "high"})
     time.sleep(int(time.time()) + 1.75 - time.time())  # 3/4 into a second: 4 bulk shares are open
+    second = int(time.time())
     for _ in range(3):  # bulk, due first, takes the shared pace; more coalescer ticks change nothing
         coalesce.flush_due(worker, now=float("inf"))
+    end = time.time()
+    one_second = int(end) == second  # a slow machine may cross into the next one
 
     def planned(mid: str) -> bool:
         return runtime.conn.hget(schema.message_key(mid), schema.Message.field_of("state")) != b"accepted"
 
     assert planned(code)
     sent_bulk = [m for m in bulk if planned(m)]
-    assert 1 <= len(sent_bulk) <= accounts.rate_limit("bulk", 5) == 4  # the rest grow until the next second
-    assert accounts.take_pace(runtime.conn, "default", 5, time.time(), "high")  # high's own share is left
-    assert not accounts.take_pace(runtime.conn, "default", 5, time.time(), "bulk")
+    assert accounts.rate_limit("bulk", 5) == 4
+    if one_second:
+        assert len(sent_bulk) == 4  # the bulk share of this second; the rest grow until the next
+        assert accounts.take_pace(runtime.conn, "default", 5, end, "high")  # high's own share is left
+        assert not accounts.take_pace(runtime.conn, "default", 5, end, "bulk")
+    else:
+        assert 1 <= len(sent_bulk) <= 8  # four shares in each of the two seconds at most
 
 
 def test_an_expired_or_vanished_member_is_dropped_by_the_claim(api, runtime, simulator):
