@@ -37,7 +37,7 @@ import requests
 
 from devkit.redis_server import RedisServer
 from devkit.run import stop, wait_http
-from workers import pullers, reports, schema
+from workers import archive, pullers, reports, schema
 from workers.runtime import Runtime
 from workers.settings import settings_from_env
 
@@ -326,7 +326,10 @@ def campaign(s: Stack, port: int) -> Campaign:
 
 
 def redis_bytes_per_recipient(s: Stack, recipients: int) -> float:
-    """smsgw's keys at rest (RQ's own job records, kept minutes, are not counted)."""
+    """smsgw's keys at rest (RQ's own job records, kept minutes, are not counted): after the
+    maintenance round has folded what it folds ``archive.AFTER`` seconds after the last report."""
+    while s.conn.zcard(schema.FOLD):
+        archive.fold_due(s.conn, float("inf"))
     total = sum(s.conn.memory_usage(k, samples=0) or 0 for k in s.conn.scan_iter(match=schema.PREFIX + "*", count=1000))
     return total / recipients
 

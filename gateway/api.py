@@ -184,7 +184,7 @@ def _replay(idem_key: str, existing: bytes, fingerprint: str) -> Response:
 
 
 def _own_message(mid: str) -> Message:
-    msg = Message.load(runtime().conn, mid)
+    msg = Message.read(runtime().conn, mid)
     if msg is None or msg.api_key != g.api_key.name:
         raise Problem(404, "Not Found", f"no message {mid}")
     return msg

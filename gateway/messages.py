@@ -25,9 +25,9 @@ import gateway.quotas as quotas
 from gateway.validation import Accepted
 from workers import coalesce, lifecycle, schema
 from workers.chunks import chunk_count
-from workers.reports import recipient_state, recipient_states
+from workers.reports import STATE_NAMES, recipient_state, recipient_states
 from workers.runtime import replicated
-from workers.schema import Chunk, Message, Reply
+from workers.schema import Chunk, Folded, Message, Reply
 from workers.settings import Settings
 
 # The accept's writes in one step. KEYS: fence, message, the key's index, COUNTS, this minute,
@@ -135,7 +135,7 @@ def accept(
         api_key=key_name,
         test=int(test),
         redact=int(redact or priority == "high"),
-        created=now,
+        created=schema.time_of(mid),  # the id's own time: a folded record keeps no other
         send_at=msg.send_at.timestamp() if msg.send_at else 0.0,
         job_seq=1,
     )
@@ -257,6 +257,26 @@ def chunk_view(chunk: Chunk, history: list[bytes]) -> dict[str, Any]:
     }
 
 
+def folded_view(msg: Message, sub: Folded) -> dict[str, Any]:
+    """A folded message's submission (``workers.archive``): what its record kept of it. Its
+    step-by-step history went with the submission's own records."""
+    return {
+        "index": 0,
+        "linkid": sub.linkid,
+        "state": lifecycle.SUBMITTED,
+        "recipients": 1,
+        "attempts": None,
+        "provider_code": 0,
+        "provider_text": None,
+        "error": None,
+        "reason": None,
+        "updated_at": _iso(sub.submitted),
+        "possible_duplicates": 0,
+        "history": [],
+        "folded": True,
+    }
+
+
 def _callback_state(msg: Message) -> str | None:
     if not msg.callback_url:
         return None
@@ -265,11 +285,13 @@ def _callback_state(msg: Message) -> str | None:
 
 def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
     """The message as ``GET /v1/messages/{id}`` shows it."""
-    msg = Message.load(conn, mid)
+    msg = Message.read(conn, mid)
     if msg is None:
         return None
     chunks = []
-    if msg.chunk_seq:
+    if msg.folded is not None:
+        chunks.append(folded_view(msg, msg.folded))
+    elif msg.chunk_seq:
         with conn.pipeline(transaction=False) as pipe:
             for n in range(msg.chunk_seq):
                 pipe.hgetall(schema.chunk_key(mid, n))
@@ -303,7 +325,7 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
     }
     counts[lifecycle.SUBMITTED] -= sum(reported.values())
     counts.update(reported)
-    if not msg.chunk_seq and not msg.via:
+    if not msg.chunk_seq and not msg.via and msg.folded is None:
         waiting = msg.state if msg.state in ("cancelled", "suppressed") else "pending"
         counts[waiting] = msg.recipients
     counts["suppressed"] = counts.get("suppressed", 0) + len(json.loads(msg.suppressed or "[]"))
@@ -441,7 +463,7 @@ def list_messages(
             mid = entry[b"m"].decode()
             if not first <= mid[: len(first)] < past:
                 continue
-            msg = Message.load(conn, mid)
+            msg = Message.read(conn, mid)
             if msg is None or (reference and msg.reference != reference):
                 continue
             state = lifecycle.message_state(msg)
@@ -484,7 +506,12 @@ def recipients(conn: redis.Redis, mid: str, cursor: int, limit: int) -> tuple[li
     A recipient's state is its chunk's until a report (or the end of the report window) gives
     it its own: ``delivered``, ``undelivered`` (with the operator's code) or ``unknown``.
     """
-    msg = Message.load(conn, mid) or Message(id=mid)
+    msg = Message.read(conn, mid) or Message(id=mid)
+    if msg.folded is not None:
+        sub = msg.folded
+        row = {"mobile": msg.items.split(",", 1)[0], "chunk": 0, "linkid": sub.linkid}
+        state = STATE_NAMES.get(sub.report, lifecycle.SUBMITTED)
+        return [{**row, "state": state, "operator_code": sub.code or None, "reported_at": _iso(sub.reported)}], None
     if msg.via:
         return _member_recipients(conn, msg), None
     out: list[dict[str, Any]] = []

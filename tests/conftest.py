@@ -142,6 +142,20 @@ def api(app: Flask) -> FlaskClient:
 
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+OTHER_KEY = "other-key-0123456789abcdef"
+MINE = AUTH
+THEIRS = {"Authorization": f"Bearer {OTHER_KEY}"}
+
+
+@pytest.fixture
+def two_keys(settings_env, runtime):
+    """The API with a second key (``THEIRS``) and an operator login: for what keys may not see."""
+    env = {
+        **settings_env,
+        "SMSGW_API_KEYS": f"tester:{API_KEY},other:{OTHER_KEY}",
+        "SMSGW_OPERATOR_PASSWORD": "operator-pass-123",
+    }
+    return create_app(settings_from_env(env)).test_client()
 
 
 def drain(rt: Runtime, *, timeout: float = 20.0, until: Callable[[], bool] | None = None) -> None:

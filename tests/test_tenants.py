@@ -6,28 +6,11 @@ import base64
 import time
 from datetime import UTC, datetime
 
-import pytest
-
-from gateway import create_app
-from tests.conftest import API_KEY, drain, sim_admin
+from tests.conftest import MINE, THEIRS, drain, sim_admin
 from tests.test_reports import pull_all
 from workers import schema
-from workers.settings import settings_from_env
 
-OTHER_KEY = "other-key-0123456789abcdef"
-MINE = {"Authorization": f"Bearer {API_KEY}"}
-THEIRS = {"Authorization": f"Bearer {OTHER_KEY}"}
 OPERATOR = {"Authorization": "Basic " + base64.b64encode(b"operator:operator-pass-123").decode()}
-
-
-@pytest.fixture
-def two_keys(settings_env, runtime):
-    env = {
-        **settings_env,
-        "SMSGW_API_KEYS": f"tester:{API_KEY},other:{OTHER_KEY}",
-        "SMSGW_OPERATOR_PASSWORD": "operator-pass-123",
-    }
-    return create_app(settings_from_env(env)).test_client()
 
 
 def test_replies_are_seen_by_the_key_that_sent_the_message_only(two_keys, runtime, simulator):

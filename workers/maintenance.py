@@ -2,7 +2,7 @@
 
 Each ``smsgw worker`` runs :func:`loop` in a thread; a lease in Redis (``SET NX PX``) lets one
 of them do each round. Rounds: the sweeper, the balance check that resumes accounts held for
-insufficient balance, and failing chunks held longer than allowed.
+insufficient balance, failing chunks held longer than allowed, and folding what is at rest.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import uuid
 
 import redis
 
-from workers import accounts, lifecycle, metrics, pullers, queues, reports, schema
+from workers import accounts, archive, lifecycle, metrics, pullers, queues, reports, schema
 from workers import provider as p
 from workers.alerts import alert
 from workers.runtime import Runtime
@@ -40,6 +40,7 @@ def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
         "overdue": rescue_overdue(rt, now),
     }
     out["unknown"] = reports.mark_unknown(rt, now, rt.settings.report_window_seconds)
+    out["folded"] = archive.fold_due(rt.conn, now)
     metrics.sample_depths(rt.conn, queues.depths(rt.conn), now)  # the dashboard's depth chart
     for name in rt.settings.accounts:
         out["resumed"] += _balance_check(rt, name, now)

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from workers import guardrails, lifecycle, schema
+from workers import archive, guardrails, lifecycle, schema
 from workers import provider as p
 from workers.notifications import queue_event
 from workers.runtime import Runtime
@@ -45,6 +45,8 @@ STATE_NAMES = {"D": "delivered", "U": "undelivered", "X": "unknown"}
 # Returns 1 when the recipient's state changed to a new final one, 0 otherwise.
 MERGE = """
 if ARGV[8] == '1' then redis.call('HINCRBY', KEYS[3], 'reports', 1) end
+-- The message is gone (expired, or folded while this report was on its way): nothing to merge.
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local st, code, ts = string.match(cur, '^(%a)|(.*)|([%d.]+)$')
@@ -220,6 +222,7 @@ class _Sent:
     members: dict[str, _Owner]
     account: str = ""
     recipients: int = 0
+    folded: bool = False  # the submission is folded (``workers.archive``): its reports are in
 
     def owner_of(self, mobile: str) -> _Owner | None:
         return self.owner if self.owner is not None else self.members.get(mobile)
@@ -242,12 +245,18 @@ def _owners(conn: redis.Redis, settings: Settings, mids: list[str]) -> list[_Own
     return out
 
 
-def chunk_of(conn: redis.Redis, linkid: str) -> tuple[str, int] | None:
-    """The chunk a linkid names (any linkid it ever carried)."""
+def linkid_ref(conn: redis.Redis, linkid: str) -> str | None:
+    """What a linkid's record says: ``<mid>:<n>``, or a folded submission's members."""
     ref = conn.get(schema.linkid_key(linkid)) if linkid else None
-    if ref is None:
+    return ref.decode() if ref is not None else None
+
+
+def chunk_of(conn: redis.Redis, linkid: str, ref: str | None = None) -> tuple[str, int] | None:
+    """The live chunk a linkid names (any linkid it ever carried); ``None`` once folded."""
+    ref = linkid_ref(conn, linkid) if ref is None else ref
+    if ref is None or archive.members(ref) is not None:
         return None
-    mid, _, n = ref.decode().rpartition(":")
+    mid, _, n = ref.rpartition(":")
     return mid, int(n)
 
 
@@ -255,10 +264,12 @@ def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | N
     if linkid in cache:
         return cache[linkid]
     conn = rt.conn
-    found = chunk_of(conn, linkid)
+    ref = linkid_ref(conn, linkid)
+    found = chunk_of(conn, linkid, ref) if ref is not None else None
     if found is None:
-        cache[linkid] = None
-        return None
+        folded = ref is not None and archive.members(ref) is not None
+        cache[linkid] = _Sent("", 0, 0.0, None, {}, folded=True) if folded else None
+        return cache[linkid]
     mid, n = found
     with conn.pipeline(transaction=False) as pipe:
         pipe.set(schema.report_seen_key(linkid), 1, ex=rt.settings.retention_seconds)
@@ -291,6 +302,11 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
     conn = rt.conn
     linkid, mobile, status = item.get("linkid", ""), item.get("mobile", ""), item.get("status", "")
     sent = _sent(rt, linkid, cache)
+    if sent is not None and sent.folded:
+        # Every recipient of a folded submission had reported: this one is a late repeat.
+        conn.hincrby(COUNTS, "reports", 1)
+        conn.hincrby(COUNTS, "reports_after_fold", 1)
+        return 0
     owner = sent.owner_of(mobile) if sent is not None else None
     if sent is None or owner is None:
         with conn.pipeline(transaction=False) as pipe:
@@ -324,7 +340,10 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
         # Every recipient has reported: nothing is left to wait for. The chunk leaves the report
         # wait now, not at the window's end (72 h): the pullers go back to their interval, and
         # a one-recipient message no longer holds a wait entry for three days.
-        conn.zrem(schema.awaiting_key(sent.account), schema.chunk_ref(sent.mid, sent.n))
+        with conn.pipeline(transaction=False) as pipe:
+            pipe.zrem(schema.awaiting_key(sent.account), schema.chunk_ref(sent.mid, sent.n))
+            archive.schedule(pipe, sent.mid, sent.n, time.time() + archive.AFTER)
+            pipe.execute()
     if changed and owner.callback:
         queue_event(
             rt,
@@ -344,17 +363,9 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
 def _apply_reply(rt: Runtime, item: dict[str, str]) -> int:
     conn, settings = rt.conn, rt.settings
     linkid = item.get("linkid", "")
-    found = chunk_of(conn, linkid)
-    mid = found[0] if found else ""
-    if found:  # a batch's chunk: the mobile names the member message it answers
-        items, mids = conn.hmget(schema.chunk_key(*found), Chunk.field_of("items"), Chunk.field_of("mids"))
-        members = Chunk(items=(items or b"").decode(), mids=(mids or b"").decode()).members
-        mid = members.get(item.get("mobile", ""), "") if members else mid
-    account, api_key = item.get("account", ""), ""
-    if mid:
-        sent_by = conn.hmget(schema.message_key(mid), Message.field_of("account"), Message.field_of("api_key"))
-        account = account or (sent_by[0] or b"").decode()
-        api_key = (sent_by[1] or b"").decode()
+    mid, sent_by = _replied_to(conn, linkid, item.get("mobile", ""))
+    account = item.get("account", "") or sent_by.account
+    api_key = sent_by.api_key
     received = time.time()
     rid = f"{int(received * 1000):011x}{item_id(item)[:12]}"
     reply = Reply(
@@ -399,6 +410,27 @@ def _apply_reply(rt: Runtime, item: dict[str, str]) -> int:
     return int(stored)
 
 
+def _replied_to(conn: redis.Redis, linkid: str, mobile: str) -> tuple[str, Message]:
+    """The message a reply answers, by its linkid (a batch's: by the mobile too), live or
+    folded; ``("", Message())`` when the linkid is not ours."""
+    ref = linkid_ref(conn, linkid)
+    folded = archive.members(ref) if ref is not None else None
+    if folded is not None:
+        for mid in folded:
+            msg = Message.read(conn, mid)
+            if msg is not None and msg.items.split(",", 1)[0] == mobile:
+                return mid, msg
+        return "", Message()
+    found = chunk_of(conn, linkid, ref) if ref is not None else None
+    if found is None:
+        return "", Message()
+    mid = found[0]
+    items, mids = conn.hmget(schema.chunk_key(*found), Chunk.field_of("items"), Chunk.field_of("mids"))
+    members = Chunk(items=(items or b"").decode(), mids=(mids or b"").decode()).members
+    mid = members.get(mobile, "") if members else mid
+    return mid, (Message.read(conn, mid) if mid else None) or Message(id=mid)
+
+
 def mark_unknown(rt: Runtime, now: float, window: float) -> int:
     """Recipients with no report within ``window`` seconds of submission become ``unknown``."""
     conn = rt.conn
@@ -425,7 +457,10 @@ def mark_unknown(rt: Runtime, now: float, window: float) -> int:
                     "reports_unknown",
                     0,
                 )
-            conn.zrem(schema.awaiting_key(account), raw)
+            with conn.pipeline(transaction=False) as pipe:
+                pipe.zrem(schema.awaiting_key(account), raw)
+                archive.schedule(pipe, mid, n, now + archive.AFTER)
+                pipe.execute()
     return marked
 
 

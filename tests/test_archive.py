@@ -1,0 +1,159 @@
+"""Folding (``workers.archive``): one-recipient messages at rest, packed several to a Redis key.
+
+Driven for real: the API's accept, coalescing, the send to the simulator, reports pulled back;
+then the maintenance round folds, and every reader must answer as it did before.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gateway import create_app
+from tests.conftest import AUTH, MINE, THEIRS, drain, sim_admin, sim_submissions
+from tests.test_reports import pull_all
+from workers import archive, maintenance, reports, schema
+
+OTP = "您的验证码是{code}，5分钟内有效"
+
+
+def otp(api, mobile: str, code: str, headers=AUTH) -> str:
+    body = {"template": OTP, "recipients": [{"to": mobile, "vars": {"code": code}}], "priority": "high"}
+    r = api.post("/v1/messages", json=body, headers=headers)
+    assert r.status_code == 202, r.get_json()
+    return r.get_json()["id"]
+
+
+def reads(api, mid: str, headers=AUTH) -> dict:
+    """What a caller can read of a message."""
+    v = api.get(f"/v1/messages/{mid}", headers=headers).get_json()
+    for chunk in v["chunks"]:  # what folding drops: the submission's step-by-step history
+        for name in ("history", "attempts", "provider_text", "folded", "batch", "submission_recipients", "updated_at"):
+            chunk.pop(name, None)  # (the submission time is kept to the second)
+    rows = api.get(f"/v1/messages/{mid}/recipients", headers=headers).get_json()["items"]
+    return {"view": v, "recipients": rows}
+
+
+#: The families a message and its submission live in (not the fleet's counters and schedules).
+MESSAGE_FAMILIES = ("m", "c", "ce", "r", "lk", "rl", "f", "mx", "await", "fold")
+
+
+def message_bytes(conn) -> int:
+    keys = [k for family in MESSAGE_FAMILIES for k in conn.scan_iter(match=f"sg:{family}:*")]
+    return sum(conn.memory_usage(k, samples=0) or 0 for k in [*keys, schema.FOLD])
+
+
+def test_a_batch_at_rest_is_folded_and_every_reader_answers_as_before(api, runtime, simulator):
+    sim_admin(simulator, "config", undelivered_share=0.3)
+    conn = runtime.conn
+    mids = {otp(api, f"1390000{i:04d}", f"{i:06d}"): f"1390000{i:04d}" for i in range(40)}
+    drain(runtime)
+    [sub] = sim_submissions(simulator)
+    pull_all(runtime)
+    before = {mid: reads(api, mid) for mid in mids}
+    listed = api.get("/v1/messages?limit=100", headers=AUTH).get_json()["items"]
+    live = message_bytes(conn)
+    assert {s["status"] for s in listed} == {"delivered", "undelivered"}
+
+    # The last report scheduled the fold; the maintenance round does it once it is due.
+    assert conn.zcard(schema.FOLD) == 1
+    assert maintenance.run_once(runtime)["folded"] == 0
+    assert maintenance.run_once(runtime, now=time.time() + archive.AFTER + 1)["folded"] == 40
+
+    for family in ("m", "c", "ce", "r", "rl"):
+        assert not list(conn.scan_iter(match=f"sg:{family}:*")), family
+    assert conn.zcard(schema.FOLD) == 0
+    after = {mid: reads(api, mid) for mid in mids}
+    assert after == before
+    assert {r["linkid"] for rows in after.values() for r in rows["recipients"]} == {sub["linkid"]}
+    assert api.get("/v1/messages?limit=100", headers=AUTH).get_json()["items"] == listed
+    some, mobile = next(iter(mids.items()))
+    assert [m["id"] for m in api.get(f"/v1/messages?mobile={mobile}", headers=AUTH).get_json()["items"]] == [some]
+    assert api.delete(f"/v1/messages/{some}", headers=AUTH).status_code == 409
+    # Half of what the live records took, even with 40 messages spread over 16 buckets (bench
+    # measures the shapes of issue 12: 2,000 messages, about a fifth).
+    assert message_bytes(conn) < 0.5 * live, (message_bytes(conn) / 40, live / 40)
+
+
+def test_a_reply_to_a_folded_message_reaches_it_and_only_its_key_sees_it(two_keys, runtime, simulator):
+    api = two_keys
+    conn = runtime.conn
+    mids = {otp(api, m, "123456", MINE): m for m in ("13800138000", "13900139000")}
+    drain(runtime)
+    [sub] = sim_submissions(simulator)
+    pull_all(runtime)
+    assert archive.fold_due(conn, time.time() + archive.AFTER + 1) == 2
+    sim_admin(simulator, "reply", mobile="13900139000", content="TD", linkid=sub["linkid"])
+    pull_all(runtime)
+    [answered] = [mid for mid, m in mids.items() if m == "13900139000"]
+    mine = api.get("/v1/replies", headers=MINE).get_json()["items"]
+    assert [(r["text"], r["message_id"]) for r in mine] == [("TD", answered)]
+    assert api.get(f"/v1/replies?message_id={answered}", headers=MINE).get_json()["items"] == mine
+    assert api.get("/v1/replies", headers=THEIRS).get_json()["items"] == []
+    assert api.get(f"/v1/messages/{answered}", headers=THEIRS).status_code == 404
+    assert api.get(f"/v1/messages/{answered}", headers=MINE).get_json()["status"] == "delivered"
+
+
+def test_a_late_report_on_a_folded_submission_is_counted_and_changes_nothing(api, runtime, simulator):
+    conn = runtime.conn
+    mid = otp(api, "13800138000", "654321")
+    other = otp(api, "13900139000", "111111")
+    drain(runtime)
+    [sub] = sim_submissions(simulator)
+    pull_all(runtime)
+    assert archive.fold_due(conn, time.time() + archive.AFTER + 1) == 2
+    late = {"kind": "report", "linkid": sub["linkid"], "mobile": "13800138000", "status": "UNDELIV"}
+    assert reports.apply_item(runtime, {**late, "time": time.strftime("%Y-%m-%d %H:%M:%S")}) == 0
+    assert conn.hget(schema.COUNTS, "reports_after_fold") == b"1"
+    assert api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()["status"] == "delivered"
+    assert not list(conn.scan_iter(match="sg:m:*")) and not list(conn.scan_iter(match="sg:r:*"))
+    assert api.get(f"/v1/messages/{other}", headers=AUTH).get_json()["status"] == "delivered"
+
+
+def test_a_lone_message_is_folded_and_what_is_not_at_rest_stays_live(runtime, simulator, receiver):
+    conn = runtime.conn
+    api = create_app(runtime.settings).test_client()
+    lone = api.post("/v1/messages", json={"to": ["13800138000"], "text": "您的订单已发货"}, headers=AUTH)
+    many = api.post("/v1/messages", json={"to": ["13700137000", "13600136000"], "text": "会员日"}, headers=AUTH)
+    body = {"to": ["13500135000"], "text": "取件码 8812", "callback_url": receiver}
+    called = api.post("/v1/messages", json=body, headers=AUTH)
+    drain(runtime)
+    pull_all(runtime)
+    lone_id, many_id, called_id = (r.get_json()["id"] for r in (lone, many, called))
+    before = reads(api, lone_id)
+    assert archive.fold_due(conn, time.time() + archive.AFTER + 1) == 1
+    assert reads(api, lone_id) == before and before["view"]["text"] == "您的订单已发货"  # kept: not redacted
+    assert not conn.exists(schema.message_key(lone_id))
+    # Two recipients, or a callback URL (its state still changes): these stay as they are.
+    assert conn.exists(schema.message_key(many_id)) and conn.exists(schema.message_key(called_id))
+    assert api.get(f"/v1/messages/{many_id}", headers=AUTH).get_json()["status"] == "delivered"
+
+
+def test_a_folded_record_reads_back_as_the_message_it_was():
+    mid = schema.new_message_id()
+    msg = schema.Message(
+        id=mid,
+        state="sending",
+        account="default",
+        priority="normal",
+        kind="t",
+        text="取件码 | 8812",
+        items="13800138000",
+        recipients=1,
+        parts=1,
+        api_key="tester",
+        reference="order|42",
+        created=schema.time_of(mid),
+        via="b" + mid,
+        chunks=1,
+    )
+    sub = schema.Folded("0123456789abcdef0123456789abcdef", schema.time_of(mid) + 2, "U", "MK:0001", 1e10)
+    back = schema.Message.unfold(mid, msg.fold(sub))
+    assert (back.text, back.reference, back.items, back.api_key, back.priority) == (
+        "取件码 | 8812",
+        "order|42",
+        "13800138000",
+        "tester",
+        "normal",
+    )
+    assert back.folded == schema.Folded(sub.linkid, float(int(sub.submitted)), "U", "MK:0001", float(int(1e10)))
+    assert back.recipients_final == {"submitted": 1, "U": 1} and back.chunks_final == {"submitted": 1}

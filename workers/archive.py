@@ -1,0 +1,134 @@
+"""Folding: one-recipient messages at rest, packed several to a Redis key.
+
+Why: a one-recipient message that lives in records of its own costs 700 to 1,600 bytes of Redis
+for the whole retention period (its hash, and its share of the submission's chunk, history,
+report hash and linkid records: each a key with some 70 bytes of overhead before any data),
+where the budget is 200. Once a submission is final and every recipient on it has reported,
+nothing writes to it again, so its messages are folded: each becomes one field of a shared
+bucket (``schema.folded_key``, about 130 bytes), and the submission's own records are deleted.
+Its linkids' records stay, holding the member ids, so a late reply still finds the message it
+answers; a late report on a folded submission is counted and otherwise ignored.
+
+What is folded: a submission (chunk 0, never split) that carries only one-recipient messages,
+either a batch's (``workers.coalesce``) or a lone message's own, with no callback URL among its
+messages (their callback state still changes). Readers use ``Message.read``, which falls back
+to the folded record; nothing that writes a message reads one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from workers import schema
+from workers.schema import FOLD, Chunk, Folded, Message, decode
+
+#: A finished submission stays as it is this long (its history readable) before it is folded.
+AFTER = 60.0
+FOLDED = "a:"  # a folded submission's linkid record: "a:<prefix>;<rest>;<rest>…" (:func:`members`)
+
+
+def schedule(pipe: redis.Redis | redis.client.Pipeline, mid: str, n: int, at: float) -> None:
+    """Fold the submission at ``at``: its last recipient has reported, or the window is over."""
+    pipe.zadd(FOLD, {schema.chunk_ref(mid, n): at})
+
+
+def fold_due(conn: redis.Redis, now: float, limit: int = 500) -> int:
+    """Fold the submissions due by ``now``; returns how many messages were folded."""
+    folded = 0
+    for raw in conn.zrangebyscore(FOLD, "-inf", now, start=0, num=limit):
+        _, mid, n = schema.parse_ref(raw.decode())
+        folded += fold(conn, mid, n)
+        conn.zrem(FOLD, raw)
+    return folded
+
+
+def fold(conn: redis.Redis, mid: str, n: int) -> int:
+    """Fold submission ``n`` of message ``mid`` if it can be; returns the messages folded.
+
+    WATCH/MULTI over every record it reads: a report, a reply's callback or an operator that
+    writes meanwhile makes it try again on the next schedule, never fold a stale copy.
+    """
+    chunk_k, reports_k, owner_k = schema.chunk_key(mid, n), schema.recipients_key(mid, n), schema.message_key(mid)
+    with conn.pipeline() as pipe:
+        try:
+            pipe.watch(chunk_k, reports_k, owner_k)
+            chunk = Chunk.from_hash(pipe.hgetall(chunk_k), mid=mid)
+            owner = Message.from_hash(pipe.hgetall(owner_k), id=mid)
+            members = chunk.members
+            if not members and owner.recipients == 1 and not owner.via and len(chunk.mobiles) == 1:
+                members = {chunk.mobiles[0]: mid}  # a lone message's own submission
+            if chunk.state != "submitted" or n != 0 or owner.chunk_seq != 1 or not members:
+                return 0
+            reports = decode(pipe.hgetall(reports_k))
+            if len(reports) < len(members):
+                return 0  # scheduled again by the last report or the window's end
+            keys = [schema.message_key(m) for m in members.values()]
+            pipe.watch(*keys)
+            found = {m: Message.from_hash(pipe.hgetall(schema.message_key(m)), id=m) for m in members.values()}
+            ttls = {m: int(pipe.ttl(schema.message_key(m))) for m in members.values()}
+            history = pipe.lrange(schema.history_key(mid, n), 0, -1)
+            values = {}
+            for mobile, m in members.items():
+                msg = found[m]
+                if msg.state != "sending" or msg.callback_url or msg.items.split(",", 1)[0] not in ("", mobile):
+                    return 0
+                msg.items = msg.items or mobile  # a planned message's own list is dropped: it is the chunk's
+                state, code, at = reports[mobile].split("|")
+                values[m] = msg.fold(Folded(chunk.linkid, chunk.submitted_at, state, code, float(at)))
+        except (redis.WatchError, ValueError):
+            return 0
+        linkids = {chunk.linkid} | _linkids(history)
+        now = time.time()
+        pipe.multi()
+        for m, value in values.items():
+            bucket = schema.folded_key(m)
+            pipe.hset(bucket, schema.folded_field(m), value)
+            until = int(now) + max(ttls[m], 60)  # the bucket lives as long as its longest-lived message
+            pipe.expireat(bucket, until, nx=True)
+            pipe.expireat(bucket, until, gt=True)
+        pipe.delete(
+            *keys,
+            owner_k,
+            chunk_k,
+            reports_k,
+            schema.history_key(mid, n),
+            *(schema.report_seen_key(lk) for lk in linkids),
+        )
+        keep = max(max(ttls.values()), 60)
+        for lk in linkids:
+            pipe.set(schema.linkid_key(lk), _members_ref(list(members.values())), ex=keep)
+        pipe.zrem(FOLD, schema.chunk_ref(mid, n))
+        pipe.hincrby(schema.COUNTS, "folded", len(values))
+        try:
+            pipe.execute()
+        except redis.WatchError:
+            return 0
+    return len(values)
+
+
+def _linkids(history: list[bytes]) -> set[str]:
+    """Every linkid the submission carried (an ambiguous outcome sends it again under another)."""
+    out = set()
+    for line in history:
+        step = json.loads(line)
+        out |= {step[k] for k in ("linkid", "old_linkid") if step.get(k)}
+    return out
+
+
+def _members_ref(mids: list[str]) -> str:
+    """The members' ids once, their common prefix apart: the ids of one submission's messages
+    were made within its window, so they share their first 8 or 9 hex digits."""
+    lo, hi = min(mids), max(mids)  # the common prefix of all is that of the least and greatest
+    prefix = lo[: next((i for i, (a, b) in enumerate(zip(lo, hi, strict=True)) if a != b), len(lo))]
+    return FOLDED + ";".join([prefix, *(m[len(prefix) :] for m in mids)])
+
+
+def members(ref: str) -> list[str] | None:
+    """A linkid record's folded members, or ``None`` if it names a live chunk."""
+    if not ref.startswith(FOLDED):
+        return None
+    prefix, *rest = ref[len(FOLDED) :].split(";")
+    return [prefix + m for m in rest]
