@@ -203,7 +203,7 @@ def pool_key(account: str, priority: str, what: str) -> str:
 
 
 def key_messages_key(api_key: str) -> str:
-    """A stream, not a sorted set: 40 bytes a message, not 118 (``sg:mk:``, its sorted-set
+    """A stream, not a sorted set: 38 bytes a message, not 118 (``sg:mk:``, its sorted-set
     predecessor, is left to expire; its messages stay readable by id)."""
     return f"sg:mx:{api_key}"
 
