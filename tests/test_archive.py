@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import time
 
-from gateway import create_app
-from tests.conftest import AUTH, MINE, THEIRS, drain, sim_admin, sim_submissions
+from tests.conftest import AUTH, MINE, THEIRS, Receiver, drain, sim_admin, sim_submissions
 from tests.test_reports import pull_all
 from workers import archive, maintenance, reports, schema
 
@@ -19,6 +18,12 @@ OTP = "您的验证码是{code}，5分钟内有效"
 def otp(api, mobile: str, code: str, headers=AUTH) -> str:
     body = {"template": OTP, "recipients": [{"to": mobile, "vars": {"code": code}}], "priority": "high"}
     r = api.post("/v1/messages", json=body, headers=headers)
+    assert r.status_code == 202, r.get_json()
+    return r.get_json()["id"]
+
+
+def send(api, body) -> str:
+    r = api.post("/v1/messages", json=body, headers=AUTH)
     assert r.status_code == 202, r.get_json()
     return r.get_json()["id"]
 
@@ -109,23 +114,52 @@ def test_a_late_report_on_a_folded_submission_is_counted_and_changes_nothing(api
     assert api.get(f"/v1/messages/{other}", headers=AUTH).get_json()["status"] == "delivered"
 
 
-def test_a_lone_message_is_folded_and_what_is_not_at_rest_stays_live(runtime, simulator, receiver):
+def test_a_lone_message_is_folded_and_one_with_many_recipients_stays_live(api, runtime, simulator):
     conn = runtime.conn
-    api = create_app(runtime.settings).test_client()
-    lone = api.post("/v1/messages", json={"to": ["13800138000"], "text": "您的订单已发货"}, headers=AUTH)
-    many = api.post("/v1/messages", json={"to": ["13700137000", "13600136000"], "text": "会员日"}, headers=AUTH)
-    body = {"to": ["13500135000"], "text": "取件码 8812", "callback_url": receiver}
-    called = api.post("/v1/messages", json=body, headers=AUTH)
+    lone = send(api, {"to": ["13800138000"], "text": "您的订单已发货"})
+    many = send(api, {"to": ["13700137000", "13600136000"], "text": "会员日"})
     drain(runtime)
     pull_all(runtime)
-    lone_id, many_id, called_id = (r.get_json()["id"] for r in (lone, many, called))
-    before = reads(api, lone_id)
+    before = reads(api, lone)
     assert archive.fold_due(conn, time.time() + archive.AFTER + 1) == 1
-    assert reads(api, lone_id) == before and before["view"]["text"] == "您的订单已发货"  # kept: not redacted
-    assert not conn.exists(schema.message_key(lone_id))
-    # Two recipients, or a callback URL (its state still changes): these stay as they are.
-    assert conn.exists(schema.message_key(many_id)) and conn.exists(schema.message_key(called_id))
-    assert api.get(f"/v1/messages/{many_id}", headers=AUTH).get_json()["status"] == "delivered"
+    assert reads(api, lone) == before and before["view"]["text"] == "您的订单已发货"  # kept: not redacted
+    assert not conn.exists(schema.message_key(lone)) and conn.exists(schema.message_key(many))
+    assert api.get(f"/v1/messages/{many}", headers=AUTH).get_json()["status"] == "delivered"
+
+    # Its linkid's record went too (the linkid names it): a reply still reaches it, and a late
+    # report is counted and changes nothing.
+    [linkid] = [s["linkid"] for s in sim_submissions(simulator) if s["mobiles"] == ["13800138000"]]
+    assert not conn.exists(schema.linkid_key(linkid))
+    sim_admin(simulator, "reply", mobile="13800138000", content="好的", linkid=linkid)
+    pull_all(runtime)
+    [reply] = api.get("/v1/replies", headers=AUTH).get_json()["items"]
+    assert reply["message_id"] == lone
+    late = {"kind": "report", "linkid": linkid, "mobile": "13800138000", "status": "UNDELIV", "time": ""}
+    assert reports.apply_item(runtime, late) == 0 and conn.hget(schema.COUNTS, "reports_after_fold") == b"1"
+    assert reads(api, lone)["recipients"] == before["recipients"]
+
+
+def test_a_message_with_a_callback_folds_once_it_is_told_and_a_reply_still_calls(api, runtime, simulator, receiver):
+    conn = runtime.conn
+    mid = send(api, {"to": ["13500135000"], "text": "取件码 8812", "callback_url": receiver})
+    drain(runtime)
+    [sub] = sim_submissions(simulator)
+    pull_all(runtime)  # the report's callback is queued, not yet delivered
+    soon = time.time() + archive.AFTER + 1
+    assert archive.fold_due(conn, soon) == 0 and conn.zscore(schema.FOLD, schema.chunk_ref(mid, 0)) > soon
+    drain(runtime)
+    assert archive.fold_due(conn, soon + archive.AFTER + 1) == 1
+    told = api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()["callbacks"]
+    assert (told["events_sent"], told["state"], told["attempts"]) == (1, "ok", [])  # the log went with it
+
+    sim_admin(simulator, "reply", mobile="13500135000", content="收到", linkid=sub["linkid"])
+    pull_all(runtime)
+    drain(runtime)
+    assert [[e["type"] for e in body["events"]] for _, body in Receiver.bodies] == [["recipient.final"], ["reply"]]
+    v = api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()
+    assert v["status"] == "delivered" and [r["text"] for r in v["replies"]] == ["收到"]
+    assert v["callbacks"]["events_sent"] == 2 and v["callbacks"]["state"] == "ok"
+    assert conn.ttl(schema.message_key(mid)) > 0  # the counters' live hash expires with the record
 
 
 def test_a_folded_record_reads_back_as_the_message_it_was():

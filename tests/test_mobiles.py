@@ -2,8 +2,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.chunks import chunk_count, chunked, is_linkid, new_linkid
+from workers.chunks import (
+    chunk_count,
+    chunked,
+    is_linkid,
+    linkid_bytes,
+    linkid_from_bytes,
+    linkid_owner,
+    new_linkid,
+)
 from workers.mobiles import normalise, normalise_all
+from workers.schema import new_message_id
 
 
 @pytest.mark.parametrize(
@@ -68,7 +77,14 @@ def test_chunks_never_exceed_provider_limit():
     assert [len(c) for c in chunked(list(range(2500)), 5000)] == [1000, 1000, 500]
 
 
-def test_a_million_linkids_are_unique_and_well_formed():
-    ids = {new_linkid() for _ in range(1_000_000)}
+def test_a_million_linkids_are_unique_and_well_formed_and_name_their_message():
+    owners = [new_message_id() for _ in range(10)]
+    ids = {new_linkid(owners[i % 10]) for i in range(1_000_000)}
     assert len(ids) == 1_000_000
     assert all(is_linkid(i) and len(i) == 32 for i in ids)
+    assert {linkid_owner(i) for i in ids} == set(owners)
+    assert linkid_owner(new_linkid("b" + owners[0])) == owners[0]  # a batch's: its id without the b
+    assert is_linkid(new_linkid("m1")) and len(new_linkid("m1")) == 32  # an owner that is no id: all random
+    assert linkid_owner("0123456789abcdef0123456789abcdef") == "" and linkid_owner("abc") == ""
+    for linkid in [*list(ids)[:1000], "0123456789abcdef0123456789abcdef", "Z" * 32, "a" * 32]:
+        assert linkid_from_bytes(linkid_bytes(linkid)) == linkid  # a folded record's 24 bytes

@@ -17,7 +17,7 @@ from devkit.simulator import SimState, SimulatorServer
 from tests.conftest import API_KEY, AUTH, drain, sim_admin
 from workers import accounts, lifecycle
 from workers.alerts import alert
-from workers.runtime import NotDurable, check_durability
+from workers.runtime import NotDurable, check_compact_hashes, check_durability
 from workers.settings import settings_from_env
 
 
@@ -36,6 +36,17 @@ def test_durability_warns_and_refuses(tmp_path):
 
 def test_our_test_redis_is_durable(redis_conn):
     assert check_durability(redis_conn, "refuse") == []
+    assert check_compact_hashes(redis_conn) == ""  # and keeps folded messages compact
+
+
+def test_a_redis_with_its_default_hash_encoding_gets_a_memory_warning(tmp_path):
+    server = RedisServer(str(tmp_path / "r")).start()
+    try:
+        conn = redis.Redis.from_url(server.url)
+        conn.config_set("hash-max-listpack-value", 64)
+        assert "hash-max-listpack-value 64" in check_compact_hashes(conn)
+    finally:
+        server.stop()
 
 
 class Receiver(BaseHTTPRequestHandler):

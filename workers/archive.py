@@ -5,14 +5,16 @@ for the whole retention period (its hash, and its share of the submission's chun
 report hash and linkid records: each a key with some 70 bytes of overhead before any data),
 where the budget is 200. Once a submission is final and every recipient on it has reported,
 nothing writes to it again, so its messages are folded: each becomes one field of a shared
-bucket (``schema.folded_key``, about 130 bytes), and the submission's own records are deleted.
+bucket (``schema.folded_key``, about 110 bytes), and the submission's own records are deleted.
 Its linkids' records stay, holding the member ids, so a late reply still finds the message it
-answers; a late report on a folded submission is counted and otherwise ignored.
+answers (a lone message's linkids go too: they name it, ``chunks.linkid_owner``); a late report
+on a folded submission is counted and otherwise ignored.
 
 What is folded: a submission (chunk 0, never split) that carries only one-recipient messages,
-either a batch's (``workers.coalesce``) or a lone message's own, with no callback URL among its
-messages (their callback state still changes). Readers use ``Message.read``, which falls back
-to the folded record; nothing that writes a message reads one.
+either a batch's (``workers.coalesce``) or a lone message's own, once no callback to any of
+them is waiting or being delivered (else it is tried again ``AFTER`` later). Readers use
+``Message.read``, which falls back to the folded record; nothing that writes a message reads
+one, except a reply's callback, whose counters go to a live hash laid over the record.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import time
 import redis
 
 from workers import schema
+from workers.chunks import linkid_owner
 from workers.schema import FOLD, Chunk, Folded, Message, decode
 
 #: A finished submission stays as it is this long (its history readable) before it is folded.
 AFTER = 60.0
+LATER = -1  # a callback is still on its way: fold it later
 FOLDED = "a:"  # a folded submission's linkid record: "a:<prefix>;<rest>;<rest>…" (:func:`members`)
 
 
@@ -40,13 +44,18 @@ def fold_due(conn: redis.Redis, now: float, limit: int = 500) -> int:
     folded = 0
     for raw in conn.zrangebyscore(FOLD, "-inf", now, start=0, num=limit):
         _, mid, n = schema.parse_ref(raw.decode())
-        folded += fold(conn, mid, n)
-        conn.zrem(FOLD, raw)
+        done = fold(conn, mid, n)
+        if done == LATER:
+            conn.zadd(FOLD, {raw: now + AFTER})
+        else:
+            folded += done
+            conn.zrem(FOLD, raw)
     return folded
 
 
 def fold(conn: redis.Redis, mid: str, n: int) -> int:
-    """Fold submission ``n`` of message ``mid`` if it can be; returns the messages folded.
+    """Fold submission ``n`` of message ``mid`` if it can be; returns the messages folded, or
+    ``LATER``.
 
     WATCH/MULTI over every record it reads: a report, a reply's callback or an operator that
     writes meanwhile makes it try again on the next schedule, never fold a stale copy.
@@ -66,14 +75,24 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
             if len(reports) < len(members):
                 return 0  # scheduled again by the last report or the window's end
             keys = [schema.message_key(m) for m in members.values()]
-            pipe.watch(*keys)
-            found = {m: Message.from_hash(pipe.hgetall(schema.message_key(m)), id=m) for m in members.values()}
-            ttls = {m: int(pipe.ttl(schema.message_key(m))) for m in members.values()}
-            history = pipe.lrange(schema.history_key(mid, n), 0, -1)
+            callbacks = [k(m) for m in members.values() for k in (schema.callback_queue_key, schema.callback_job_key)]
+            pipe.watch(*keys, *callbacks)
+            # Watched on ``pipe``'s connection, read in one round trip on another.
+            with conn.pipeline(transaction=False) as reads:
+                reads.exists(*callbacks)
+                for key in keys:
+                    reads.hgetall(key)
+                    reads.ttl(key)
+                reads.lrange(schema.history_key(mid, n), 0, -1)
+                waiting, *found, history = reads.execute()
+            if waiting:
+                return LATER
+            msgs = {m: Message.from_hash(raw, id=m) for m, raw in zip(members.values(), found[::2], strict=True)}
+            ttls = {m: int(ttl) for m, ttl in zip(members.values(), found[1::2], strict=True)}
             values = {}
             for mobile, m in members.items():
-                msg = found[m]
-                if msg.state != "sending" or msg.callback_url or msg.items.split(",", 1)[0] not in ("", mobile):
+                msg = msgs[m]
+                if msg.state != "sending" or msg.items.split(",", 1)[0] not in ("", mobile):
                     return 0
                 msg.items = msg.items or mobile  # a planned message's own list is dropped: it is the chunk's
                 state, code, at = reports[mobile].split("|")
@@ -96,10 +115,15 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
             reports_k,
             schema.history_key(mid, n),
             *(schema.report_seen_key(lk) for lk in linkids),
+            *(schema.callback_log_key(m) for m in members.values()),  # its counters are in the record
         )
         keep = max(max(ttls.values()), 60)
+        lone = list(members.values()) == [mid]
         for lk in linkids:
-            pipe.set(schema.linkid_key(lk), _members_ref(list(members.values())), ex=keep)
+            if lone and linkid_owner(lk) == mid:
+                pipe.delete(schema.linkid_key(lk))  # the linkid names its message (chunks.new_linkid)
+            else:
+                pipe.set(schema.linkid_key(lk), _members_ref(list(members.values())), ex=keep)
         pipe.zrem(FOLD, schema.chunk_ref(mid, n))
         pipe.hincrby(schema.COUNTS, "folded", len(values))
         try:
@@ -124,6 +148,10 @@ def _members_ref(mids: list[str]) -> str:
     lo, hi = min(mids), max(mids)  # the common prefix of all is that of the least and greatest
     prefix = lo[: next((i for i, (a, b) in enumerate(zip(lo, hi, strict=True)) if a != b), len(lo))]
     return FOLDED + ";".join([prefix, *(m[len(prefix) :] for m in mids)])
+
+
+def is_folded(conn: redis.Redis, mid: str) -> bool:
+    return bool(mid) and bool(conn.hexists(schema.folded_key(mid), schema.folded_field(mid)))
 
 
 def members(ref: str) -> list[str] | None:

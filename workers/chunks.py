@@ -33,16 +33,56 @@ def chunk_count(n: int, size: int) -> int:
     return -(-n // size)
 
 
-def new_linkid() -> str:
-    """A fresh linkid: 128 random bits as 32 hex digits (letters and digits, the maximum length).
+def new_linkid(owner: str) -> str:
+    """A fresh linkid for a submission of message ``owner`` (a batch's id without its ``b``):
+    32 letters and digits, the provider's maximum.
 
-    Random, not counted, so that any number of workers on any number of hosts mint them with no
-    coordination; a collision needs about 2^64 of them.
+    The first 16 are the message id (its 92 bits in base 62), so a reply's linkid still names
+    its message once ``workers.archive`` has folded it and dropped the linkid's record; the other
+    16 are 95 random bits, so the linkids of one message (its chunks, splits, resubmissions)
+    never repeat: a collision needs about 2^47 of them for one message. Any number of workers
+    on any number of hosts mint them with no coordination.
     """
-    return secrets.token_hex(16)
+    mid = owner.removeprefix("b")
+    named = len(mid) == 23 and all(c in string.hexdigits for c in mid)  # else all random
+    return _base62(int(mid, 16) if named else secrets.randbelow(62**16)) + _base62(secrets.randbelow(62**16))
+
+
+def linkid_owner(linkid: str) -> str:
+    """The message id a linkid was minted for ('' for a linkid of another form)."""
+    if len(linkid) != LINKID_MAX or not is_linkid(linkid):
+        return ""
+    value = 0
+    for ch in linkid[:16]:
+        value = value * 62 + _DIGIT[ch]
+    return f"{value:023x}" if value < 16**23 else ""
+
+
+def linkid_bytes(linkid: str) -> bytes:
+    """A linkid of 32 letters and digits in 24 bytes (ours, and any of that form)."""
+    if len(linkid) != LINKID_MAX or not is_linkid(linkid):
+        raise ValueError("not a 32-character linkid")
+    value = 0
+    for ch in linkid:
+        value = value * 62 + _DIGIT[ch]
+    return value.to_bytes(24, "big")
+
+
+def linkid_from_bytes(raw: bytes) -> str:
+    value = int.from_bytes(raw, "big")
+    return _base62(value // 62**16) + _base62(value % 62**16)
+
+
+def _base62(value: int) -> str:
+    out = []
+    for _ in range(16):
+        value, digit = divmod(value, 62)
+        out.append(LINKID_ALPHABET[digit])
+    return "".join(reversed(out))
 
 
 _LINKID = re.compile(r"[A-Za-z0-9]{1,32}")
+_DIGIT = {ch: i for i, ch in enumerate(LINKID_ALPHABET)}
 
 
 def is_linkid(value: str) -> bool:

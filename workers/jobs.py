@@ -328,7 +328,7 @@ def handle_ambiguous(rt: Runtime, chunk: Chunk, why: str) -> str:
     if chunk.priority == "high":
         if chunk.attempts >= settings.retry_max_attempts:
             return lifecycle.fail(conn, settings, chunk, f"gave up after {chunk.attempts} attempts: {why}", {})
-        old, fresh = chunk.linkid, new_linkid()
+        old, fresh = chunk.linkid, new_linkid(mid)
         ttl = schema.ttl_of(conn, schema.chunk_key(mid, n), settings.retention_seconds)
 
         def possible_duplicate(pipe: redis.client.Pipeline) -> None:

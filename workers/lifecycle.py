@@ -219,7 +219,7 @@ def create_chunks(
     now = time.time()
     datas = []
     for i, (n, items) in enumerate(parts):
-        linkid = new_linkid()
+        linkid = new_linkid(mid)
         jid = job_id(SEND, mid, n, 1)
         chunk = Chunk(
             mid=mid,
@@ -696,7 +696,7 @@ def settle_unconfirmed(conn: redis.Redis, settings: Settings, mid: str, n: int) 
     if chunk.attempts >= settings.retry_max_attempts:
         reason = f"gave up after {chunk.attempts} attempts: no report on any of its linkids"
         return fail(conn, settings, chunk, reason, {})
-    fresh = new_linkid()
+    fresh = new_linkid(mid)
     ttl = schema.ttl_of(conn, schema.chunk_key(mid, n), settings.retention_seconds)
     if enqueue_next(
         conn,

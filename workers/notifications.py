@@ -69,14 +69,30 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
+def _sender(rt: Runtime, mid: str) -> tuple[Message | None, int]:
+    """The message (live or folded: a reply can come after ``workers.archive`` folded it) and
+    the seconds its records have left."""
+    msg = Message.read(rt.conn, mid)
+    home = schema.folded_key(mid) if msg is not None and msg.folded is not None else schema.message_key(mid)
+    return msg, schema.ttl_of(rt.conn, home, rt.settings.retention_seconds)
+
+
+def _unfold_counters(pipe: Any, msg: Message, ttl: int) -> None:
+    """A folded message's callback counters move to a live hash (without a state: ``Message.read``
+    lays it over the folded record) before the delivery job changes them."""
+    key = schema.message_key(msg.id)
+    for name in Message.CALLBACK_FIELDS:
+        if getattr(msg, name):
+            pipe.hsetnx(key, Message.field_of(name), *Message.short(**{name: getattr(msg, name)}).values())
+    pipe.expire(key, ttl)
+
+
 def queue_event(rt: Runtime, mid: str, event: dict[str, Any]) -> None:
     conn = rt.conn
-    fields = (Message.field_of("callback_url"), Message.field_of("reference"))
-    url, reference = (v.decode() if v else "" for v in conn.hmget(schema.message_key(mid), *fields))
-    if not url:
+    msg, ttl = _sender(rt, mid)
+    if msg is None or not msg.callback_url:
         return
-    event = {**event, "message_id": mid, "reference": reference or None}
-    ttl = schema.ttl_of(conn, schema.message_key(mid), rt.settings.retention_seconds)
+    event = {**event, "message_id": mid, "reference": msg.reference or None}
     with conn.pipeline(transaction=False) as pipe:
         pipe.rpush(callback_queue_key(mid), json.dumps(event, ensure_ascii=False))
         pipe.ltrim(callback_queue_key(mid), -PENDING_MAX, -1)
@@ -111,10 +127,8 @@ def deliver_now(rt: Runtime, mid: str) -> str:
     if not raw:
         conn.delete(callback_job_key(mid))
         return "empty"
-    url, key_name = (
-        v.decode() if v else ""
-        for v in conn.hmget(msg_key, Message.field_of("callback_url"), Message.field_of("api_key"))
-    )
+    msg, ttl = _sender(rt, mid)
+    url, key_name = (msg.callback_url, msg.api_key) if msg is not None else ("", "")
     secret = next((k.callback_secret.reveal() for k in settings.api_keys if k.name == key_name), "")
     body = json.dumps({"events": [json.loads(e) for e in raw]}, ensure_ascii=False).encode()
     stamp = int(time.time())
@@ -125,8 +139,9 @@ def deliver_now(rt: Runtime, mid: str) -> str:
     }
     ok, outcome = _post(url, body, headers, settings.callback_allow_networks)
     attempt = {"at": round(time.time(), 3), "events": len(raw), "outcome": outcome, "ok": ok}
-    ttl = schema.ttl_of(conn, msg_key, rt.settings.retention_seconds)
     with conn.pipeline(transaction=False) as pipe:
+        if msg is not None and msg.folded is not None:
+            _unfold_counters(pipe, msg, ttl)
         pipe.rpush(callback_log_key(mid), json.dumps(attempt))
         pipe.ltrim(callback_log_key(mid), -HISTORY_MAX, -1)
         pipe.expire(callback_log_key(mid), ttl)

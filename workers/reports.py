@@ -26,6 +26,7 @@ import redis
 
 from workers import archive, guardrails, lifecycle, schema
 from workers import provider as p
+from workers.chunks import linkid_owner
 from workers.notifications import queue_event
 from workers.runtime import Runtime
 from workers.schema import COUNTS, DEAD, INBOX, ORPHANS, REPLIES, Chunk, Message, Reply, recipients_key
@@ -267,7 +268,9 @@ def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | N
     ref = linkid_ref(conn, linkid)
     found = chunk_of(conn, linkid, ref) if ref is not None else None
     if found is None:
-        folded = ref is not None and archive.members(ref) is not None
+        # A folded lone message keeps no record of its linkid: the linkid names it.
+        lone = ref is None and archive.is_folded(conn, linkid_owner(linkid))
+        folded = lone or (ref is not None and archive.members(ref) is not None)
         cache[linkid] = _Sent("", 0, 0.0, None, {}, folded=True) if folded else None
         return cache[linkid]
     mid, n = found
@@ -414,15 +417,14 @@ def _replied_to(conn: redis.Redis, linkid: str, mobile: str) -> tuple[str, Messa
     """The message a reply answers, by its linkid (a batch's: by the mobile too), live or
     folded; ``("", Message())`` when the linkid is not ours."""
     ref = linkid_ref(conn, linkid)
-    folded = archive.members(ref) if ref is not None else None
-    if folded is not None:
-        for mid in folded:
-            msg = Message.read(conn, mid)
-            if msg is not None and msg.items.split(",", 1)[0] == mobile:
-                return mid, msg
-        return "", Message()
+    # Folded: a batch's linkid record holds its members; a lone message's linkid names it.
+    folded = archive.members(ref) if ref is not None else [linkid_owner(linkid)]
     found = chunk_of(conn, linkid, ref) if ref is not None else None
     if found is None:
+        for mid in folded or ():
+            msg = Message.read(conn, mid) if mid else None
+            if msg is not None and msg.folded is not None and msg.items.split(",", 1)[0] == mobile:
+                return mid, msg
         return "", Message()
     mid = found[0]
     items, mids = conn.hmget(schema.chunk_key(*found), Chunk.field_of("items"), Chunk.field_of("mids"))

@@ -141,6 +141,26 @@ class NotDurable(RuntimeError):
     pass
 
 
+#: What the folded records at rest (``workers.archive``) need to stay in Redis's compact encoding.
+COMPACT_HASHES = {"hash-max-listpack-entries": 512, "hash-max-listpack-value": 256}
+
+
+def check_compact_hashes(conn: redis.Redis) -> str:
+    """A warning (logged, never fatal) when Redis keeps folded messages in its larger hash
+    encoding: about 50 bytes a message more at rest (README, "Folding at rest")."""
+    try:
+        config = conn.config_get("hash-max-listpack-*")
+    except redis.ResponseError:
+        return ""
+    low = [f"{k} {config.get(k)}" for k, v in COMPACT_HASHES.items() if int(config.get(k) or 0) < v]
+    if not low:
+        return ""
+    wanted = ", ".join(f"{k} {v}" for k, v in COMPACT_HASHES.items())
+    problem = f"{'; '.join(low)}: folded messages take about 50 bytes more each at rest (set {wanted})"
+    log.warning("redis memory: %s", problem)
+    return problem
+
+
 def check_durability(conn: redis.Redis, mode: str) -> list[str]:
     """Warn (or refuse) when Redis would lose accepted messages.
 

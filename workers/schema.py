@@ -66,6 +66,8 @@ from typing import Any, ClassVar, Self
 import redis
 from redis.client import Pipeline
 
+from workers.chunks import linkid_bytes, linkid_from_bytes
+
 PREFIX = "sg:"
 
 # -- keys -------------------------------------------------------------------------------------
@@ -415,20 +417,26 @@ class Message(Record):
         raw = conn.hgetall(message_key(mid))
         return cls.from_hash(raw, id=mid) if raw else None
 
+    #: What still changes once a message is folded (a reply's callback): kept in a live hash
+    #: without a state, laid over the folded record (``workers.notifications``).
+    CALLBACK_FIELDS = ("callbacks_sent", "callback_fail_since", "callback_fails", "callback_state", "callbacks_dropped")
+
     @classmethod
     def read(cls, conn: redis.Redis, mid: str) -> Message | None:
-        """For readers (the API, replies): the live record, or the folded one at rest."""
-        msg = cls.load(conn, mid)
-        if msg is not None or len(mid) != MID_LENGTH:
-            return msg
-        raw = conn.hget(folded_key(mid), folded_field(mid))
-        return cls.unfold(mid, raw) if raw else None
+        """For readers (the API, replies, callbacks): the live record, or the folded one at rest."""
+        raw = conn.hgetall(message_key(mid))
+        if (raw and cls.FIELDS["state"].encode() in raw) or len(mid) != MID_LENGTH:
+            return cls.from_hash(raw, id=mid) if raw else None
+        folded = conn.hget(folded_key(mid), folded_field(mid))
+        if folded is None:
+            return cls.from_hash(raw, id=mid) if raw else None
+        return cls.unfold(mid, folded, decode(raw) if raw else None)
 
     def fold(self, sub: Folded) -> bytes:
-        """This message at rest, as one bucket field (``folded_key``): about 115 bytes where its
+        """This message at rest, as one bucket field (``folded_key``): about 110 bytes where its
         own hash and its share of the submission's records took 400 to 1,600.
 
-        ``1`` and 48 bytes, the SHA-256 (zeros when the text is kept) and the linkid, then
+        ``1`` and the text's SHA-256 (or ``0`` when the text is kept), the linkid in 24 bytes, then
         ``key|account|p|kind|mobile|parts|length|test|redact|+sent|report|+at|tail``: the
         priority's letter, the times as whole seconds after the message's creation (which its
         id holds) and after the submission, the report as its state letter with the operator's
@@ -445,23 +453,30 @@ class Message(Record):
             sub.report + code,
             str(int(sub.reported) - int(sub.submitted)),
         ]
-        if any("|" in part for part in head) or len(sub.linkid) != 32:
+        if any("|" in part for part in head):
             raise ValueError("this message does not fold")
         tail = {k: v for k, v in self.to_hash().items() if k not in _FOLD_KEPT}
         text = "|".join(head) + "|" + (json.dumps(tail, ensure_ascii=False, separators=(",", ":")) if tail else "")
-        digest = bytes.fromhex(self.text_sha256) if self.text_sha256 else bytes(32)
-        return _FOLD_VERSION + digest + bytes.fromhex(sub.linkid) + text.encode()
+        if self.text_sha256:
+            return _FOLD_HASHED + bytes.fromhex(self.text_sha256) + linkid_bytes(sub.linkid) + text.encode()
+        return _FOLD_KEPT_TEXT + linkid_bytes(sub.linkid) + text.encode()
 
     @classmethod
-    def unfold(cls, mid: str, raw: bytes) -> Message:
+    def unfold(cls, mid: str, raw: bytes, callbacks: dict[str, str] | None = None) -> Message:
         """A folded message as a record: one chunk, submitted, its one recipient reported; so
-        its state reads exactly as it did before it was folded."""
-        digest, linkid = raw[1:33], raw[33:49].hex()
-        *head, sent, report, at, tail = raw[49:].decode().split("|", len(_FOLD_HEAD) + 3)
+        its state reads exactly as it did before it was folded. ``callbacks``: its callback
+        fields as they are now, if they changed since."""
+        digest, rest = (raw[1:33], raw[33:]) if raw[:1] == _FOLD_HASHED else (b"", raw[1:])
+        linkid = linkid_from_bytes(rest[:24])
+        *head, sent, report, at, tail = rest[24:].decode().split("|", len(_FOLD_HEAD) + 3)
         values = dict(zip((cls.FIELDS[name] for name in _FOLD_HEAD), head, strict=True))
         values[cls.FIELDS["priority"]] = _PRIORITIES[values[cls.FIELDS["priority"]]]
-        values[cls.FIELDS["text_sha256"]] = digest.hex() if any(digest) else ""
+        values[cls.FIELDS["text_sha256"]] = digest.hex()
         values.update(json.loads(tail) if tail else {})
+        if callbacks is not None:
+            for name in cls.CALLBACK_FIELDS:
+                values.pop(cls.FIELDS[name], None)
+            values.update(callbacks)
         msg = cls.from_hash(values, id=mid)
         created = time_of(mid)
         state, code = report[:1], report[1:] or ("DELIVRD" if report == "D" else "")
@@ -484,7 +499,7 @@ class Folded:
     reported: float
 
 
-_FOLD_VERSION = b"1"
+_FOLD_HASHED, _FOLD_KEPT_TEXT = b"1", b"0"  # the first byte: a SHA-256 follows, or not
 _PRIORITIES = {p[0]: p for p in ("high", "normal", "bulk")}
 #: Message attributes a folded record holds by position, after its SHA-256 and linkid.
 _FOLD_HEAD = ("api_key", "account", "priority", "kind", "items", "parts", "text_length", "test", "redact")

@@ -21,7 +21,7 @@ from rq import Queue, SimpleWorker, Worker
 
 from workers import coalesce, maintenance
 from workers.queues import WORKER_QUEUES
-from workers.runtime import Runtime, check_durability, connect, install
+from workers.runtime import Runtime, check_compact_hashes, check_durability, connect, install
 from workers.settings import Settings
 
 log = logging.getLogger("smsgw.worker")
@@ -51,6 +51,7 @@ def run_worker(
 ) -> bool:
     runtime = Runtime.from_settings(settings)
     check_durability(runtime.conn, settings.redis_durability)
+    check_compact_hashes(runtime.conn)
     install(runtime)  # before RQ forks: every work horse inherits it
     thread, stop = maintenance.start(runtime)
     coalescer, stop_coalescing = coalesce.start(runtime)
