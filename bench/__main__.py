@@ -198,11 +198,17 @@ def bench_memory_single(env: dict[str, str], rt: Runtime, sim: SimulatorServer) 
             pass
     while conn.zcard(schema.FOLD):  # what maintenance does once they are at rest
         archive.fold_due(conn, float("inf"))
-    smsgw = sum(conn.memory_usage(k, samples=0) or 0 for k in conn.scan_iter(match=schema.PREFIX + "*", count=1000))
+    families: dict[str, int] = {}
+    for key in conn.scan_iter(match=schema.PREFIX + "*", count=1000):
+        family = key.decode().split(":")[1]
+        families[family] = families.get(family, 0) + (conn.memory_usage(key, samples=0) or 0)
+    smsgw = sum(families.values())
     print(
         f"  {n} one-recipient messages, distinct texts, no opt-in (each its own submission): "
         f"{smsgw / n:7.1f} bytes per recipient   target <= 200"
     )
+    top = sorted(families.items(), key=lambda kv: -kv[1])[:4]
+    print("    by key family (sg:<family>:…): " + ", ".join(f"{f} {b / n:.1f}" for f, b in top))
 
 
 def bench_scaling(env: dict[str, str], rt: Runtime, sim: SimulatorServer) -> None:

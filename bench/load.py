@@ -325,13 +325,23 @@ def campaign(s: Stack, port: int) -> Campaign:
         time.sleep(0.5)
 
 
-def redis_bytes_per_recipient(s: Stack, recipients: int) -> float:
+def redis_bytes_per_recipient(s: Stack, recipients: int, label: str = "") -> float:
     """smsgw's keys at rest (RQ's own job records, kept minutes, are not counted): after the
-    maintenance round has folded what it folds ``archive.AFTER`` seconds after the last report."""
+    maintenance round has folded what it folds ``archive.AFTER`` seconds after the last report.
+    With a ``label``, prints where the bytes are, by key family."""
     while s.conn.zcard(schema.FOLD):
         archive.fold_due(s.conn, float("inf"))
-    total = sum(s.conn.memory_usage(k, samples=0) or 0 for k in s.conn.scan_iter(match=schema.PREFIX + "*", count=1000))
-    return total / recipients
+    families: dict[str, int] = {}
+    for key in s.conn.scan_iter(match=schema.PREFIX + "*", count=1000):
+        family = key.decode().split(":")[1]
+        families[family] = families.get(family, 0) + (s.conn.memory_usage(key, samples=0) or 0)
+    if label:
+        top = sorted(families.items(), key=lambda kv: -kv[1])[:4]
+        print(
+            f"{label} at rest, bytes a recipient by key family: "
+            + ", ".join(f"{f} {b / recipients:.1f}" for f, b in top)
+        )
+    return sum(families.values()) / recipients
 
 
 def settle_reports(s: Stack, expected: int, timeout: float = 300) -> None:
@@ -471,7 +481,7 @@ def main() -> None:
         burst(s, port, otp_bodies("plain", OTP, 900_000))
         s.stop(procs)
         settle_reports(s, OTP)
-        single_bytes = redis_bytes_per_recipient(s, OTP)
+        single_bytes = redis_bytes_per_recipient(s, OTP, f"OTP burst ({len(s.submissions())} submissions)")
 
     ideal = math.ceil(CAMPAIGN / 1000) * LATENCY / WORKERS
     rows = [

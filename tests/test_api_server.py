@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.conftest import AUTH
+from tests.conftest import AUTH, sim_submissions, wait_for
 from tests.test_metrics import free_port
 
 pytestmark = pytest.mark.slow
@@ -122,9 +122,10 @@ def test_the_access_log_holds_neither_the_push_secret_nor_a_mobile(server):
     assert "alert webhook is off until SMSGW_ALERT_WEBHOOK_URL is set" in text  # nothing silently off
 
 
-def test_a_frequency_cap_holds_across_two_api_processes(server):
+def test_a_frequency_cap_holds_across_two_api_processes_and_two_workers(server, workers, simulator):
     """16 concurrent verification codes to one phone through two gunicorn worker processes:
-    the default cap (one a minute) lets exactly one through."""
+    the default cap (one a minute) lets exactly one through, and two `smsgw worker` processes
+    send exactly that one (issue 11's check: one counter for every process)."""
     from concurrent.futures import ThreadPoolExecutor
 
     base, _ = server
@@ -138,3 +139,8 @@ def test_a_frequency_cap_holds_across_two_api_processes(server):
     with ThreadPoolExecutor(16) as pool:  # 16 connections: gunicorn spreads them over its workers
         statuses = list(pool.map(post, range(16)))
     assert statuses.count("accepted") == 1 and statuses.count("suppressed") == 15
+    workers.start("cap-1")
+    workers.start("cap-2")
+    wait_for(lambda: len(sim_submissions(simulator)) >= 1, what="the one code at the provider")
+    time.sleep(2)  # both workers' coalescers and sweeps have had their turn
+    assert [s["mobiles"] for s in sim_submissions(simulator)] == [["13812345678"]]
