@@ -18,6 +18,7 @@ from bench.load import Stack
 from workers import archive, schema
 
 SINGLES = 4000
+WARM_UP = 500
 
 
 def cpu_of(pids: list[int]) -> float:
@@ -42,26 +43,34 @@ def redis_commands(s: Stack) -> int:
     return sum(int(v["calls"]) for v in s.conn.info("commandstats").values())
 
 
+def reports_applied(s: Stack) -> None:
+    """Until the workers have pulled and applied every report the simulator holds."""
+    while True:
+        time.sleep(1.5)
+        state = requests.get(f"{s.sim}/_sim/state", timeout=5).json()
+        if not state["pending_reports"] and not s.conn.llen(schema.INBOX):
+            return
+
+
 def singles(s: Stack) -> None:
     port, procs = s.smsgw(SMSGW_PROVIDER_RATE="100000")
-    load.burst(s, port, load.otp_bodies("template", 500, 1_000_000))  # warm up
+    load.burst(s, port, load.otp_bodies("template", WARM_UP, 1_000_000))  # warm up (in Redis at rest too)
+    reports_applied(s)  # before the next burst resets the simulator and its pending reports
     api, workers = [procs[0].pid], [p.pid for p in procs[1:]]
     s.conn.config_resetstat()
     api0, workers0, redis0 = cpu_of(api), cpu_of(workers), redis_cpu(s)
     run = load.burst(s, port, load.otp_bodies("template", SINGLES, 2_000_000))
-    while True:  # the workers pull and apply every report the simulator holds
-        time.sleep(1.5)
-        state = requests.get(f"{s.sim}/_sim/state", timeout=5).json()
-        if not state["pending_reports"] and not s.conn.llen(schema.INBOX):
-            break
+    reports_applied(s)
+    api1, workers1 = cpu_of(api), cpu_of(workers)
     s.stop(procs)
     # What the workers' maintenance round does a minute later, done here and timed here.
     fold0 = time.process_time()
     while s.conn.zcard(schema.FOLD):
         archive.fold_due(s.conn, float("inf"))
     fold = time.process_time() - fold0
-    api1, workers1, redis1 = cpu_of(api), cpu_of(workers) + fold, redis_cpu(s)
-    at_rest = load.redis_bytes_per_recipient(s, SINGLES)
+    workers1 += fold
+    redis1 = redis_cpu(s)
+    at_rest = load.redis_bytes_per_recipient(s, SINGLES + WARM_UP, "one-recipient")
     print(
         f"one-recipient: {SINGLES} messages in {run.calls} submissions; "
         f"API CPU {(api1 - api0) / SINGLES * 1000:.2f} ms a request; "
@@ -78,7 +87,7 @@ def campaign(s: Stack) -> None:
     api, workers = [procs[0].pid], [p.pid for p in procs[1:]]
     s.conn.config_resetstat()
     api0, workers0, redis0 = cpu_of(api), cpu_of(workers), redis_cpu(s)
-    seconds = load.campaign(s, port)
+    seconds = load.campaign(s, port).seconds
     api1, workers1 = cpu_of(api), cpu_of(workers)
     s.stop(procs)
     load.settle_reports(s, load.CAMPAIGN)  # applied here, counted in Redis's CPU below

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+import redis
+
 from tests.conftest import AUTH, MINE, THEIRS, Receiver, drain, sim_admin, sim_submissions
 from tests.test_reports import pull_all
 from workers import archive, maintenance, reports, schema
@@ -191,3 +193,36 @@ def test_a_folded_record_reads_back_as_the_message_it_was():
     )
     assert back.folded == schema.Folded(sub.linkid, float(int(sub.submitted)), "U", "MK:0001", float(int(1e10)))
     assert back.recipients_final == {"submitted": 1, "U": 1} and back.chunks_final == {"submitted": 1}
+
+
+def test_a_write_between_the_folds_read_and_its_commit_makes_it_try_again(api, runtime, simulator):
+    """The fold reads under WATCH; a reply's callback (say) that writes a member meanwhile must
+    not be lost under a stale folded copy: the fold gives way and runs again later."""
+    conn = runtime.conn
+    mids = [otp(api, m, "123456") for m in ("13800138000", "13900139000")]
+    drain(runtime)
+    pull_all(runtime)
+
+    class Racing(redis.Redis):
+        """Our Redis client, whose pipelines without a transaction (the fold's reads) let
+        another client write a member right after they ran."""
+
+        def pipeline(self, transaction=True, shard_hint=None):
+            pipe = super().pipeline(transaction, shard_hint)
+            if not transaction:
+                run = pipe.execute
+
+                def execute(raise_on_error=True):
+                    out = run(raise_on_error)
+                    conn.hincrby(schema.message_key(mids[0]), schema.Message.field_of("callbacks_sent"), 1)
+                    return out
+
+                pipe.execute = execute  # type: ignore[method-assign]
+            return pipe
+
+    due = time.time() + archive.AFTER + 1
+    assert archive.fold_due(Racing(connection_pool=conn.connection_pool), due) == 0
+    [(_, again)] = conn.zrange(schema.FOLD, 0, -1, withscores=True)
+    assert conn.exists(schema.message_key(mids[0])) and again > due  # kept live, scheduled again
+    assert archive.fold_due(conn, due + archive.AFTER + 1) == 2
+    assert api.get(f"/v1/messages/{mids[0]}", headers=AUTH).get_json()["callbacks"]["events_sent"] == 1

@@ -30,7 +30,7 @@ from workers.schema import FOLD, Chunk, Folded, Message, decode
 
 #: A finished submission stays as it is this long (its history readable) before it is folded.
 AFTER = 60.0
-LATER = -1  # a callback is still on its way: fold it later
+LATER = -1  # a callback is still on its way, or something wrote meanwhile: fold it later
 FOLDED = "a:"  # a folded submission's linkid record: "a:<prefix>;<rest>;<rest>…" (:func:`members`)
 
 
@@ -97,8 +97,10 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
                 msg.items = msg.items or mobile  # a planned message's own list is dropped: it is the chunk's
                 state, code, at = reports[mobile].split("|")
                 values[m] = msg.fold(Folded(chunk.linkid, chunk.submitted_at, state, code, float(at)))
-        except (redis.WatchError, ValueError):
-            return 0
+        except redis.WatchError:
+            return LATER
+        except ValueError:
+            return 0  # a field that cannot be packed (a '|' in it): it stays as it is
         linkids = {chunk.linkid} | _linkids(history)
         now = time.time()
         pipe.multi()
@@ -129,7 +131,7 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
         try:
             pipe.execute()
         except redis.WatchError:
-            return 0
+            return LATER  # something wrote meanwhile: look again later
     return len(values)
 
 
