@@ -44,7 +44,7 @@ def new_linkid(owner: str) -> str:
     on any number of hosts mint them with no coordination.
     """
     mid = owner.removeprefix("b")
-    named = len(mid) == 23 and all(c in string.hexdigits for c in mid)  # else all random
+    named = len(mid) == 23 and all(c in string.hexdigits for c in mid)  # schema.MID_LENGTH; else random
     return _base62(int(mid, 16) if named else secrets.randbelow(62**16)) + _base62(secrets.randbelow(62**16))
 
 
@@ -52,9 +52,7 @@ def linkid_owner(linkid: str) -> str:
     """The message id a linkid was minted for ('' for a linkid of another form)."""
     if len(linkid) != LINKID_MAX or not is_linkid(linkid):
         return ""
-    value = 0
-    for ch in linkid[:16]:
-        value = value * 62 + _DIGIT[ch]
+    value = _from_base62(linkid[:16])
     return f"{value:023x}" if value < 16**23 else ""
 
 
@@ -62,15 +60,19 @@ def linkid_bytes(linkid: str) -> bytes:
     """A linkid of 32 letters and digits in 24 bytes (ours, and any of that form)."""
     if len(linkid) != LINKID_MAX or not is_linkid(linkid):
         raise ValueError("not a 32-character linkid")
-    value = 0
-    for ch in linkid:
-        value = value * 62 + _DIGIT[ch]
-    return value.to_bytes(24, "big")
+    return _from_base62(linkid).to_bytes(24, "big")
 
 
 def linkid_from_bytes(raw: bytes) -> str:
     value = int.from_bytes(raw, "big")
     return _base62(value // 62**16) + _base62(value % 62**16)
+
+
+def _from_base62(text: str) -> int:
+    value = 0
+    for ch in text:
+        value = value * 62 + _DIGIT[ch]
+    return value
 
 
 def _base62(value: int) -> str:
