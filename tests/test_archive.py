@@ -226,3 +226,18 @@ def test_a_write_between_the_folds_read_and_its_commit_makes_it_try_again(api, r
     assert conn.exists(schema.message_key(mids[0])) and again > due  # kept live, scheduled again
     assert archive.fold_due(conn, due + archive.AFTER + 1) == 2
     assert api.get(f"/v1/messages/{mids[0]}", headers=AUTH).get_json()["callbacks"]["events_sent"] == 1
+
+
+def test_recipients_with_no_report_are_folded_as_unknown_once_the_window_ends(api, runtime, simulator):
+    conn = runtime.conn
+    mids = [otp(api, m, "123456") for m in ("13800138000", "13900139000")]
+    drain(runtime)  # submitted; the simulator's reports are never pulled
+    window = runtime.settings.report_window_seconds
+    end = time.time() + window + 1
+    assert reports.mark_unknown(runtime, end, window) == 2
+    assert archive.fold_due(conn, end) == 0  # a minute after the window's end, not at once
+    assert archive.fold_due(conn, end + archive.AFTER + 1) == 2
+    for mid in mids:
+        [row] = api.get(f"/v1/messages/{mid}/recipients", headers=AUTH).get_json()["items"]
+        assert row["state"] == "unknown" and row["operator_code"] is None
+        assert api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()["status"] == "unknown"
