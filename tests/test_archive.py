@@ -241,3 +241,20 @@ def test_recipients_with_no_report_are_folded_as_unknown_once_the_window_ends(ap
         [row] = api.get(f"/v1/messages/{mid}/recipients", headers=AUTH).get_json()["items"]
         assert row["state"] == "unknown" and row["operator_code"] is None
         assert api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()["status"] == "unknown"
+
+
+def test_kept_texts_and_values_fold_even_with_the_records_separator_in_them(api, runtime, simulator):
+    """A normal 点点通 message keeps its text and values, and a reference: a '|' in any of them
+    (the folded record's separator) goes to the record's JSON tail, and each reads as before."""
+    conn = runtime.conn
+    sent = {}
+    for i, code in enumerate(["1234", "5|6", "7890"]):
+        body = {"template": "取件码{code}", "recipients": [{"to": f"1380013800{i}", "vars": {"code": code}}]}
+        sent[send(api, {**body, "reference": f"order|{i}"})] = code
+    drain(runtime)
+    pull_all(runtime)
+    before = {mid: reads(api, mid) for mid in sent}
+    assert archive.fold_due(conn, time.time() + archive.AFTER + 1) == 3
+    assert not any(conn.exists(schema.message_key(mid)) for mid in sent)
+    assert {mid: reads(api, mid) for mid in sent} == before
+    assert {before[m]["view"]["reference"] for m in sent} == {"order|0", "order|1", "order|2"}

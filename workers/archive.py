@@ -100,7 +100,7 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
         except redis.WatchError:
             return LATER
         except ValueError:
-            return 0  # a field that cannot be packed (a '|' in it): it stays as it is
+            return 0  # a linkid of another form: it stays as it is
         linkids = {chunk.linkid} | _linkids(history)
         now = time.time()
         pipe.multi()

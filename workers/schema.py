@@ -448,14 +448,15 @@ class Message(Record):
         code = "" if (sub.report, sub.code) == ("D", "DELIVRD") else sub.code
         head = [str(getattr(self, name)) for name in _FOLD_HEAD]
         head[2] = head[2][:1]  # the priority's letter: high, normal, bulk
+        tail = {k: v for k, v in self.to_hash().items() if k not in _FOLD_KEPT}
+        for i, name in enumerate(_FOLD_HEAD):
+            if "|" in head[i]:  # a 点点通 value with the separator in it: the tail holds it
+                tail[self.FIELDS[name]], head[i] = head[i], ""
         head += [
             str(int(sub.submitted) - created),
             sub.report + code,
             str(int(sub.reported) - int(sub.submitted)),
         ]
-        if any("|" in part for part in head):
-            raise ValueError("this message does not fold")
-        tail = {k: v for k, v in self.to_hash().items() if k not in _FOLD_KEPT}
         text = "|".join(head) + "|" + (json.dumps(tail, ensure_ascii=False, separators=(",", ":")) if tail else "")
         if self.text_sha256:
             return _FOLD_HASHED + bytes.fromhex(self.text_sha256) + linkid_bytes(sub.linkid) + text.encode()
@@ -470,7 +471,7 @@ class Message(Record):
         linkid = linkid_from_bytes(rest[:24])
         *head, sent, report, at, tail = rest[24:].decode().split("|", len(_FOLD_HEAD) + 3)
         values = dict(zip((cls.FIELDS[name] for name in _FOLD_HEAD), head, strict=True))
-        values[cls.FIELDS["priority"]] = _PRIORITIES[values[cls.FIELDS["priority"]]]
+        values[cls.FIELDS["priority"]] = _PRIORITIES.get(values[cls.FIELDS["priority"]], "")
         values[cls.FIELDS["text_sha256"]] = digest.hex()
         values.update(json.loads(tail) if tail else {})
         if callbacks is not None:
