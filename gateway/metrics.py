@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from workers import accounts, queues, schema
 from workers.metrics import LATENCY_BUCKETS
 from workers.runtime import Runtime, check_durability
-from workers.schema import ALERTS, COUNTS, METRICS
+from workers.schema import ALERTS, COUNTS, FOLD, METRICS
 
 bp = Blueprint("metrics", __name__)
 
@@ -107,11 +107,22 @@ class RedisCollector(Collector):
             "high priority chunks resubmitted under a new linkid after an ambiguous outcome (may deliver twice)",
             value=counts.get("possible_duplicates", 0),
         )
+        yield CounterMetricFamily(
+            "smsgw_folded_messages",
+            "One-recipient messages folded at rest into shared records (workers.archive)",
+            value=counts.get("folded", 0),
+        )
+        yield GaugeMetricFamily(
+            "smsgw_fold_waiting",
+            "Submissions waiting to be folded (due a minute after their last report)",
+            value=conn.zcard(FOLD),
+        )
         items = CounterMetricFamily("smsgw_inbound_items", "Reports and replies by outcome", labels=["kind"])
         for kind in (
             "reports",
             "replies",
             "orphan_reports",
+            "reports_after_fold",
             "dead_lettered",
             "pushed",
             "push_replayed",

@@ -11,6 +11,7 @@ import time
 import redis
 
 from tests.conftest import AUTH, MINE, THEIRS, Receiver, drain, sim_admin, sim_submissions
+from tests.test_metrics import scrape, value
 from tests.test_reports import pull_all
 from workers import archive, maintenance, reports, schema
 
@@ -111,6 +112,9 @@ def test_a_late_report_on_a_folded_submission_is_counted_and_changes_nothing(api
     late = {"kind": "report", "linkid": sub["linkid"], "mobile": "13800138000", "status": "UNDELIV"}
     assert reports.apply_item(runtime, {**late, "time": time.strftime("%Y-%m-%d %H:%M:%S")}) == 0
     assert conn.hget(schema.COUNTS, "reports_after_fold") == b"1"
+    samples = scrape(api.get("/metrics").get_data(as_text=True))
+    assert value(samples, "smsgw_folded_messages_total") == 2 and value(samples, "smsgw_fold_waiting") == 0
+    assert value(samples, "smsgw_inbound_items_total", kind="reports_after_fold") == 1
     assert api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()["status"] == "delivered"
     assert not list(conn.scan_iter(match="sg:m:*")) and not list(conn.scan_iter(match="sg:r:*"))
     assert api.get(f"/v1/messages/{other}", headers=AUTH).get_json()["status"] == "delivered"

@@ -109,4 +109,5 @@ def test_the_rules_cover_what_operators_page_on():
         "SmsgwCallbacksDropped",
         "SmsgwNoLiveWorker",
         "SmsgwRedisNotDurable",
+        "SmsgwFoldBehind",
     }
