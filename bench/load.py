@@ -329,8 +329,7 @@ def redis_bytes_per_recipient(s: Stack, recipients: int, label: str = "") -> flo
     """smsgw's keys at rest (RQ's own job records, kept minutes, are not counted): after the
     maintenance round has folded what it folds ``archive.AFTER`` seconds after the last report.
     With a ``label``, prints where the bytes are, by key family."""
-    while s.conn.zcard(schema.FOLD):
-        archive.fold_due(s.conn, float("inf"))
+    archive.fold_due(s.conn, float("inf"), budget=600)
     families: dict[str, int] = {}
     for key in s.conn.scan_iter(match=schema.PREFIX + "*", count=1000):
         family = key.decode().split(":")[1]

@@ -262,3 +262,11 @@ def test_kept_texts_and_values_fold_even_with_the_records_separator_in_them(api,
     assert not any(conn.exists(schema.message_key(mid)) for mid in sent)
     assert {mid: reads(api, mid) for mid in sent} == before
     assert {before[m]["view"]["reference"] for m in sent} == {"order|0", "order|1", "order|2"}
+
+
+def test_a_round_folds_every_due_submission_page_after_page(api, runtime, simulator):
+    lone = [send(api, {"to": [f"1380013800{i}"], "text": f"您的订单 {i} 已发货"}) for i in range(3)]
+    drain(runtime)
+    pull_all(runtime)
+    assert archive.fold_due(runtime.conn, time.time() + archive.AFTER + 1, page=1) == 3
+    assert not any(runtime.conn.exists(schema.message_key(mid)) for mid in lone)

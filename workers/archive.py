@@ -20,6 +20,7 @@ one, except a reply's callback, whose counters go to a live hash laid over the r
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import redis
@@ -39,18 +40,27 @@ def schedule(pipe: redis.Redis | redis.client.Pipeline, mid: str, n: int, at: fl
     pipe.zadd(FOLD, {schema.chunk_ref(mid, n): at})
 
 
-def fold_due(conn: redis.Redis, now: float, limit: int = 500) -> int:
-    """Fold the submissions due by ``now``; returns how many messages were folded."""
-    folded = 0
-    for raw in conn.zrangebyscore(FOLD, "-inf", now, start=0, num=limit):
-        _, mid, n = schema.parse_ref(raw.decode())
-        done = fold(conn, mid, n)
-        if done == LATER:
-            conn.zadd(FOLD, {raw: now + AFTER})
-        else:
-            folded += done
-            conn.zrem(FOLD, raw)
-    return folded
+def fold_due(conn: redis.Redis, now: float, budget: float = 5.0, page: int = 100) -> int:
+    """Fold the submissions due by ``now``, a page at a time, until none is due or ``budget``
+    seconds are spent (the maintenance round runs every ``SMSGW_SWEEP_SECONDS`` under a lease
+    a little shorter than that); returns how many messages were folded."""
+    folded, until, later = 0, time.monotonic() + budget, set[bytes]()
+    while True:
+        # One more than a page: whether another page follows.
+        due = [
+            raw for raw in conn.zrangebyscore(FOLD, "-inf", now, start=0, num=page + 1 + len(later)) if raw not in later
+        ]
+        for raw in due[:page]:
+            _, mid, n = schema.parse_ref(raw.decode())
+            done = fold(conn, mid, n)
+            if done == LATER:
+                conn.zadd(FOLD, {raw: max(now if math.isfinite(now) else 0, time.time()) + AFTER})
+                later.add(raw)  # not again in this round, whatever ``now`` says
+            else:
+                folded += done
+                conn.zrem(FOLD, raw)
+        if len(due) <= page or time.monotonic() >= until:
+            return folded
 
 
 def fold(conn: redis.Redis, mid: str, n: int) -> int:

@@ -40,7 +40,7 @@ def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
         "overdue": rescue_overdue(rt, now),
     }
     out["unknown"] = reports.mark_unknown(rt, now, rt.settings.report_window_seconds)
-    out["folded"] = archive.fold_due(rt.conn, now)
+    out["folded"] = archive.fold_due(rt.conn, now, budget=rt.settings.sweep_seconds / 2)
     metrics.sample_depths(rt.conn, queues.depths(rt.conn), now)  # the dashboard's depth chart
     for name in rt.settings.accounts:
         out["resumed"] += _balance_check(rt, name, now)
