@@ -436,8 +436,9 @@ def list_replies(
 
 
 SCAN_PAGES = 10
-#: The index's entry ids are Redis's clock at accept, a message's id the API's: the range read
-#: is this much wider at each end, and each message's own time decides.
+#: An index entry is dated by its message id's milliseconds, or by Redis's clock when another
+#: API process's clock ran ahead (and then later than its id; entries before the dated format
+#: were all Redis's): the range read is this much wider at each end, and each id's time decides.
 CLOCK_SKEW_MS = 60_000
 
 
