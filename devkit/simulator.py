@@ -60,6 +60,8 @@ SEND_ENDPOINTS = {
     "post_send_urldecode": ("POST", 1000, "clear", ("uid", "msg")),
     "post_send_ddt": ("POST", 1000, "md5", ("msg", "params")),
 }
+#: Words the simulated channel refuses: ``mgz`` names them, a send that carries one answers 6.
+SENSITIVE = ("敏感词", "发票", "赌博")
 _LINKID = re.compile(r"[A-Za-z0-9]{0,32}")
 _DTIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 _VALUE = re.compile(r"\{value(\d+)\}")
@@ -234,7 +236,7 @@ def create_simulator_app(state: SimState) -> Flask:
         if name == "mgz":
             if not check_auth(raw, "clear", ()):
                 return code(1)
-            words = [w for w in ("敏感词", "发票", "赌博") if w in text_of(raw, "msg")]
+            words = [w for w in SENSITIVE if w in text_of(raw, "msg")]
             return answer("敏感字:" + "".join(w + ";" for w in words) if words else "不含敏感字")
         if name in ("report", "reve", "reve_urlencode"):
             if not check_auth(raw, "clear", ()):
@@ -275,6 +277,8 @@ def create_simulator_app(state: SimState) -> Flask:
                 return code(5)
             if any(len(t) > state.max_chars for t in texts):
                 return code(7, max_chars=state.max_chars)
+            if any(w in t for t in texts for w in SENSITIVE):
+                return code(6)
             if state.balance < len(mobiles):
                 return code(2)
             state.balance -= len(mobiles)
@@ -397,7 +401,12 @@ def render_ddt(template: str, params: str) -> tuple[list[str], list[str]]:
 
 
 def _render(template: str, values: list[str]) -> str:
-    return _VALUE.sub(lambda m: values[int(m.group(1))], template)
+    """Value after value, as a plain string replace would: a value that itself holds
+    ``{valueN}`` is expanded again by the replacements after it (the real service's behaviour
+    that makes a short value long)."""
+    for i, value in enumerate(values):
+        template = template.replace(f"{{value{i}}}", value)
+    return template
 
 
 def _share(key: str) -> float:

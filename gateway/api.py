@@ -149,11 +149,14 @@ def _guard(accepted: Accepted, req: MessageRequest, settings: Settings, mid: str
     if suppressed:
         accepted.suppress({s.index for s in suppressed})
         accepted.suppressed = [{"mobile": s.mobile, "reason": s.reason} for s in suppressed]
-    if settings.content_check != "off" and req.priority != "high":
-        words = content_words(accepted.account, req.text or req.template or "")
+    if settings.content_check != "off":
+        words = content_words(accepted.account, [req.text or req.template or "", *_variable_values(req)])
         if words and settings.content_check == "refuse":
             detail = f"the text holds words the channel refuses: {', '.join(words)}"
-            raise validation_problem([{"pointer": "/text" if req.text else "/template", "detail": detail}])
+            pointer = (
+                "/text" if req.text else "/template" if any(w in (req.template or "") for w in words) else "/recipients"
+            )
+            raise validation_problem([{"pointer": pointer, "detail": detail}])
         accepted.flagged = words
     quotas().take_parts(g.api_key, accepted.parts)
 
@@ -392,13 +395,47 @@ def provider_words(account: str, text: str) -> list[str]:
     return words
 
 
-def content_words(account: str, text: str) -> list[str]:
-    """SMSGW_CONTENT_CHECK: the provider's sensitive words plus SMSGW_CONTENT_WORDS_FILE's.
-    The provider unreachable: checked against the local list only, and counted."""
+#: The provider's word check reads at most this many characters a call, and a request's
+#: texts and values take at most CONTENT_CALLS calls; the rest is left to the send, where a
+#: refusal fails only the message that caused it (``workers.jobs``).
+CONTENT_PIECE = 500
+CONTENT_CALLS = 10
+_DIGITS = re.compile(r"[0-9]*")
+
+
+def _variable_values(req: MessageRequest) -> list[str]:
+    """A personalised request's distinct values, in order."""
+    values = (v for r in req.recipients or () for v in r.vars.values())
+    return list(dict.fromkeys(values))
+
+
+def content_words(account: str, texts: list[str]) -> list[str]:
+    """SMSGW_CONTENT_CHECK: the provider's sensitive words plus SMSGW_CONTENT_WORDS_FILE's, in
+    the text or template and every variable value, ``high`` included.
+
+    Values of digits only (codes, amounts) hold no word and cost no provider call, so a
+    verification code's accept waits for at most the template's check, which is cached. The
+    provider unreachable: checked against the local list only, and counted."""
     rt = runtime()
-    found = [w for w in rt.settings.content_words if w in text]
+    found = [w for w in rt.settings.content_words if any(w in t for t in texts)]
+    pieces = _pieces([t for t in texts if not _DIGITS.fullmatch(t)])
+    if len(pieces) > CONTENT_CALLS:
+        rt.conn.hincrby(schema.COUNTS, "content_check_partial", 1)
     try:
-        found += [w for w in provider_words(account, text) if w not in found]
+        for piece in pieces[:CONTENT_CALLS]:
+            found += [w for w in provider_words(account, piece) if w not in found]
     except p.ProviderError:
         rt.conn.hincrby(schema.COUNTS, "content_check_unavailable", 1)
     return found
+
+
+def _pieces(texts: list[str]) -> list[str]:
+    """Texts joined by newlines into pieces of at most :data:`CONTENT_PIECE` characters (a
+    longer text is a piece of its own)."""
+    pieces: list[str] = []
+    for text in texts:
+        if pieces and len(pieces[-1]) + 1 + len(text) <= CONTENT_PIECE:
+            pieces[-1] += "\n" + text
+        else:
+            pieces.append(text)
+    return pieces

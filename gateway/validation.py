@@ -30,6 +30,7 @@ from workers.text import (
     check_vars,
     control_problems,
     ddt_group,
+    expansion_problem,
     gb2312_problems,
     provider_length,
     replace_separators,
@@ -191,11 +192,11 @@ def check_message(req: MessageRequest, settings: Settings, now: datetime | None 
     if req.send_at is not None:
         send_at = _check_send_at(req.send_at, settings, now or datetime.now(UTC), errors)
     if req.callback_url is not None:
-        parts = urlsplit(req.callback_url)
         try:
+            parts = urlsplit(req.callback_url)
             parts.port  # noqa: B018 - raises on a malformed port
-        except ValueError:
-            parts = parts._replace(scheme="")
+        except ValueError:  # a malformed port, or a bracket left open ("http://[::1/")
+            parts = urlsplit("")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             errors.append({"pointer": "/callback_url", "detail": "must be an http:// or https:// URL"})
         elif (problem := door_problem(parts.hostname, settings.callback_allow_networks)) is not None:
@@ -357,6 +358,8 @@ def _check_personal(
                         "detail": f"recipient {recipient.to}, variable {name!r} {problem}",
                     }
                 )
+            if (problem := expansion_problem(value)) is not None:
+                errors.append({"pointer": here, "detail": f"recipient {recipient.to}, variable {name!r} {problem}"})
             errors += charset_errors(values[name], charset, here, f"recipient {recipient.to}, variable {name!r}: ")
         rendered = template.render(values)
         if not rendered.strip():

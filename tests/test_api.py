@@ -79,6 +79,14 @@ def assert_problem(response, status, pointer=None, contains=None):
             "/recipients/0",
             "80 characters",
         ),
+        (
+            # 269 characters at the door, 629 once the provider expands {value1} thirty times
+            {"template": "{a}{b}", "recipients": [{"to": "13800138000", "vars": {"a": "{value1}" * 30, "b": "x"}}]},
+            422,
+            "/recipients/0/vars/a",
+            "provider would replace",
+        ),
+        ({"to": ["13800138000"], "text": "hi", "callback_url": "http://[::1/"}, 422, "/callback_url", None),
         ({"template": "no vars", "recipients": [{"to": "13800138000", "vars": {}}]}, 422, "/template", None),
         ({"to": ["13800138000"], "text": "hi", "template": "{a}"}, 422, "", "not both"),
     ],

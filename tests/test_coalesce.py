@@ -339,3 +339,75 @@ def test_sends_from_two_api_processes_leave_together_when_the_window_ends(settin
     waited = time.monotonic() - started
     assert len(sim_submissions(simulator)) == 1
     assert 1.9 < waited < 5.0, waited  # the window, then at once
+
+
+# -- one caller's refused text never fails another's message (issue 19) -------------------------
+
+
+def two_keyed(settings_env, **env: str):
+    from tests.conftest import API_KEY, OTHER_KEY
+
+    keys = {"SMSGW_API_KEYS": f"tester:{API_KEY},other:{OTHER_KEY}"}
+    return create_app(settings_from_env({**settings_env, **keys, **env})).test_client()
+
+
+def test_a_shared_template_refused_for_one_keys_value_fails_only_that_message(settings_env, runtime, simulator):
+    from tests.conftest import THEIRS
+
+    api = two_keyed(settings_env)
+    template = "您好{name}，您的订单已发货"
+    culprit = send(api, {"template": template, "recipients": [{"to": "13800138000", "vars": {"name": "开发票"}}]})
+    innocents = [
+        send(
+            api, {"template": template, "recipients": [{"to": f"1390013900{i}", "vars": {"name": f"客户{i}"}}]}, THEIRS
+        )
+        for i in range(3)
+    ]
+    drain(runtime)
+    assert view(api, culprit)["status"] == "failed"
+    assert "sensitive" in view(api, culprit)["chunks"][0]["reason"]
+    sent = {m for s in sim_submissions(simulator) for m in s["mobiles"]}
+    assert sent == {f"1390013900{i}" for i in range(3)}
+    for mid in innocents:
+        v = api.get(f"/v1/messages/{mid}", headers=THEIRS).get_json()
+        assert v["status"] == "submitted", v
+    assert runtime.conn.hget(schema.COUNTS, "culprit_splits") is not None
+    no_linkid_twice(simulator)
+
+
+def test_a_shared_submission_refused_as_too_long_fails_only_the_long_one(settings_env, runtime, simulator):
+    from tests.conftest import THEIRS
+
+    sim_admin(simulator, "config", max_chars=20)  # the channel is shorter than smsgw was told
+    api = two_keyed(settings_env)
+    template = "您好{name}"
+    long_one = send(api, {"template": template, "recipients": [{"to": "13800138000", "vars": {"name": "长" * 30}}]})
+    short_one = send(api, {"template": template, "recipients": [{"to": "13900139000", "vars": {"name": "王"}}]}, THEIRS)
+    drain(runtime)
+    assert view(api, long_one)["status"] == "failed"
+    assert api.get(f"/v1/messages/{short_one}", headers=THEIRS).get_json()["status"] == "submitted"
+    assert [s["mobiles"] for s in sim_submissions(simulator)] == [["13900139000"]]
+    no_linkid_twice(simulator)
+
+
+def test_plain_texts_on_one_ddt_refused_for_one_text_fail_only_that_one(settings_env, runtime, simulator):
+    from tests.conftest import THEIRS
+
+    api = two_keyed(settings_env, SMSGW_PROVIDER_COALESCE_PLAIN="1")
+    culprit = send(api, {"to": ["13800138000"], "text": "验证码1234，赌博", "priority": "high"})
+    fine = send(api, {"to": ["13900139000"], "text": "验证码5678", "priority": "high"}, THEIRS)
+    drain(runtime)
+    assert view(api, culprit)["status"] == "failed"
+    assert api.get(f"/v1/messages/{fine}", headers=THEIRS).get_json()["status"] == "submitted"
+    no_linkid_twice(simulator)
+
+
+def test_a_template_refused_for_its_own_words_fails_every_member_at_once(settings_env, runtime, simulator):
+    api = two_keyed(settings_env)
+    mids = [
+        send(api, {"template": "开发票{name}", "recipients": [{"to": f"1380013800{i}", "vars": {"name": "x"}}]})
+        for i in range(4)
+    ]
+    drain(runtime)
+    assert [view(api, m)["status"] for m in mids] == ["failed"] * 4
+    assert simulator.state.calls["post_send_ddt"] == 1  # everyone's fault: no search

@@ -27,6 +27,11 @@ INSIDE = [
     "http://[fd00:ec2::254]/",
     "http://0.0.0.0/",
     "http://224.0.0.1/",
+    "http://[::127.0.0.1]/",  # IPv4-compatible
+    "http://[64:ff9b::127.0.0.1]/",  # NAT64 to loopback
+    "http://[64:ff9b::a9fe:a9fe]/",  # NAT64 to the metadata service
+    "http://[64:ff9b:1::10.0.0.1]/",  # NAT64 local use, to a private host
+    "http://[::ffff:0:7f00:1]/",  # SIIT
 ]
 
 

@@ -329,7 +329,7 @@ def test_the_low_balance_alert_fires_once_per_crossing(settings_env, redis_conn,
 # -- content check -----------------------------------------------------------------------------
 
 
-def test_content_check_refuses_naming_the_words_or_flags_them(settings_env, runtime, tmp_path):
+def test_content_check_refuses_naming_the_words_or_flags_them(settings_env, runtime, simulator, tmp_path):
     words = tmp_path / "words.txt"
     words.write_text("# ours\n加微信\n", encoding="utf-8")
     refuse = app_with(settings_env, SMSGW_CONTENT_CHECK="refuse", SMSGW_CONTENT_WORDS_FILE=str(words))
@@ -340,8 +340,16 @@ def test_content_check_refuses_naming_the_words_or_flags_them(settings_env, runt
         and "加微信" in r.get_json()["errors"][0]["detail"]
     )
     assert refuse.post("/v1/messages", json={"to": ["13800138000"], "text": "您好"}, headers=AUTH).status_code == 202
-    code_ok = {"to": ["13800138000"], "text": "发票验证码 1", "priority": "high"}
-    assert refuse.post("/v1/messages", json=code_ok, headers=AUTH).status_code == 202  # high is not checked
+    high = {"to": ["13800138000"], "text": "发票验证码 1", "priority": "high"}
+    assert refuse.post("/v1/messages", json=high, headers=AUTH).status_code == 422  # high is checked too
+    in_a_value = {"template": "您好{name}", "recipients": [{"to": "13800138000", "vars": {"name": "开发票"}}]}
+    r = refuse.post("/v1/messages", json={**in_a_value, "priority": "high"}, headers=AUTH)
+    assert r.status_code == 422 and r.get_json()["errors"][0]["pointer"] == "/recipients"
+    code = {"template": "验证码{code}", "recipients": [{"to": "13800138000", "vars": {"code": "123456"}}]}
+    calls = dict(simulator.state.calls)
+    assert refuse.post("/v1/messages", json={**code, "priority": "high"}, headers=AUTH).status_code == 202
+    assert refuse.post("/v1/messages", json={**code, "priority": "high"}, headers=AUTH).status_code == 202
+    assert simulator.state.calls["mgz"] - calls.get("mgz", 0) == 1  # the template, cached; digits cost no call
     flag = app_with(settings_env, SMSGW_CONTENT_CHECK="flag")
     mid = flag.post("/v1/messages", json={"to": ["13900139000"], "text": "赌博"}, headers=AUTH).get_json()["id"]
     assert flag.get(f"/v1/messages/{mid}", headers=AUTH).get_json()["flagged_words"] == ["赌博"]

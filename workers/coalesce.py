@@ -54,6 +54,7 @@ from workers import accounts, lifecycle, schema
 from workers.runtime import Runtime
 from workers.schema import Message
 from workers.settings import Settings
+from workers.text import expansion_problem
 
 log = logging.getLogger("smsgw.coalesce")
 
@@ -134,12 +135,18 @@ def pool_for(
     item = items[0]
     if kind == "p":
         mode, shared = "p", text
-    elif settings.accounts[account].coalesce_plain and "," not in text and ";" not in text:
+    elif settings.accounts[account].coalesce_plain and _fits_one_value(text):
         mode, shared, item = "v", "", f"{item},{text}"
     else:
         mode, shared = "t", text
     digest = hashlib.sha1(f"{mode}\x00{shared}".encode()).hexdigest()[:16]
     return schema.pool_key(account, priority, mode + digest), item
+
+
+def _fits_one_value(text: str) -> bool:
+    """A plain text that can travel as a 点点通 value exactly: no separator, nothing the provider
+    would expand."""
+    return "," not in text and ";" not in text and expansion_problem(text) is None
 
 
 def claim(rt: Runtime, pool: str, now: float | None = None) -> str | None:

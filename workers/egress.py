@@ -46,9 +46,25 @@ def parse_address(host: str) -> IPAddress | None:
             address = ipaddress.IPv4Address(socket.inet_aton(bare))  # 2130706433, 0x7f000001, 127.1
         except OSError:
             return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        return embedded_ipv4(address) or address
     return address
+
+
+#: IPv6 prefixes whose last 32 bits are an IPv4 address the packet ends up at: IPv4-mapped,
+#: IPv4-compatible (deprecated, still routed by some stacks), SIIT, and NAT64's well-known and
+#: local-use prefixes. Such an address is judged by the IPv4 address it carries.
+EMBEDS_IPV4 = tuple(
+    ipaddress.IPv6Network(n) for n in ("::ffff:0:0/96", "::/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48")
+)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address in EMBEDS_IPV4[1] and int(address) <= 1:
+        return None  # :: and ::1 are themselves (unspecified, loopback)
+    if any(address in net for net in EMBEDS_IPV4):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def never(address: IPAddress) -> bool:

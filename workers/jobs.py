@@ -251,30 +251,65 @@ def act(
         return split(rt, chunk, error_fields)
 
     assert error is not None
+    if isinstance(error, p.SensitiveWords | p.TextTooLong) and _innocents_aboard(rt, chunk, error):
+        return split(rt, chunk, error_fields, culprit=True)
     if isinstance(error, p.SensitiveWords):
         return lifecycle.fail(conn, settings, chunk, _sensitive_reason(rt, chunk), error_fields)
     alert(settings, conn, "validation_defect", message_id=mid, chunk=n, code=code, text=error.text)
     return lifecycle.fail(conn, settings, chunk, f"provider refused the text: {error}", error_fields)
 
 
-def _sensitive_reason(rt: Runtime, chunk: Chunk) -> str:
-    """Answer 6 names no word; the sensitive-word endpoint does (best effort: it is one more
-    call, and the chunk fails either way, never retried)."""
+def _innocents_aboard(rt: Runtime, chunk: Chunk, error: p.ProviderError) -> bool:
+    """Whether a refusal (6, 7) of this chunk may be another member's fault: the chunk carries
+    several callers' messages and what differs between them (点点通 values) may be the cause.
+
+    Members of a shared plain text all sent the same words, and so did the members of a
+    template whose own words are refused: every one of them is a culprit and fails at once,
+    without a search that would cost a call per member."""
+    members = set(chunk.mids.split(";")) if chunk.mids else set()
+    if len(members) < 2:
+        return False
+    kind, text = _kind_and_text(rt, chunk.mid)
+    if kind != "p":
+        return False
+    return not (isinstance(error, p.SensitiveWords) and _template_words(rt, chunk.account, text))
+
+
+def _kind_and_text(rt: Runtime, mid: str) -> tuple[str, str]:
     kind, text = (
         v.decode() if v else ""
-        for v in rt.conn.hmget(schema.message_key(chunk.mid), Message.field_of("kind"), Message.field_of("text"))
+        for v in rt.conn.hmget(schema.message_key(mid), Message.field_of("kind"), Message.field_of("text"))
     )
-    sample = text if kind != "p" else re.sub(r"\{value\d+\}", "", text)  # the template's own words
+    return kind, text
+
+
+def _template_words(rt: Runtime, account: str, text: str) -> list[str]:
+    """The provider's sensitive words in a text, or a 点点通 template's own words (best effort:
+    one more call; an unreachable provider names none)."""
+    sample = re.sub(r"\{value\d+\}", "", text)
+    if not sample.strip():
+        return []
     try:
-        words = rt.client(chunk.account).sensitive_words(sample)
+        return rt.client(account).sensitive_words(sample)
     except p.ProviderError:
-        words = []
+        return []
+
+
+def _sensitive_reason(rt: Runtime, chunk: Chunk) -> str:
+    """Answer 6 names no word; the sensitive-word endpoint does (the chunk fails either way,
+    never retried)."""
+    _, text = _kind_and_text(rt, chunk.mid)
+    words = _template_words(rt, chunk.account, text)
     return "provider refused sensitive words (6)" + (f": {', '.join(words)}" if words else "")
 
 
-def split(rt: Runtime, chunk: Chunk, error_fields: dict[str, Any]) -> str:
-    """Answer 3: the provider takes fewer per submission than we sent. Halve the chunk under
-    two new linkids and lower the account's chunk size for every later plan."""
+def split(rt: Runtime, chunk: Chunk, error_fields: dict[str, Any], *, culprit: bool = False) -> str:
+    """Halve the chunk under two new linkids (the refused one is never used again).
+
+    Answer 3: the provider takes fewer per submission than we sent; the account's chunk size
+    is lowered for every later plan. ``culprit``: a shared submission was refused (6, 7) for
+    what one member carries; halving until a half holds one member finds it in about
+    2·log2(n) calls, and only that member fails."""
     conn, settings = rt.conn, rt.settings
     mid, n = chunk.mid, chunk.n
     items = chunk.items.split(";")
@@ -284,7 +319,10 @@ def split(rt: Runtime, chunk: Chunk, error_fields: dict[str, Any]) -> str:
             conn, settings, chunk, "provider answered 3 (too many) to a single recipient", error_fields
         )
     half = (len(items) + 1) // 2
-    accounts.lower_chunk_size(conn, settings, chunk.account, half)
+    if culprit:
+        conn.hincrby(schema.COUNTS, "culprit_splits", 1)
+    else:
+        accounts.lower_chunk_size(conn, settings, chunk.account, half)
     # Reserve two chunk numbers; one left unused by a lost race is harmless.
     first = conn.hincrby(schema.message_key(mid), Message.field_of("chunk_seq"), 2) - 2
     ttl = schema.ttl_of(conn, schema.chunk_key(mid, n), settings.retention_seconds)
@@ -306,7 +344,8 @@ def split(rt: Runtime, chunk: Chunk, error_fields: dict[str, Any]) -> str:
             api_key=chunk.api_key,
             members=[mids[:half], mids[half:]] if mids else [],
         )
-        lifecycle.append_history(pipe, mid, n, "split", into=[m for m, _ in parts], size=half)
+        event = "split_to_find_culprit" if culprit else "split"
+        lifecycle.append_history(pipe, mid, n, event, into=[m for m, _ in parts], size=half)
 
     lifecycle.transition(conn, mid, n, {SUBMITTING}, lifecycle.SPLIT, error_fields, also=also)
     return "split"

@@ -144,6 +144,17 @@ def separator_problem(value: str) -> str | None:
     return None
 
 
+_PROVIDER_VARIABLE = re.compile(r"\{value\d+\}")
+
+
+def expansion_problem(value: str) -> str | None:
+    """A value holding ``{valueN}`` is expanded again by the provider (each replacement runs
+    over the text the previous one made): a short value becomes a long text, and the length
+    and content checked here would not be what is sent."""
+    found = _PROVIDER_VARIABLE.search(value)
+    return f"holds {found.group(0)}, which the provider would replace with another value" if found else None
+
+
 def replace_separators(value: str) -> str:
     """Opt-in repair: ``,`` and ``;`` become the full-width ``，`` and ``；``."""
     return value.replace(",", FULL_WIDTH[","]).replace(";", FULL_WIDTH[";"])
