@@ -69,6 +69,8 @@ def run_local(*, api_port: int, simulator_port: int) -> None:
         "SMSGW_OPERATOR_PASSWORD": os.environ.get("SMSGW_OPERATOR_PASSWORD", LOCAL_OPERATOR_PASSWORD),
         "SMSGW_RUN_DIR": str(root),
         "SMSGW_ALLOW_DEV_DEFAULTS": "1",
+        # Callbacks to a receiver on this machine (http://127.0.0.1:9000/hook): development only.
+        "SMSGW_CALLBACK_ALLOW_LOOPBACK": os.environ.get("SMSGW_CALLBACK_ALLOW_LOOPBACK", "1"),
         "SMSGW_REDIS_DURABILITY": os.environ.get("SMSGW_REDIS_DURABILITY", "warn"),
     }
     py = sys.executable

@@ -110,6 +110,11 @@ class SimState:
     scripts: dict[str, deque[int]] = field(default_factory=dict)
     reports: deque[tuple[float, dict[str, str]]] = field(default_factory=deque)
     replies: deque[tuple[float, dict[str, str]]] = field(default_factory=deque)
+    #: Pushes the receiver refused (not 2xx) or never took: kept for pull, as a provider that
+    #: offers both would (``push_fallback``); without it they are lost, as the original says.
+    push_fallback: bool = True
+    pushed_failed: int = 0
+    unpushed: dict[str, deque[dict[str, str]]] = field(default_factory=lambda: {"rpt": deque(), "mo": deque()})
     calls: Counter[str] = field(default_factory=Counter)
     lock: threading.RLock = field(default_factory=threading.RLock)
     wake: threading.Event = field(default_factory=threading.Event)
@@ -125,6 +130,7 @@ class SimState:
                 "repeated_linkids": {k: v for k, v in self.linkids.items() if v > 1},
                 "pending_reports": len(self.reports),
                 "pending_replies": len(self.replies),
+                "pushes_refused": self.pushed_failed,
                 "calls": dict(self.calls),
             }
 
@@ -295,8 +301,11 @@ def create_simulator_app(state: SimState) -> Flask:
 
     def pull(name: str) -> Response:
         queue = state.reports if name == "report" else state.replies
+        unpushed = state.unpushed["rpt" if name == "report" else "mo"]
         items: list[dict[str, str]] = []
         with state.lock:
+            while unpushed and len(items) < 20:
+                items.append(unpushed.popleft())
             while queue and len(items) < 20 and queue[0][0] <= time.time() and not state.push_url:
                 items.append(queue.popleft()[1])
         if not items:
@@ -378,6 +387,8 @@ def create_simulator_app(state: SimState) -> Flask:
             state.scripts.clear()
             state.reports.clear()
             state.replies.clear()
+            for waiting in state.unpushed.values():
+                waiting.clear()
             state.calls.clear()
             state.epoch += 1
         return jsonify(ok=True)
@@ -433,9 +444,18 @@ def push_loop(state: SimState, stop: threading.Event) -> None:
             if item is None or not url:
                 break
             try:
-                session.get(url + "?" + urlencode(item, encoding="gb2312"), timeout=5)
+                pushed = session.get(url + "?" + urlencode(item, encoding="gb2312"), timeout=5).ok
             except requests.RequestException:
-                log.warning("push to the registered URL failed; the item is lost, as with the real one")
+                pushed = False
+            if not pushed:
+                with state.lock:
+                    if state.push_fallback:
+                        kind = item.pop("Class")
+                        item.pop("SmsName")
+                        state.unpushed[kind].append(item)
+                        state.pushed_failed += 1
+                    else:
+                        log.warning("push to the registered URL failed; the item is lost, as with the real one")
 
 
 class SimulatorServer:

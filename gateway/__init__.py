@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(redis.RedisError)
     def redis_down(e: redis.RedisError) -> Response:
-        return problems.Problem(503, "Service Unavailable", "storage is unreachable; retry later").response()
+        why = "full" if isinstance(e, redis.exceptions.OutOfMemoryError) else "unreachable"
+        return problems.Problem(503, "Service Unavailable", f"storage is {why}; retry later").response()
 
     return app

@@ -64,7 +64,7 @@ def read_body() -> bytes:
 def request_json() -> Any:
     if request.mimetype != "application/json":
         raise Problem(415, "Unsupported Media Type", "send Content-Type: application/json")
-    return parse_json(read_body())
+    return parse_json(read_body(), runtime().settings.max_recipients)
 
 
 @bp.post("/messages")
@@ -138,17 +138,22 @@ def create_message() -> Response:
 def _guard(accepted: Accepted, req: MessageRequest, settings: Settings, mid: str) -> None:
     """The guardrails at the door: caps and opt-outs suppress recipients, the content check may
     refuse or flag, the key's daily quota may refuse (429)."""
-    suppressed = guardrails.check(
-        runtime().conn,
-        settings,
-        account=accepted.account,
-        priority=req.priority,
-        mobiles=[item.split(",", 1)[0] for item in accepted.items],
-        ref=mid,
-    )
+    test = g.api_key.test
+    mobiles = [item.split(",", 1)[0] for item in accepted.items]
+    at = accepted.send_at.timestamp() if accepted.send_at else None
+    scope = {"account": accepted.account, "priority": req.priority, "ref": mid, "test": test}
+    suppressed = guardrails.check(runtime().conn, settings, mobiles=mobiles, at=at, **scope)
     if suppressed:
         accepted.suppress({s.index for s in suppressed})
         accepted.suppressed = [{"mobile": s.mobile, "reason": s.reason} for s in suppressed]
+    try:
+        _content_and_quota(accepted, req, settings)
+    except Problem:  # refused after all: the caps' slots go back
+        guardrails.give_back(runtime().conn, mobiles=mobiles, **scope)
+        raise
+
+
+def _content_and_quota(accepted: Accepted, req: MessageRequest, settings: Settings) -> None:
     if settings.content_check != "off":
         words = content_words(accepted.account, [req.text or req.template or "", *_variable_values(req)])
         if words and settings.content_check == "refuse":

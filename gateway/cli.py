@@ -107,13 +107,11 @@ def api(bind: str | None, workers: int | None) -> None:
 @click.option(
     "--queues",
     default=None,
-    help="comma-separated subset, in priority order (default: smsgw-high,smsgw-normal,smsgw-bulk,smsgw-callbacks)",
+    help="comma-separated subset, in priority order (default: smsgw-high,smsgw-normal,smsgw-bulk)",
 )
 def worker(burst: bool, name: str | None, queues: str | None) -> None:
-    """An RQ worker on smsgw's queues (high, normal, bulk, callbacks), with the scheduler and sweeper.
-
-    Dedicated callback workers (--queues smsgw-callbacks) keep client callbacks flowing during a
-    long bulk campaign, which the default order serves first.
+    """An RQ worker on smsgw's queues (high, normal, bulk), with the scheduler, the sweeper and
+    a pool of SMSGW_CALLBACK_CONCURRENCY threads that deliver callbacks apart from the sends.
     """
     import faulthandler
     import signal

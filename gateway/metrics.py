@@ -83,6 +83,13 @@ class RedisCollector(Collector):
         yield GaugeMetricFamily("smsgw_workers", "RQ workers alive on every host", value=queues.workers_alive(conn))
         durable = not check_durability(conn, "ignore")
         yield GaugeMetricFamily("smsgw_redis_durable", "1 when Redis has AOF on and evicts nothing", value=int(durable))
+        memory = conn.info("memory")
+        yield GaugeMetricFamily("smsgw_redis_memory_used_bytes", "Redis used_memory", value=memory["used_memory"])
+        yield GaugeMetricFamily(
+            "smsgw_redis_memory_max_bytes",
+            "Redis maxmemory (0: no limit); at the limit, with noeviction, Redis refuses every write",
+            value=memory.get("maxmemory", 0),
+        )
 
         recipients = CounterMetricFamily("smsgw_recipients", "Recipients reaching each state", labels=["state"])
         for state in ("submitted", "failed", "cancelled"):
@@ -159,6 +166,15 @@ class RedisCollector(Collector):
         yield GaugeMetricFamily(
             "smsgw_watched", "Unfinished messages and chunks the sweeper watches", value=conn.zcard(schema.WATCH)
         )
+        yield GaugeMetricFamily(
+            "smsgw_callbacks_due",
+            "Messages whose callback events are due for delivery now (workers.notifications)",
+            value=conn.zcount(schema.CALLBACKS_DUE, "-inf", time.time()),
+        )
+
+
+#: HTTP methods counted by name; any other (a client may send any token) is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def init_app(app: Flask, rt: Runtime) -> None:
@@ -171,6 +187,11 @@ def init_app(app: Flask, rt: Runtime) -> None:
     latency = Histogram("smsgw_http_request_seconds", "HTTP request latency", ["route", "method"], registry=target)
     registry.register(RedisCollector(rt))
     app.extensions["smsgw_metrics"] = registry
+    app.extensions["smsgw_push_refused"] = Counter(
+        "smsgw_push_refused",
+        "Pushed reports and replies the receiver could not store (answered 503): Redis refused or was away",
+        registry=target,
+    )
 
     @app.before_request
     def start_timer() -> None:
@@ -181,10 +202,11 @@ def init_app(app: Flask, rt: Runtime) -> None:
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         if "/callbacks/provider/" in route:
             route = "/callbacks/provider/<secret>"
-        requests_total.labels(route, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in METHODS else "other"  # a label set that stays bounded
+        requests_total.labels(route, method, str(response.status_code)).inc()
         start = g.get("metrics_start")
         if start is not None:
-            latency.labels(route, request.method).observe(time.perf_counter() - start)
+            latency.labels(route, method).observe(time.perf_counter() - start)
         return response
 
 

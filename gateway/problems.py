@@ -92,7 +92,10 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def on_http(e: HTTPException) -> Response:
-        problem = Problem(e.code or 500, e.name, e.description or "")
+        detail = e.description or ""
+        if e.code == 413:
+            detail = f"the body is over the limit of {app.config['MAX_CONTENT_LENGTH']} bytes (SMSGW_MAX_BODY_BYTES)"
+        problem = Problem(e.code or 500, e.name, detail)
         response = problem.response()
         if e.code == 405 and e.response is None:
             allowed = e.get_headers()

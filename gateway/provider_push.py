@@ -13,7 +13,8 @@ from __future__ import annotations
 import hmac
 import logging
 
-from flask import Blueprint, Response, request
+import redis
+from flask import Blueprint, Response, current_app, request
 
 from gateway.context import runtime
 from gateway.problems import Problem
@@ -72,5 +73,12 @@ def provider_push(secret: str) -> Response:
         log.warning("malformed push (%s): fields %s", e, sorted(raw)[:20])
         rt.conn.hincrby(COUNTS, "push_malformed", 1)
         raise Problem(400, "Malformed push", str(e)) from None
-    new = receive(rt.conn, [item], rt.settings.retention_seconds)
+    try:
+        new = receive(rt.conn, [item], rt.settings.retention_seconds)
+    except redis.RedisError as e:
+        # Counted in this process (Redis is what failed): the provider does not push again, so
+        # each refusal is a report the pullers must recover, or a recipient that ends unknown.
+        current_app.extensions["smsgw_push_refused"].inc()
+        log.warning("push refused: Redis %s", type(e).__name__)
+        raise
     return Response("ok" if new else "ok (already stored)", mimetype="text/plain")

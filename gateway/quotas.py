@@ -1,10 +1,11 @@
 """Per API key: a request rate with a burst, and a daily quota of billable parts; usage by day.
 
-The limits are the ``limits`` package's (the library behind flask-limiter) over smsgw's Redis,
-so every API process counts together: the rate is a moving window of ``BURST`` requests per
-``BURST / RATE`` seconds (a refused request takes nothing); the quota is a fixed window per
-day whose refused cost is given back at once. Over either: 429 with ``Retry-After`` and a
-problem document, and nothing is queued.
+Both live in smsgw's Redis, so every API process counts together. The rate is the ``limits``
+package's (the library behind flask-limiter): a moving window of ``BURST`` requests per
+``BURST / RATE`` seconds (a refused request takes nothing). The quota is a counter per key and
+China day (``schema.quota_key``), the day ``/v1/usage`` reports: it starts at midnight in
+China, not at the key's first request of the day, and a refused cost is given back at once.
+Over either: 429 with ``Retry-After`` and a problem document, and nothing is queued.
 
 Usage per key and day (requests, recipients, parts, suppressed) is written in the accept
 transaction itself (``gateway.messages.ACCEPT``) and kept 90 days: what finance reconciles against the
@@ -21,9 +22,9 @@ from typing import Any
 
 import redis
 from flask import Flask, current_app
-from limits import RateLimitItemPerDay, RateLimitItemPerSecond
+from limits import RateLimitItemPerSecond
 from limits.storage import RedisStorage
-from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from limits.strategies import MovingWindowRateLimiter
 
 from gateway.problems import Problem
 from workers import schema
@@ -37,9 +38,8 @@ USAGE_FIELDS = ("requests", "recipients", "parts", "suppressed", "delivered", "u
 class Quotas:
     def __init__(self, rt: Runtime) -> None:
         storage = RedisStorage("redis://", connection_pool=rt.conn.connection_pool, key_prefix=schema.LIMITS)
-        self.storage = storage
+        self.conn = rt.conn
         self.rate = MovingWindowRateLimiter(storage)
-        self.daily = FixedWindowRateLimiter(storage)
 
     @staticmethod
     def rate_item(key: ApiKey) -> RateLimitItemPerSecond:
@@ -53,25 +53,36 @@ class Quotas:
             reset = self.rate.get_window_stats(item, key.name).reset_time
             raise _too_many(f"more than {key.rate} requests a second (burst {key.burst})", reset)
 
-    def take_parts(self, key: ApiKey, parts: int) -> None:
+    def take_parts(self, key: ApiKey, parts: int, now: float | None = None) -> None:
         if not key.daily or parts <= 0:
             return
-        item = RateLimitItemPerDay(key.daily)
-        if not self.daily.hit(item, key.name, cost=parts):
-            self.storage.incr(item.key_for(key.name), item.get_expiry(), amount=-parts)  # give it back
-            reset = self.daily.get_window_stats(item, key.name).reset_time
-            raise _too_many(f"the daily quota of {key.daily} billable parts would be exceeded ({parts} asked)", reset)
+        now = time.time() if now is None else now
+        counter = schema.quota_key(key.name, schema.usage_day(now))
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.incrby(counter, parts)
+            pipe.expire(counter, 2 * 86400)
+            used, _ = pipe.execute()
+        if used > key.daily:
+            self.conn.decrby(counter, parts)  # give it back
+            detail = f"the daily quota of {key.daily} billable parts would be exceeded ({parts} asked)"
+            raise _too_many(detail, next_china_midnight(now))
 
     def remaining(self, key: ApiKey) -> dict[str, Any]:
         out: dict[str, Any] = {"rate": key.rate or None, "burst": key.burst or None, "daily_parts": key.daily or None}
         if key.daily:
-            out["daily_parts_left"] = self.daily.get_window_stats(RateLimitItemPerDay(key.daily), key.name).remaining
+            used = int(self.conn.get(schema.quota_key(key.name, schema.usage_day(time.time()))) or 0)
+            out["daily_parts_left"] = max(0, key.daily - used)
         return out
 
 
 def _too_many(detail: str, reset: float) -> Problem:
     wait = max(1, math.ceil(reset - time.time()))
     return Problem(429, "Too Many Requests", detail, headers={"Retry-After": str(wait)})
+
+
+def next_china_midnight(now: float) -> float:
+    """When the quota's day ends: the next 00:00 in China (UTC+8, no daylight saving)."""
+    return (math.floor((now + 8 * 3600) / 86400) + 1) * 86400 - 8 * 3600
 
 
 def today(now: float | None = None) -> str:

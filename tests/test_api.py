@@ -294,3 +294,17 @@ def test_a_chunked_body_over_the_limit_is_413_never_truncated_and_accepted(app, 
 def test_too_many_recipients_are_refused_before_they_are_validated(api, runtime):
     r = post(api, {"to": [1] * (runtime.settings.max_recipients + 1), "text": "x"})
     assert r.status_code == 422 and len(r.get_json()["errors"]) == 1
+
+
+def test_a_body_of_millions_of_empty_objects_is_refused_before_it_is_parsed(api, runtime):
+    import tracemalloc
+
+    body = b'{"to": [' + b"{}," * (8 * 2**20 // 3 - 10) + b'{}], "text": "x"}'
+    tracemalloc.start()
+    try:
+        r = api.post("/v1/messages", data=body, headers={**AUTH, "Content-Type": "application/json"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert_problem(r, 413, contains="JSON objects and arrays")
+    assert peak < 5 * len(body), f"{peak / 2**20:.0f} MB to refuse an 8 MB body"

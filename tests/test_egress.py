@@ -35,8 +35,22 @@ INSIDE = [
 ]
 
 
+@pytest.fixture
+def strict(settings_env, runtime):
+    """The API and a runtime as production runs them: no loopback for callbacks."""
+    import dataclasses
+
+    from gateway import create_app
+    from workers.settings import settings_from_env
+
+    settings = settings_from_env({**settings_env, "SMSGW_CALLBACK_ALLOW_LOOPBACK": ""})
+    assert not settings.callback_allow_loopback
+    return create_app(settings).test_client(), dataclasses.replace(runtime, settings=settings)
+
+
 @pytest.mark.parametrize("url", INSIDE)
-def test_inside_addresses_are_refused_at_the_door(api, runtime, url):
+def test_inside_addresses_are_refused_at_the_door(strict, runtime, url):
+    api, _ = strict
     r = api.post("/v1/messages", json={"to": ["13800138000"], "text": "x", "callback_url": url}, headers=AUTH)
     assert r.status_code == 422, url
     assert r.get_json()["errors"][0]["pointer"] == "/callback_url"
@@ -57,15 +71,36 @@ def test_no_setting_opens_loopback_or_metadata():
         assert not egress.allowed(egress.parse_address(address), nets)
     assert egress.allowed(egress.parse_address("10.1.2.3"), nets)
     assert egress.allowed(egress.parse_address("8.8.8.8"))
+    assert egress.allowed(egress.parse_address("[64:ff9b::8.8.8.8]"))  # NAT64 to a public host
 
 
-def test_a_name_that_resolves_inside_passes_the_door_and_is_refused_at_delivery(api, runtime, simulator, receiver):
+def test_the_development_setting_opens_loopback_only_and_production_refuses_it():
+    from tests.conftest import make_settings
+    from workers.settings import dev_defaults
+
+    for address in ("127.0.0.1", "::1"):
+        assert egress.allowed(egress.parse_address(address), loopback=True)
+    for address in ("169.254.169.254", "10.1.2.3", "fd00:ec2::254"):
+        assert not egress.allowed(egress.parse_address(address), loopback=True)
+    assert egress.door_problem("localhost", loopback=True) is None
+    assert "SMSGW_CALLBACK_ALLOW_LOOPBACK" in egress.door_problem("localhost")
+    problems = dev_defaults(make_settings(SMSGW_CALLBACK_ALLOW_LOOPBACK="1"))
+    assert any("SMSGW_CALLBACK_ALLOW_LOOPBACK" in p for p in problems)
+
+
+def test_a_name_that_resolves_inside_passes_the_door_and_is_refused_at_delivery(
+    strict, simulator, receiver, monkeypatch
+):
     """The door cannot know where a name leads; the worker resolves it, checks every address
-    and never connects. This machine's own name resolves to loopback or its private address."""
-    name = socket.gethostname()
-    resolved = {egress.parse_address(str(i[4][0])) for i in socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)}
-    if any(a is not None and a.is_global for a in resolved):
-        pytest.skip(f"{name} resolves to a global address here")
+    and never connects. The name's answer is faked (a rebinding DNS would give the same), so
+    the rule is tested on every host whatever its network looks like."""
+    real = socket.getaddrinfo
+    inside = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]
+    monkeypatch.setattr(
+        egress.socket, "getaddrinfo", lambda host, *a, **k: inside if host == "rebind.example" else real(host, *a, **k)
+    )
+    name = "rebind.example"
+    api, runtime = strict
     port = receiver.rsplit(":", 1)[1].split("/")[0]
     mid = send(api, {"to": ["13800138000"], "text": "x", "callback_url": f"http://{name}:{port}/hook"})
     drain(runtime)
@@ -78,7 +113,7 @@ def test_a_name_that_resolves_inside_passes_the_door_and_is_refused_at_delivery(
     assert Receiver.calls == 0
 
 
-def test_an_allowed_private_network_is_reached_at_the_checked_address(api, runtime, simulator, receiver):
+def test_a_receiver_on_loopback_is_reached_with_the_development_setting(api, runtime, simulator, receiver):
     mid = send(api, {"to": ["13800138000"], "text": "x", "callback_url": receiver})
     drain(runtime)
     pull_all(runtime)

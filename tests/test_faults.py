@@ -225,13 +225,13 @@ def test_a_callback_url_down_for_its_whole_window_then_back(app, settings_env, r
     import dataclasses
     from http.server import HTTPServer
 
-    from tests.conftest import Receiver, drain, outside_address
+    from tests.conftest import Receiver, drain
     from tests.test_metrics import free_port
     from tests.test_reports import pull_all
 
     runtime.settings = dataclasses.replace(runtime.settings, callback_retry_seconds=3)
     port = free_port()
-    url = f"http://{outside_address()}:{port}/hook"
+    url = f"http://127.0.0.1:{port}/hook"
     api = app.test_client()
     mid = send(api, {"to": ["13800138000"], "text": "x", "callback_url": url})
     drain(runtime)
@@ -241,7 +241,7 @@ def test_a_callback_url_down_for_its_whole_window_then_back(app, settings_env, r
     assert callbacks["state"] == "abandoned" and callbacks["events_dropped"] == 1
     assert int(runtime.conn.hget("sg:alerts", "callback_abandoned")) == 1
     Receiver.calls, Receiver.bodies, Receiver.fail_first = 0, [], 0
-    server = HTTPServer((outside_address(), port), Receiver)
+    server = HTTPServer(("127.0.0.1", port), Receiver)
     import threading
 
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -116,6 +116,65 @@ def test_an_empty_setting_turns_caps_off(settings_env, runtime):
     assert [code(api)["status"] for _ in range(3)] == ["accepted"] * 3
 
 
+def test_two_codes_accepted_a_minute_apart_for_the_same_moment_cannot_both_go(api, runtime):
+    import time
+    from datetime import UTC, datetime
+
+    from workers import guardrails
+
+    moment = time.time() + 300
+    # The first was accepted 61 s ago for that moment (the cap counts it at the moment it goes).
+    first = guardrails.check(
+        runtime.conn,
+        runtime.settings,
+        account="default",
+        priority="high",
+        mobiles=["13800138000"],
+        ref="earlier",
+        at=moment,
+        now=time.time() - 61,
+    )
+    assert first == []
+    body = {"to": ["13800138000"], "text": "验证码 1234", "priority": "high"}
+    second = {**body, "send_at": datetime.fromtimestamp(moment + 1, UTC).isoformat()}
+    assert api.post("/v1/messages", json=second, headers=AUTH).get_json()["status"] == "suppressed"
+    assert code(api)["status"] == "accepted"  # a code now is five minutes from the scheduled one
+
+
+def test_a_test_key_never_uses_up_a_real_users_cap(settings_env, runtime):
+    from tests.conftest import API_KEY, OTHER_KEY
+
+    keys = f"tester:{API_KEY},other:{OTHER_KEY}"
+    api = app_with(settings_env, SMSGW_API_KEYS=keys, SMSGW_TEST_KEYS="other")
+    test_send = {"to": ["13800138000"], "text": "验证码 1234", "priority": "high"}
+    assert api.post("/v1/messages", json=test_send, headers={"Authorization": f"Bearer {OTHER_KEY}"}).status_code == 202
+    assert code(api)["status"] == "accepted"  # the real user's first code of the minute
+
+
+def test_a_request_refused_with_429_gives_its_cap_slots_back(settings_env, runtime):
+    api = app_with(settings_env, SMSGW_KEY_TESTER_DAILY="1", SMSGW_MOBILE_CAPS_NORMAL="1/60")
+    two = {"to": ["13800138000", "13900139000"], "text": "x"}
+    assert api.post("/v1/messages", json=two, headers=AUTH).status_code == 429  # 2 parts > 1
+    one = api.post("/v1/messages", json={"to": ["13800138000"], "text": "x"}, headers=AUTH)
+    assert one.status_code == 202 and one.get_json()["status"] == "accepted"
+
+
+def test_the_daily_quota_starts_at_midnight_in_china(settings_env, runtime):
+    from gateway.quotas import Quotas, next_china_midnight
+    from gateway.problems import Problem
+    from workers.settings import settings_from_env
+
+    key = next(k for k in settings_from_env({**settings_env, "SMSGW_KEY_TESTER_DAILY": "3"}).api_keys)
+    quotas = Quotas(runtime)
+    before = 1_767_196_799.0  # 2025-12-31 23:59:59 in China
+    quotas.take_parts(key, 3, now=before)
+    with pytest.raises(Problem) as refused:
+        quotas.take_parts(key, 1, now=before)
+    assert refused.value.headers["Retry-After"]
+    assert next_china_midnight(before) == before + 1
+    quotas.take_parts(key, 3, now=before + 1)  # a new day in China: a full quota
+
+
 # -- opt-outs ----------------------------------------------------------------------------------
 
 

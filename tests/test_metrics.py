@@ -98,3 +98,17 @@ def test_metrics_add_up_across_gunicorn_workers(settings_env, tmp_path):
     finally:
         api.terminate()
         api.wait(timeout=30)
+
+
+def test_request_series_stay_bounded_whatever_methods_clients_invent(api, runtime):
+    import random
+    import string
+
+    rng = random.Random(7)
+    for _ in range(300):
+        method = "".join(rng.choices(string.ascii_uppercase, k=8))
+        api.open("/v1/messages", method=method, headers=AUTH)
+    samples = scrape(api.get("/metrics").get_data(as_text=True))
+    methods = {dict(labels)["method"] for name, labels in samples if name == "smsgw_http_requests_total"}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert "other" in methods

@@ -110,4 +110,6 @@ def test_the_rules_cover_what_operators_page_on():
         "SmsgwNoLiveWorker",
         "SmsgwRedisNotDurable",
         "SmsgwFoldBehind",
+        "SmsgwRedisMemoryHigh",
+        "SmsgwPushRefused",
     }

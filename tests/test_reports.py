@@ -302,3 +302,16 @@ def test_simulator_pushes_reports_and_replies_to_the_receiver(app, api, runtime,
     v = view(api, mid)
     assert v["status"] == "delivered" and v["recipients"]["by_state"] == {"delivered": 2}
     assert [r["text"] for r in v["replies"]] == ["好/的 1+1 100%"]
+
+
+def test_every_reply_index_drops_what_outlived_the_retention_and_expires(api, runtime, simulator):
+    mid = send(api, {"to": ["13800138000"], "text": "reply to me"})
+    drain(runtime)
+    stale = time.time() - runtime.settings.retention_seconds - 60
+    for key in (schema.REPLIES, schema.replies_index_key("m", "13800138000")):
+        runtime.conn.zadd(key, {"gone-long-ago": stale})
+    sim_admin(simulator, "reply", mobile="13800138000", content="好的", linkid=view(api, mid)["chunks"][0]["linkid"])
+    pull_all(runtime)
+    for key in (schema.REPLIES, schema.replies_index_key("m", "13800138000")):
+        assert runtime.conn.zscore(key, "gone-long-ago") is None
+        assert 0 < runtime.conn.ttl(key) <= runtime.settings.retention_seconds

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import AUTH, drain, outside_address, sim_admin
+from tests.conftest import AUTH, drain, sim_admin
 from workers import schema
 from workers.schema import AccountState, Chunk, Message
 
@@ -105,7 +105,7 @@ def test_every_key_a_full_run_leaves_is_a_documented_family(api, runtime, simula
     from tests.test_reports import pull_all
 
     conn = runtime.conn
-    body = {"to": ["13800138000"], "text": "hi", "callback_url": f"http://{outside_address()}:9/dead"}
+    body = {"to": ["13800138000"], "text": "hi", "callback_url": "http://127.0.0.1:9/dead"}
     assert api.post("/v1/messages", json=body, headers={**AUTH, "Idempotency-Key": "k1"}).status_code == 202
     sim_admin(simulator, "fault", endpoint="post_send_md5", mode="http", status=503, times=1)
     assert api.post("/v1/messages", json={"to": ["13900139000"], "text": "x"}, headers=AUTH).status_code == 202

@@ -85,7 +85,7 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
             if len(reports) < len(members):
                 return 0  # scheduled again by the last report or the window's end
             keys = [schema.message_key(m) for m in members.values()]
-            callbacks = [k(m) for m in members.values() for k in (schema.callback_queue_key, schema.callback_job_key)]
+            callbacks = [schema.callback_queue_key(m) for m in members.values()]
             pipe.watch(*keys, *callbacks)
             # Watched on ``pipe``'s connection, read in one round trip on another.
             with conn.pipeline(transaction=False) as reads:

@@ -8,14 +8,16 @@ service (169.254.169.254, 100.100.100.200, fd00:ec2::254) or any private host. T
   integer ``2130706433``, hex ``0x7f000001``, short ``127.1``, IPv6, IPv4-mapped IPv6) or a
   ``localhost`` name is refused when the address is not allowed.
 - At delivery (:func:`resolve`): the name is resolved, every address it gives must be allowed,
-  and the connection goes to the address that was checked (:class:`PinnedAdapter`, with TLS
-  still verified against the name), so a DNS answer that changes in between (rebinding) cannot
-  slip through. Redirects are never followed.
+  and the connection goes to the address that was checked (``workers.notifications.post``
+  opens the socket itself, with TLS still verified against the name), so a DNS answer that
+  changes in between (rebinding) cannot slip through. Redirects are never followed.
 
 Allowed means a global unicast address. ``SMSGW_CALLBACK_ALLOW_NETWORKS`` may open private
 ranges an operator chooses (an internal services subnet); loopback, link-local (metadata),
 multicast, unspecified and the known metadata addresses stay refused whatever it says.
-``SMSGW_CALLBACK_HOSTS`` narrows the names further.
+``SMSGW_CALLBACK_HOSTS`` narrows the names further. ``SMSGW_CALLBACK_ALLOW_LOOPBACK=1`` opens
+loopback and ``localhost`` for a receiver on a developer's machine (``make run`` turns it on); it
+is a development default, which ``smsgw api`` and ``smsgw worker`` refuse in production.
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Sequence
-from typing import Any
-
-from requests.adapters import HTTPAdapter
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -67,11 +66,12 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
     return None
 
 
-def never(address: IPAddress) -> bool:
-    """Addresses no setting opens."""
+def never(address: IPAddress, loopback: bool = False) -> bool:
+    """Addresses no setting opens (loopback: only the development setting
+    ``SMSGW_CALLBACK_ALLOW_LOOPBACK``, which a production process refuses to start with)."""
     return (
         address in METADATA
-        or address.is_loopback
+        or (address.is_loopback and not loopback)
         or address.is_link_local
         or address.is_multicast
         or address.is_unspecified
@@ -79,26 +79,29 @@ def never(address: IPAddress) -> bool:
     )
 
 
-def allowed(address: IPAddress, networks: Sequence[Network] = ()) -> bool:
-    if never(address):
+def allowed(address: IPAddress, networks: Sequence[Network] = (), loopback: bool = False) -> bool:
+    if never(address, loopback):
         return False
-    return address.is_global or any(address in net for net in networks)
+    return address.is_global or (loopback and address.is_loopback) or any(address in net for net in networks)
 
 
-def door_problem(host: str, networks: Sequence[Network] = ()) -> str | None:
+def door_problem(host: str, networks: Sequence[Network] = (), loopback: bool = False) -> str | None:
     """What can be refused before anything is queued: literal addresses and local names."""
     name = host.lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
-        return "names this machine"
+    if (name == "localhost" or name.endswith(".localhost")) and not loopback:
+        return "names this machine (for a receiver on your own machine in development: SMSGW_CALLBACK_ALLOW_LOOPBACK=1)"
     address = parse_address(name)
-    if address is not None and not allowed(address, networks):
-        return f"is {address}, an address callbacks may not reach (loopback, private, link-local or metadata)"
+    if address is not None and not allowed(address, networks, loopback):
+        return (
+            f"is {address}, an address callbacks may not reach (loopback, private, link-local or metadata;"
+            " SMSGW_CALLBACK_ALLOW_NETWORKS opens a private range)"
+        )
     return None
 
 
-def resolve(host: str, port: int, networks: Sequence[Network] = ()) -> str:
+def resolve(host: str, port: int, networks: Sequence[Network] = (), *, loopback: bool = False) -> str:
     """The address to connect to for ``host``: every address it resolves to must be allowed."""
-    problem = door_problem(host, networks)
+    problem = door_problem(host, networks, loopback)
     if problem is not None:
         raise Refused(f"callback host {problem}")
     try:
@@ -106,30 +109,9 @@ def resolve(host: str, port: int, networks: Sequence[Network] = ()) -> str:
     except OSError as e:
         raise Refused(f"callback host does not resolve ({type(e).__name__})") from None
     addresses = [parse_address(str(info[4][0])) for info in infos]
-    if not addresses or any(a is None or not allowed(a, networks) for a in addresses):
+    if not addresses or any(a is None or not allowed(a, networks, loopback) for a in addresses):
         raise Refused("callback host resolves to an address callbacks may not reach")
     return str(addresses[0])
-
-
-class PinnedAdapter(HTTPAdapter):
-    """Connects to the address :func:`resolve` checked, whatever DNS says a moment later; TLS
-    is still verified against the URL's host name."""
-
-    def __init__(self, host: str, address: str) -> None:
-        self.host, self.address = host, address
-        super().__init__(max_retries=0)
-
-    def build_connection_pool_key_attributes(  # type: ignore[override]
-        self, request: Any, verify: bool | str, cert: Any = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        params, kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
-        host_params: dict[str, Any] = dict(params)
-        pool_kwargs: dict[str, Any] = dict(kwargs)
-        host_params["host"] = self.address
-        if host_params["scheme"] == "https":
-            pool_kwargs["server_hostname"] = self.host
-            pool_kwargs["assert_hostname"] = self.host
-        return host_params, pool_kwargs
 
 
 def parse_networks(raw: str) -> tuple[Network, ...]:

@@ -3,9 +3,13 @@
 - **Frequency caps** (anti SMS-bombing): per account, priority class and mobile, a sorted set of
   send times; a Lua script checks every window (``SMSGW_MOBILE_CAPS_HIGH=1/60,5/3600,10/86400``)
   and records the send in one step, so two API processes cannot both let the 6th code through.
-  A recipient over a cap is ``suppressed`` (``frequency_cap``): not sent, not charged. The slot
-  is taken at the door: a request that then fails to be stored still counts (erring towards
-  fewer texts to a phone, never more).
+  A recipient over a cap is ``suppressed`` (``frequency_cap``): not sent, not charged. A send is
+  recorded at the time it will go (its ``send_at``, or now) and counted against every send within
+  a window either side of that time, so two codes accepted a minute apart for the same moment
+  cannot both go. The slot is taken at the door and given back when the request is then refused
+  (a quota's 429, the content check's 422); a request that fails to be stored still counts
+  (erring towards fewer texts to a phone, never more). A test key's sends count against caps of
+  their own: a test never uses up a real user's slots.
 - **Opt-outs (退订)**: a reply whose trimmed text is a keyword (``SMSGW_OPTOUT_KEYWORDS``) puts
   the mobile on the account's suppression list (or the shared one, ``SMSGW_OPTOUT_SCOPE=all``);
   ``normal`` and ``bulk`` sends to it are suppressed (``opted_out``), ``high`` is not: a
@@ -23,23 +27,25 @@ import redis
 from workers import schema
 from workers.settings import Settings
 
-# KEYS: one cap set per recipient. ARGV: now, member prefix, largest window, then (count, seconds)
-# pairs. Returns 1 per recipient over a cap (nothing recorded), 0 for one whose send is recorded.
+# KEYS: one cap set per recipient. ARGV: now, when the send goes, the request's id, largest window,
+# then (count, seconds) pairs. Returns 1 per recipient over a cap (nothing recorded), 0 for one
+# whose send is recorded.
 CAPS = """
-local now, prefix, longest = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local now, at, ref, longest = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local out = {}
 for i, key in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
   local over = 0
-  for w = 4, #ARGV, 2 do
-    if redis.call('ZCOUNT', key, now - tonumber(ARGV[w + 1]), '+inf') >= tonumber(ARGV[w]) then
+  for w = 5, #ARGV, 2 do
+    local window = tonumber(ARGV[w + 1])
+    if redis.call('ZCOUNT', key, at - window, at + window) >= tonumber(ARGV[w]) then
       over = 1
       break
     end
   end
   if over == 0 then
-    redis.call('ZADD', key, now, prefix .. ':' .. i)
-    redis.call('EXPIRE', key, longest)
+    redis.call('ZADD', key, at, ref)
+    if redis.call('TTL', key) < at - now + longest then redis.call('EXPIRE', key, math.ceil(at - now + longest)) end
   end
   out[i] = over
 end
@@ -61,11 +67,25 @@ def optout_scope(settings: Settings, account: str) -> str:
     return "*" if settings.optout_scope == "all" else account
 
 
+def cap_scope(account: str, test: bool) -> str:
+    """Whose caps a send counts against: a test key's have a scope of their own."""
+    return f"{account}~test" if test else account
+
+
 def check(
-    conn: redis.Redis, settings: Settings, *, account: str, priority: str, mobiles: list[str], ref: str
+    conn: redis.Redis,
+    settings: Settings,
+    *,
+    account: str,
+    priority: str,
+    mobiles: list[str],
+    ref: str,
+    at: float | None = None,
+    test: bool = False,
+    now: float | None = None,
 ) -> list[Suppressed]:
-    """Which of ``mobiles`` may not be sent to now, and why; records the sends of the rest
-    against their caps."""
+    """Which of ``mobiles`` may not be sent to at ``at`` (default now), and why; records the
+    sends of the rest against their caps, each as the member ``ref``."""
     out: list[Suppressed] = []
     live = list(range(len(mobiles)))
     if priority != "high" and mobiles:
@@ -74,13 +94,24 @@ def check(
         live = [i for i, hit in enumerate(listed) if hit is None]
     caps = settings.mobile_caps.get(priority, ())
     if caps and live:
-        keys = [schema.cap_key(account, priority, mobiles[i]) for i in live]
-        args: list[float | str | int] = [time.time(), ref, max(seconds for _, seconds in caps)]
+        keys = [schema.cap_key(cap_scope(account, test), priority, mobiles[i]) for i in live]
+        now = time.time() if now is None else now
+        args: list[float | str | int] = [now, max(now, at or now), ref, max(seconds for _, seconds in caps)]
         for count, seconds in caps:
             args += [count, seconds]
         over = conn.eval(CAPS, len(keys), *keys, *args)
         out += [Suppressed(i, mobiles[i], FREQUENCY_CAP) for i, hit in zip(live, over, strict=True) if hit]
     return sorted(out, key=lambda s: s.index)
+
+
+def give_back(
+    conn: redis.Redis, *, account: str, priority: str, mobiles: list[str], ref: str, test: bool = False
+) -> None:
+    """Undo :func:`check`'s records for a request refused after it (nothing of it is sent)."""
+    with conn.pipeline(transaction=False) as pipe:
+        for mobile in mobiles:
+            pipe.zrem(schema.cap_key(cap_scope(account, test), priority, mobile), ref)
+        pipe.execute()
 
 
 def is_optout(settings: Settings, text: str) -> bool:

@@ -63,11 +63,13 @@ def _pull(rt: Runtime, account: str, kind: str, endpoint: str, now: float) -> in
     due = float(conn.hget(schedule, kind) or 0)
     if now < due:
         return 0
+    # A write before the call: a Redis that refuses writes (full, a replica) fails here, before
+    # the provider hands over items it never gives twice and that could not be stored.
+    conn.hset(schedule, kind, f"{now + settings.pull_interval_seconds:.3f}")
     try:
         raw = rt.client(account).pull_raw(endpoint)
     except p.ProviderError as e:
         log.warning("pulling %s for %s failed: %s", endpoint, account, e, extra={"account": account})
-        conn.hset(schedule, kind, f"{now + settings.pull_interval_seconds:.3f}")
         return 0
     if raw:
         store_pull(conn, account, kind, raw)

@@ -1,8 +1,9 @@
 """smsgw's RQ queues, and everything smsgw reads from RQ, through RQ's public API only.
 
 A worker listens to the send queues in priority order, so a verification code (``high``) is
-never stuck behind a million-recipient campaign (``bulk``); callbacks to client services come
-last, on their own queue, so a slow receiver never delays a send.
+never stuck behind a million-recipient campaign (``bulk``). Callbacks to client services are
+not RQ jobs: they run on each worker's own pool of threads (``workers.notifications``), so a
+slow receiver never holds a send worker.
 
 RQ's Redis layout is RQ's business: this adapter asks :class:`rq.job.Job`, :class:`rq.Queue`
 and the registries, so an RQ upgrade that changes its keys cannot silently break crash recovery
@@ -21,9 +22,8 @@ from rq.registry import ScheduledJobRegistry
 
 PRIORITIES = ("high", "normal", "bulk")
 QUEUE_NAMES = {p: f"smsgw-{p}" for p in PRIORITIES}
-CALLBACK_QUEUE = "smsgw-callbacks"
 #: Every queue smsgw enqueues to, in the order a worker serves them.
-WORKER_QUEUES = (*(QUEUE_NAMES[p] for p in PRIORITIES), CALLBACK_QUEUE)
+WORKER_QUEUES = tuple(QUEUE_NAMES[p] for p in PRIORITIES)
 
 
 def job_alive(conn: redis.Redis, job_id: str, timeout: float) -> bool:

@@ -88,15 +88,17 @@ if all > 0 and not cur and redis.call('HLEN', KEYS[1]) >= all then return 2 end
 return 1
 """
 
-# KEYS: seen marker, reply hash, global index. ARGV: ttl, score, rid, json fields
+# KEYS: seen marker, reply hash, the global index, then the indexes by mobile, account, message
+# and key. ARGV: ttl, score, rid, json fields
 STORE_REPLY = """
 if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
 local fields = cjson.decode(ARGV[4])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))
-redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[3])
-for i = 4, #KEYS do
+for i = 3, #KEYS do
+  -- Every index, the global one too, drops what outlived the retention and expires with it.
   redis.call('ZADD', KEYS[i], tonumber(ARGV[2]), ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[1]))
   redis.call('EXPIRE', KEYS[i], tonumber(ARGV[1]))
 end
 return 1

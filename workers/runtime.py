@@ -125,6 +125,21 @@ def replicated(conn: redis.Redis, settings: Settings, *, strict: bool = True) ->
 _current: Runtime | None = None
 
 
+#: Redis cannot be used for now, whatever the command: away (connection, timeout), full
+#: (``maxmemory`` reached under ``noeviction``: OOM) or a replica after a failover (READONLY).
+#: Each is waited out, never taken as a reason to stop a process or to drop work.
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, redis.ReadOnlyError)
+
+
+def takes_writes(conn: redis.Redis) -> bool:
+    """Whether Redis takes a write now (a full Redis still answers PING and reads)."""
+    try:
+        conn.set(schema.WRITE_PROBE, 1, px=10_000)
+    except UNAVAILABLE:
+        return False
+    return True
+
+
 def install(runtime: Runtime | None) -> None:
     global _current
     _current = runtime

@@ -28,7 +28,8 @@ functions below and against a live Redis after a full run)::
     sg:minute:<minute>         minute_key        hash  the same figures per minute, kept two hours
     sg:idem:<key>:<sha256>     idempotency_key   str   an API key's Idempotency-Key and its answer
     sg:cap:<acct>:<pr>:<mobile> cap_key          zset  send times to a mobile, for its frequency caps
-    sg:lim:<limit>             LIMITS            str   an API key's rate and daily quota (keys built by ``limits``)
+    sg:lim:<limit>             LIMITS            str   an API key's request rate (keys built by ``limits``)
+    sg:quota:<key>:<day>       quota_key         str   billable parts an API key took that China day (its daily quota)
     sg:usage:<key>:<day>       usage_key         hash  an API key's requests, recipients, parts, suppressed that day
     sg:mx:<key>                key_messages_key  stream an API key's message ids as accepted (GET /v1/messages)
     sg:ausage:<acct>:<day>     account_usage_key hash  the same day's counters of a provider account
@@ -44,11 +45,12 @@ functions below and against a live Redis after a full run)::
     sg:replies:<by>:<value>    replies_index_key zset  reply ids by mobile (m), account (a), message (msg), API key (k)
     sg:cbq:<mid>               callback_queue_key list events waiting for the caller's callback URL
     sg:cbh:<mid>               callback_log_key  list  the caller callback attempts, one JSON line each
-    sg:cbjob:<mid>             callback_job_key  str   marker: a callback delivery job is scheduled
+    sg:cbdue                   CALLBACKS_DUE     zset  messages with callback events, by when due (or a claim's end)
     sg:pool:<acct>:<pr>:<what> pool_key          zset  sends waiting to share a submission ("<mid>|<item>")
     sg:pools                   POOLS             zset  pool keys by when their oldest send must leave
     sg:f:<bucket>              folded_key        hash  one-recipient messages at rest, folded (:meth:`Message.fold`)
     sg:fold                    FOLD              zset  submission refs to fold at rest, by when (``workers.archive``)
+    sg:probe                   WRITE_PROBE       str   a write that tells whether Redis takes writes
 
 Records map readable attribute names to the short hash fields in one place (each class's
 ``FIELDS``); code reads and writes attributes, never the two-letter names. Counters that the
@@ -143,6 +145,10 @@ def idempotency_key(api_key: str, digest: str) -> str:
     return f"sg:idem:{api_key}:{digest}"
 
 
+def quota_key(key_name: str, day: str) -> str:
+    return f"sg:quota:{key_name}:{day}"
+
+
 def cap_key(account: str, priority: str, mobile: str) -> str:
     return f"sg:cap:{account}:{priority}:{mobile}"
 
@@ -181,8 +187,8 @@ def callback_log_key(mid: str) -> str:
     return f"sg:cbh:{mid}"
 
 
-def callback_job_key(mid: str) -> str:
-    return f"sg:cbjob:{mid}"
+CALLBACKS_DUE = "sg:cbdue"
+WRITE_PROBE = "sg:probe"
 
 
 def folded_key(mid: str) -> str:

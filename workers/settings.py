@@ -130,6 +130,9 @@ class Settings:
     callback_allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     callback_max_batch: int = 100
     callback_retry_seconds: int = 3600
+    callback_concurrency: int = 8
+    callback_deadline_seconds: float = 10.0
+    callback_allow_loopback: bool = False
     report_window_seconds: int = 72 * 3600
     pull_interval_seconds: int = 60
     pull_gap_seconds: float = 5.0
@@ -343,6 +346,8 @@ def dev_defaults(settings: Settings) -> list[str]:
         host = a.url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].lower()
         if host in ("simulator", "localhost", "127.0.0.1", "::1", "[::1]"):
             problems.append(f"{where}URL points at the simulator ({host})")
+    if settings.callback_allow_loopback:
+        problems.append("SMSGW_CALLBACK_ALLOW_LOOPBACK lets callers' callbacks reach this machine")
     return problems
 
 
@@ -432,6 +437,9 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         callback_allow_networks=_networks(env, "SMSGW_CALLBACK_ALLOW_NETWORKS"),
         callback_max_batch=_int(env, "SMSGW_CALLBACK_MAX_BATCH", 100, 1),
         callback_retry_seconds=_int(env, "SMSGW_CALLBACK_RETRY_SECONDS", 3600, 1),
+        callback_concurrency=_int(env, "SMSGW_CALLBACK_CONCURRENCY", 8, 0),
+        callback_deadline_seconds=_float(env, "SMSGW_CALLBACK_DEADLINE_SECONDS", 10.0),
+        callback_allow_loopback=env.get("SMSGW_CALLBACK_ALLOW_LOOPBACK", "") == "1",
         report_window_seconds=_int(env, "SMSGW_REPORT_WINDOW_SECONDS", 72 * 3600, 1),
         pull_interval_seconds=_int(env, "SMSGW_PULL_INTERVAL_SECONDS", 60, 1),
         pull_gap_seconds=_float(env, "SMSGW_PULL_GAP_SECONDS", 5.0),

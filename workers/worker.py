@@ -1,12 +1,13 @@
 """``smsgw worker``: an RQ worker on smsgw's queues in priority order, with RQ's scheduler
-(retries and ``send_at`` are ``enqueue_at``), smsgw's maintenance thread and its coalescer
-(``workers.coalesce``).
+(retries and ``send_at`` are ``enqueue_at``), smsgw's maintenance thread, its coalescer
+(``workers.coalesce``) and its callback dispatcher (``workers.notifications``).
 
-RQ's worker exits when Redis goes away (its teardown cannot even register the death). A Redis
-restart or failover must not take the fleet with it, so the process waits for Redis to answer
-and starts a fresh RQ worker; a stop signal during the wait ends it cleanly, and so does one
-that came before Redis went away (RQ's stop handler writes to Redis: when that fails, the stop
-must not turn into a wait).
+RQ's worker exits when Redis goes away (its teardown cannot even register the death), and
+when Redis refuses a write because it is full. A Redis restart, failover or full memory must
+not take the fleet with it, so the process waits until Redis takes writes again and starts a
+fresh RQ worker; a stop signal during the wait ends it cleanly, and so does one that came before
+Redis went away (RQ's stop handler writes to Redis: when that fails, the stop must not turn into
+a wait).
 """
 
 from __future__ import annotations
@@ -19,13 +20,20 @@ from types import FrameType
 import redis
 from rq import Queue, SimpleWorker, Worker
 
-from workers import coalesce, maintenance
+from workers import coalesce, maintenance, notifications
 from workers.queues import WORKER_QUEUES
-from workers.runtime import Runtime, check_compact_hashes, check_durability, connect, install
+from workers.runtime import (
+    UNAVAILABLE,
+    Runtime,
+    check_compact_hashes,
+    check_durability,
+    connect,
+    install,
+    takes_writes,
+)
 from workers.settings import Settings
 
 log = logging.getLogger("smsgw.worker")
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 class _RemembersStop:
@@ -55,6 +63,7 @@ def run_worker(
     install(runtime)  # before RQ forks: every work horse inherits it
     thread, stop = maintenance.start(runtime)
     coalescer, stop_coalescing = coalesce.start(runtime)
+    deliverer, stop_delivering = notifications.start(runtime)
     try:
         while True:
             # RQ gets a connection of its own: it lengthens the socket timeout of the one it is
@@ -66,36 +75,34 @@ def run_worker(
             worker = kind(served, connection=rq_conn, name=name, maintenance_interval=60)
             try:
                 return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
-            except REDIS_DOWN as e:
+            except UNAVAILABLE as e:
                 if burst:
                     raise
                 if worker.stop_asked:
                     log.warning("Redis went away (%s) while stopping; stopped", type(e).__name__)
                     return True
-                log.warning("Redis went away (%s); waiting for it to come back", type(e).__name__)
+                log.warning("Redis cannot be used (%s); waiting until it takes writes", type(e).__name__)
                 if not wait_for_redis(rq_conn):
                     return True
                 # The dead worker's registration is still there, under the same name.
                 worker.register_death()
     finally:
-        stop.set()
-        stop_coalescing.set()
-        thread.join(timeout=5)
-        coalescer.join(timeout=5)
+        for event in (stop, stop_coalescing, stop_delivering):
+            event.set()
+        for running in (thread, coalescer, deliverer):
+            if running is not None:
+                running.join(timeout=5)
 
 
 def wait_for_redis(conn: redis.Redis, interval: float = 0.5) -> bool:
-    """Ping until Redis answers (True) or a stop signal comes (False)."""
+    """Try a write until Redis takes it (True) or a stop signal comes (False)."""
     stopping = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stopping.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while not stopping.wait(interval):
-            try:
-                conn.ping()
-                log.warning("Redis is back; starting a fresh RQ worker")
+            if takes_writes(conn):
+                log.warning("Redis takes writes again; starting a fresh RQ worker")
                 return True
-            except REDIS_DOWN:
-                continue
         return False
     finally:
         for sig, handler in previous.items():
