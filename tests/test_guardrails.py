@@ -160,8 +160,8 @@ def test_a_request_refused_with_429_gives_its_cap_slots_back(settings_env, runti
 
 
 def test_the_daily_quota_starts_at_midnight_in_china(settings_env, runtime):
-    from gateway.quotas import Quotas, next_china_midnight
     from gateway.problems import Problem
+    from gateway.quotas import Quotas, next_china_midnight
     from workers.settings import settings_from_env
 
     key = next(k for k in settings_from_env({**settings_env, "SMSGW_KEY_TESTER_DAILY": "3"}).api_keys)
