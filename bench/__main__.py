@@ -36,11 +36,12 @@ from bench import load
 from devkit.redis_server import RedisServer
 from devkit.simulator import SimState, SimulatorServer
 from gateway import create_app
-from workers import archive, coalesce, lifecycle, pullers, reports, schema
+from workers import archive, coalesce, lifecycle, pullers, reports
 from workers.lifecycle import plan
 from workers.queues import QUEUE_NAMES, WORKER_QUEUES
 from workers.runtime import Runtime, install
 from workers.settings import settings_from_env
+from workers.storage import schema
 
 KEY = "bench-key-0123456789abcdef"
 

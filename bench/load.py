@@ -37,9 +37,10 @@ import requests
 
 from devkit.redis_server import RedisServer
 from devkit.run import stop, wait_http
-from workers import archive, pullers, reports, schema
+from workers import archive, pullers, reports
 from workers.runtime import Runtime
 from workers.settings import settings_from_env
+from workers.storage import schema
 
 KEY = "bench-key-0123456789abcdef"
 LATENCY = 0.1

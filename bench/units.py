@@ -15,7 +15,8 @@ import requests
 
 from bench import load
 from bench.load import Stack
-from workers import archive, schema
+from workers import archive
+from workers.storage import schema
 
 SINGLES = 4000
 WARM_UP = 500

@@ -233,7 +233,7 @@ def create_simulator_app(state: SimState) -> Flask:
                 return answer("method not allowed", status=405)
             if not check_auth(raw, auth, twice):
                 return code(1)
-            return send(name, raw, limit, twice)
+            return accept_submission(name, raw, limit, twice)
         if name in ("user_info", "user_info_urldecode"):
             if not check_auth(raw, "clear", ("uid",) if name.endswith("urldecode") else ()):
                 return code(1)
@@ -250,7 +250,7 @@ def create_simulator_app(state: SimState) -> Flask:
             return pull(name)
         return answer("not found", status=404)
 
-    def send(name: str, raw: dict[str, bytes], limit: int, twice: tuple[str, ...]) -> Response:
+    def accept_submission(name: str, raw: dict[str, bytes], limit: int, twice: tuple[str, ...]) -> Response:
         linkid = text_of(raw, "linkid")
         dtime = text_of(raw, "dtime")
         if not _LINKID.fullmatch(linkid):

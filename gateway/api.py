@@ -25,11 +25,13 @@ from gateway.validation import (
     parse_json,
     parse_model,
 )
-from workers import accounts, guardrails, lifecycle, schema
+from workers import accounts, guardrails, lifecycle
 from workers import provider as p
 from workers.mobiles import normalise
-from workers.schema import Message
 from workers.settings import Settings
+from workers.storage import schema
+from workers.storage.schema import Message
+from workers.text import mobile_of
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -139,7 +141,7 @@ def _guard(accepted: Accepted, req: MessageRequest, settings: Settings, mid: str
     """The guardrails at the door: caps and opt-outs suppress recipients, the content check may
     refuse or flag, the key's daily quota may refuse (429)."""
     test = g.api_key.test
-    mobiles = [item.split(",", 1)[0] for item in accepted.items]
+    mobiles = [mobile_of(item) for item in accepted.items]
     at = accepted.send_at.timestamp() if accepted.send_at else None
     scope = {"account": accepted.account, "priority": req.priority, "ref": mid, "test": test}
     suppressed = guardrails.check(runtime().conn, settings, mobiles=mobiles, at=at, **scope)

@@ -40,7 +40,7 @@ def line_chart(chart_id: str, title: str, series: Mapping[str, Sequence[int]]) -
 
 
 def hour_charts(buckets: Sequence[Mapping[str, int]], queues: Sequence[str]) -> list[Markup]:
-    """The four charts of the overview from the per-minute buckets (``workers.metrics``)."""
+    """The four charts of the overview from the per-minute buckets (``workers.counters``)."""
 
     def series(field: str) -> list[int]:
         return [b.get(field, 0) for b in buckets]

@@ -225,14 +225,14 @@ def balance(account: str | None) -> None:
     click.echo(f"{name}: {rt.client(name).balance()}")
 
 
-@cli.command()
+@cli.command("send")
 @click.option("--to", "to", multiple=True, required=True, help="a mobile; repeat for more")
 @click.option("--text", required=True)
 @click.option("--priority", type=click.Choice(["high", "normal", "bulk"]), default="normal", show_default=True)
 @click.option("--account", default=None)
 @click.option("--api", default="http://127.0.0.1:8080", show_default=True, help="the smsgw API to send through")
 @click.option("--key", envvar="SMSGW_API_KEY", required=True, help="an API key (or SMSGW_API_KEY)")
-def send(to: tuple[str, ...], text: str, priority: str, account: str | None, api: str, key: str) -> None:
+def send_through_api(to: tuple[str, ...], text: str, priority: str, account: str | None, api: str, key: str) -> None:
     """Send a message through a running API (validation, idempotency and all)."""
     import requests
 
@@ -257,7 +257,7 @@ def usage(key_name: str | None, account: str | None, start: str | None, end: str
     from datetime import date, timedelta
 
     from gateway.quotas import USAGE_FIELDS, today_date, usage_rows
-    from workers import schema
+    from workers.storage import schema
 
     rt = _runtime()
     last = date.fromisoformat(end) if end else today_date()

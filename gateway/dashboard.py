@@ -24,8 +24,9 @@ from gateway.charts import hour_charts
 from gateway.context import runtime
 from gateway.operators import account_list, require_operator
 from gateway.problems import Problem
-from workers import lifecycle, metrics, queues, schema
-from workers.metrics import last_hour
+from workers import counters, lifecycle, queues
+from workers.counters import last_hour
+from workers.storage import schema
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")
 REFRESH_SECONDS = 10
@@ -103,7 +104,7 @@ def overview() -> dict[str, Any]:
             "dead": counts.get("dead_lettered", 0),
         },
         "failures": failures,
-        "charts": hour_charts(metrics.minutes(conn), queues.WORKER_QUEUES),
+        "charts": hour_charts(counters.minutes(conn), queues.WORKER_QUEUES),
         "usage": usage,
         "usage_fields": quotas.USAGE_FIELDS,
         "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),

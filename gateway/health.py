@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis
 from flask import Blueprint, Response, current_app, jsonify
 
-from workers import schema
+from workers.storage import schema
 
 bp = Blueprint("health", __name__)
 

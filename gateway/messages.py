@@ -23,64 +23,14 @@ import redis
 
 import gateway.quotas as quotas
 from gateway.validation import Accepted
-from workers import coalesce, lifecycle, schema
+from workers import coalesce, lifecycle
 from workers.chunks import chunk_count
-from workers.reports import STATE_NAMES, recipient_state, recipient_states
+from workers.reports import recipient_state, recipient_states
 from workers.runtime import replicated
-from workers.schema import Chunk, Folded, Message, Reply
 from workers.settings import Settings
-
-# The accept's writes in one step. KEYS: fence, message, the key's index, COUNTS, this minute,
-# the key's and the account's usage today, the idempotency key ('' none), the pool ('' none),
-# POOLS. ARGV: message ttl, id, index floor, index ttl, recipients, parts, suppressed, usage
-# ttl, idempotency record, its ttl, pool entry, chunk size (a pool that big is due at once),
-# now, pool due, the message's fields (a JSON object: one argument packs faster than sixty),
-# the id's milliseconds.
-# Returns the pool's size (0 without
-# one), or -1 when the fence was set first: a settle() already answered that nothing was
-# stored, so nothing is. A second run (redis-py retries a command once on a timeout; the first
-# may still arrive) finds the message and writes nothing again: its usage is counted once.
-ACCEPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-local fields = {}
-for name, value in pairs(cjson.decode(ARGV[15])) do
-  fields[#fields + 1] = name
-  fields[#fields + 1] = value
-end
-redis.call('HSET', KEYS[2], unpack(fields))
-redis.call('EXPIRE', KEYS[2], ARGV[1])
--- The index entry is dated by the id's own milliseconds and holds only its random part: 12
--- bytes, not 23. If another process's clock ran ahead (that date is past), Redis dates it.
-local added = redis.pcall('XADD', KEYS[3], 'MINID', '~', ARGV[3], ARGV[16] .. '-*', 'm', string.sub(ARGV[2], 12))
-if type(added) == 'table' and added.err then
-  redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[3], '*', 'm', ARGV[2])
-end
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-local counts = {requests = 1, recipients = tonumber(ARGV[5]), parts = tonumber(ARGV[6]), suppressed = tonumber(ARGV[7])}
-redis.call('HINCRBY', KEYS[4], 'accepted_recipients', counts.recipients)
-redis.call('HINCRBY', KEYS[4], 'accepted_parts', counts.parts)
-if counts.suppressed > 0 then redis.call('HINCRBY', KEYS[4], 'suppressed_recipients', counts.suppressed) end
-redis.call('HINCRBY', KEYS[5], 'accepted', 1)
-redis.call('EXPIRE', KEYS[5], 7200)
-for i = 6, 7 do
-  for name, value in pairs(counts) do
-    if value > 0 then redis.call('HINCRBY', KEYS[i], name, value) end
-  end
-  redis.call('EXPIRE', KEYS[i], ARGV[8])
-end
-if KEYS[8] ~= '' then redis.call('SET', KEYS[8], ARGV[9], 'EX', ARGV[10]) end
-if KEYS[9] == '' then return 0 end
-redis.call('ZADD', KEYS[9], ARGV[14], ARGV[11])  -- scored by when it must leave
-local size = redis.call('ZCARD', KEYS[9])
-if size >= tonumber(ARGV[12]) then
-  redis.call('ZADD', KEYS[10], 0, KEYS[9])  -- full: it leaves now
-else
-  redis.call('ZADD', KEYS[10], 'NX', ARGV[14], KEYS[9])
-end
-return size
-"""
-_accept = redis.Redis().register_script(ACCEPT)  # EVALSHA, loaded on first use on any server
+from workers.storage import schema, scripts
+from workers.storage.schema import Chunk, Folded, Message, MessageState, Reply, ReportState
+from workers.text import mobile_of
 
 
 def accept(
@@ -102,9 +52,9 @@ def accept(
     now = time.time()
     delay = max(0.0, msg.send_at.timestamp() - now) if msg.send_at else 0.0
     ttl = int(settings.retention_seconds + delay)
-    state = "scheduled" if delay > 0 else "accepted"
+    state = MessageState.SCHEDULED if delay > 0 else MessageState.ACCEPTED
     if not msg.items:
-        state = "suppressed"  # every recipient was: final at once, nothing to plan
+        state = MessageState.SUPPRESSED  # every recipient was: final at once, nothing to plan
     body = {
         "id": mid,
         "status": state,
@@ -149,41 +99,41 @@ def accept(
     # One recipient, sent now, for real: it waits in a pool to share a provider call.
     pool = None if delay or test else coalesce.pool_for(settings, msg.account, priority, msg.kind, msg.text, msg.items)
     day = quotas.today(now)
-    keys = [
-        fence,
-        key,
-        schema.key_messages_key(key_name),
-        schema.COUNTS,
-        schema.minute_key(now),
-        schema.usage_key(key_name, day),
-        schema.account_usage_key(msg.account, day),
-        idempotency[0] if idempotency else "",
-        pool[0] if pool else "",
-        schema.POOLS,
-    ]
     idem_value = json.dumps({"fp": idempotency[1], "id": mid, "body": body}) if idempotency else ""
-    args: list[Any] = [
-        ttl,
-        mid,
-        int((now - settings.retention_seconds) * 1000),  # the index forgets what has expired
-        settings.retention_seconds + int(delay),
-        len(msg.items),
-        msg.parts,
-        len(msg.suppressed),
-        quotas.USAGE_DAYS * 86400,
-        idem_value,
-        settings.idempotency_ttl,
-        f"{mid}|{pool[1]}" if pool else "",
-        chunk_size,
-        f"{now:.3f}",
-        f"{now + settings.coalesce_ms.get(priority, 0) / 1000:.3f}",
-    ]
     fields = json.dumps({k: str(v) for k, v in record.to_hash().items()}, ensure_ascii=False)
-    args += [fields, str(int(mid[:11], 16))]
+    arguments: dict[str, Any] = {
+        "fence": fence,
+        "message": key,
+        "index": schema.key_messages_key(key_name),
+        "counts": schema.COUNTS,
+        "minute": schema.minute_key(now),
+        "usage": schema.usage_key(key_name, day),
+        "account_usage": schema.account_usage_key(msg.account, day),
+        "idempotency": idempotency[0] if idempotency else "",
+        "pool": pool[0] if pool else "",
+        "pools": schema.POOLS,
+        "ttl": ttl,
+        "mid": mid,
+        "index_min_ms": int((now - settings.retention_seconds) * 1000),  # the index forgets what expired
+        "index_ttl": settings.retention_seconds + int(delay),
+        "recipients": len(msg.items),
+        "parts": msg.parts,
+        "suppressed": len(msg.suppressed),
+        "usage_ttl": schema.USAGE_TTL,
+        "idem_value": idem_value,
+        "idem_ttl": settings.idempotency_ttl,
+        "pool_entry": coalesce.entry(mid, pool[1]) if pool else "",
+        "pool_size": chunk_size,
+        "now": f"{now:.3f}",
+        "pool_due": f"{coalesce.due_at(settings, priority, now):.3f}",
+        "fields": fields,  # a JSON object: one argument packs faster than sixty
+        "id_ms": str(int(mid[:11], 16)),
+        "minute_ttl": schema.MINUTE_TTL,
+    }
     try:
         if pool is not None:
             # One script, one round trip: the fence is checked inside it, as WATCH would.
-            if int(_accept(keys=keys, args=args, client=conn)) < 0:
+            if int(scripts.ACCEPT(conn, **arguments)) < 0:
                 raise redis.WatchError("the accept's fence was set first")
         else:
             with conn.pipeline(transaction=True) as pipe:
@@ -201,7 +151,7 @@ def accept(
                         at=msg.send_at if delay > 0 else None,
                         now=now,
                     )
-                pipe.eval(ACCEPT, len(keys), *keys, *args)
+                scripts.ACCEPT(pipe, **arguments)
                 pipe.execute()
     except (redis.ConnectionError, redis.TimeoutError, redis.WatchError):
         if not settle(conn, mid, settings.accept_settle_seconds):
@@ -322,18 +272,15 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
         lifecycle.FAILED,
         lifecycle.CANCELLED,
     )
-    counts = dict.fromkeys(by_state, 0)
+    counts: dict[str, int] = dict.fromkeys(by_state, 0)
     for c in chunks:
         if c["state"] in counts:
             counts[c["state"]] += c["recipients"]
-    reported = {
-        name: msg.recipients_final.get(code, 0)
-        for code, name in (("D", "delivered"), ("U", "undelivered"), ("X", "unknown"))
-    }
+    reported = {state.label: msg.recipients_final.get(state, 0) for state in ReportState}
     counts[lifecycle.SUBMITTED] -= sum(reported.values())
     counts.update(reported)
     if not msg.chunk_seq and not msg.via and msg.folded is None:
-        waiting = msg.state if msg.state in ("cancelled", "suppressed") else "pending"
+        waiting = msg.state if msg.state in (MessageState.CANCELLED, MessageState.SUPPRESSED) else "pending"
         counts[waiting] = msg.recipients
     counts["suppressed"] = counts.get("suppressed", 0) + len(json.loads(msg.suppressed or "[]"))
     return {
@@ -504,13 +451,13 @@ def _indexed(at: str, value: str) -> str:
 
 def _mobiles(conn: redis.Redis, msg: Message) -> set[str]:
     if not msg.chunk_seq:
-        return {item.split(",", 1)[0] for item in msg.items.split(";") if item}
+        return {mobile_of(item) for item in msg.items.split(";") if item}
     with conn.pipeline(transaction=False) as pipe:
         for n in range(msg.chunk_seq):
             pipe.hget(schema.chunk_key(msg.id, n), Chunk.field_of("items"))
         found: set[str] = set()
         for raw in pipe.execute():
-            found |= {item.split(",", 1)[0] for item in (raw or b"").decode().split(";") if item}
+            found |= {mobile_of(item) for item in (raw or b"").decode().split(";") if item}
     return found
 
 
@@ -523,8 +470,8 @@ def recipients(conn: redis.Redis, mid: str, cursor: int, limit: int) -> tuple[li
     msg = Message.read(conn, mid) or Message(id=mid)
     if msg.folded is not None:
         sub = msg.folded
-        row = {"mobile": msg.items.split(",", 1)[0], "chunk": 0, "linkid": sub.linkid}
-        state = STATE_NAMES.get(sub.report, lifecycle.SUBMITTED)
+        row = {"mobile": mobile_of(msg.items), "chunk": 0, "linkid": sub.linkid}
+        state = ReportState(sub.report).label if sub.report else lifecycle.SUBMITTED
         return [{**row, "state": state, "operator_code": sub.code or None, "reported_at": _iso(sub.reported)}], None
     if msg.via:
         return _member_recipients(conn, msg), None
@@ -560,7 +507,7 @@ def recipients(conn: redis.Redis, mid: str, cursor: int, limit: int) -> tuple[li
         for item in items[cursor : cursor + limit]:
             out.append(
                 {
-                    "mobile": item.split(",", 1)[0],
+                    "mobile": mobile_of(item),
                     "chunk": None,
                     "linkid": None,
                     "state": msg.state,
@@ -575,7 +522,7 @@ def recipients(conn: redis.Redis, mid: str, cursor: int, limit: int) -> tuple[li
 
 def _member_recipients(conn: redis.Redis, msg: Message) -> list[dict[str, Any]]:
     """A coalesced message's one recipient, as its batch's chunk (and the reports on it) say."""
-    mobile = msg.items.split(",", 1)[0]
+    mobile = mobile_of(msg.items)
     for chunk in lifecycle.member_chunks(conn, msg.id, msg.via):
         state, code, ts = recipient_state(conn, msg.via, chunk.n, mobile) or (chunk.state, "", "")
         row = {"mobile": mobile, "chunk": 0, "linkid": chunk.linkid, "state": state}

@@ -4,7 +4,7 @@ Two sources, each correct with many processes on many hosts:
 - the API's own HTTP metrics, with prometheus-client's multiprocess mode when gunicorn runs
   several workers (``PROMETHEUS_MULTIPROC_DIR``, set by ``smsgw api``);
 - everything the workers do (provider calls, jobs, recipients, reports, accounts, queues),
-  read from Redis at scrape time (``workers.metrics`` records it there).
+  read from Redis at scrape time (``workers.counters`` records it there).
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from prometheus_client.core import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from workers import accounts, queues, schema
-from workers.metrics import LATENCY_BUCKETS
+from workers import accounts, queues
+from workers.counters import LATENCY_BUCKETS
 from workers.runtime import Runtime, check_durability
-from workers.schema import ALERTS, COUNTS, FOLD, METRICS
+from workers.storage import schema
+from workers.storage.schema import ALERTS, COUNTS, FOLD, METRICS
 
 bp = Blueprint("metrics", __name__)
 

@@ -15,8 +15,9 @@ from flask import Blueprint, Response, request
 from gateway.api import json_response, replies_page
 from gateway.context import runtime
 from gateway.problems import Problem
-from workers import accounts, lifecycle, schema
+from workers import accounts, lifecycle
 from workers.runtime import Runtime
+from workers.storage import schema
 
 bp = Blueprint("operators", __name__, url_prefix="/admin")
 

@@ -20,7 +20,7 @@ from gateway.context import runtime
 from gateway.problems import Problem
 from workers.provider import parse_form
 from workers.reports import receive
-from workers.schema import COUNTS
+from workers.storage.schema import COUNTS
 
 log = logging.getLogger("smsgw.provider_push")
 bp = Blueprint("provider_push", __name__)

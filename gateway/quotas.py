@@ -27,11 +27,10 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from gateway.problems import Problem
-from workers import schema
 from workers.runtime import Runtime
 from workers.settings import ApiKey
+from workers.storage import schema
 
-USAGE_DAYS = 90
 USAGE_FIELDS = ("requests", "recipients", "parts", "suppressed", "delivered", "undelivered", "unknown", "failed")
 
 
@@ -60,7 +59,7 @@ class Quotas:
         counter = schema.quota_key(key.name, schema.usage_day(now))
         with self.conn.pipeline(transaction=False) as pipe:
             pipe.incrby(counter, parts)
-            pipe.expire(counter, 2 * 86400)
+            pipe.expire(counter, schema.QUOTA_TTL)
             used, _ = pipe.execute()
         if used > key.daily:
             self.conn.decrby(counter, parts)  # give it back

@@ -32,10 +32,11 @@ from rq.scheduler import RQScheduler
 from devkit.redis_server import RedisServer
 from devkit.simulator import SimState, SimulatorServer
 from gateway import create_app
-from workers import coalesce, lifecycle, notifications, schema
+from workers import coalesce, lifecycle, notifications
 from workers.queues import WORKER_QUEUES
 from workers.runtime import Runtime, install
 from workers.settings import Settings, settings_from_env
+from workers.storage import schema
 
 FORGOT_REDIS = "redis://forgot-the-redis-fixture.invalid:1"
 

@@ -14,7 +14,7 @@ import pytest
 from gateway import create_app
 from tests.conftest import AUTH, make_settings, waiting
 from tests.faultproxy import FaultProxy
-from workers import schema
+from workers.storage import schema
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 import fakeredis
 
 from tests.conftest import make_settings
-from workers import accounts, schema
+from workers import accounts
+from workers.storage import schema
 
 
 def test_hold_alerts_once_and_activate_reports_what_it_changed():

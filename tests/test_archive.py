@@ -13,7 +13,8 @@ import redis
 from tests.conftest import AUTH, MINE, THEIRS, Receiver, drain, sim_admin, sim_submissions
 from tests.test_metrics import scrape, value
 from tests.test_reports import pull_all
-from workers import archive, maintenance, reports, schema
+from workers import archive, maintenance, reports
+from workers.storage import schema
 
 OTP = "您的验证码是{code}，5分钟内有效"
 

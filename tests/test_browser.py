@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         not (CHROMIUM and CHROMEDRIVER),
-        reason="needs Debian's chromium and chromium-driver (make test installs them when it can)",
+        reason="needs Debian's chromium and chromium-driver: run `sudo make browser-deps` once",
     ),
 ]
 

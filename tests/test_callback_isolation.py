@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from tests.conftest import AUTH, Receiver, sim_submissions, wait_for
-from workers import schema
+from workers.storage import schema
 
 
 class Hostile:

@@ -15,9 +15,10 @@ import pytest
 from gateway import create_app
 from tests.conftest import AUTH, carrier, drain, sim_admin, sim_submissions, wait_for
 from tests.test_reports import pull_all
-from workers import accounts, coalesce, maintenance, schema
+from workers import accounts, coalesce, maintenance
 from workers.runtime import Runtime
 from workers.settings import settings_from_env
+from workers.storage import schema
 
 
 def send(api, body, headers=None) -> str:

@@ -9,8 +9,8 @@ from rq.job import Job
 
 from tests.conftest import AUTH, carrier, drain, sim_admin, sim_submissions
 from workers import accounts
-from workers.schema import Chunk
 from workers.settings import settings_from_env
+from workers.storage.schema import Chunk
 
 OP = {"Authorization": "Basic " + base64.b64encode(b"operator:op-pass").decode()}
 

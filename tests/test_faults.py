@@ -173,7 +173,7 @@ def test_2_then_0_resumes_by_itself_and_8_waits_for_an_operator(api, simulator, 
 def test_workers_sigkilled_again_and_again_between_chunks_lose_nothing(api, simulator, workers, runtime):
     """A 40-chunk message while a worker is SIGKILLed every 0.7 s and replaced: kills land
     between chunks, inside calls and inside state writes."""
-    from workers import schema
+    from workers.storage import schema
 
     runtime.conn.hset(schema.account_key("default"), "chunk_size", 1)
     sim_admin(simulator, "fault", endpoint="post_send_md5", mode="latency", seconds=0.1)
@@ -197,7 +197,8 @@ def test_a_flood_of_unknown_malformed_and_replayed_pushes_is_bounded_and_counted
     Redis grows by a bounded amount per item."""
     from urllib.parse import urlencode
 
-    from workers import reports, schema
+    from workers import reports
+    from workers.storage import schema
 
     conn = runtime.conn
     before = conn.info("memory")["used_memory"]

@@ -366,8 +366,9 @@ def test_redact_drops_template_variables_and_normal_texts_stay(api, runtime, sim
 def test_the_low_balance_alert_fires_once_per_crossing(settings_env, redis_conn, simulator):
     import time
 
-    from workers import maintenance, schema
+    from workers import maintenance
     from workers.runtime import Runtime
+    from workers.storage import schema
 
     rt = Runtime.from_settings(settings_from_env({**settings_env, "SMSGW_LOW_BALANCE": "1000"}))
     api = create_app(rt.settings).test_client()

@@ -9,10 +9,11 @@ import pytest
 from rq import Queue
 
 from tests.conftest import make_settings
-from workers import accounts, lifecycle, schema
+from workers import accounts, lifecycle
 from workers.lifecycle import CANCELLED, FAILED, HELD, PENDING, RETRY, SUBMITTED, SUBMITTING
 from workers.queues import QUEUE_NAMES
-from workers.schema import Chunk, Message
+from workers.storage import schema
+from workers.storage.schema import Chunk, Message
 
 
 @pytest.fixture

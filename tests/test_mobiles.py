@@ -12,7 +12,7 @@ from workers.chunks import (
     new_linkid,
 )
 from workers.mobiles import normalise, normalise_all
-from workers.schema import new_message_id
+from workers.storage.schema import new_message_id
 
 
 @pytest.mark.parametrize(

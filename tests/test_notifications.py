@@ -12,9 +12,10 @@ import json
 import fakeredis
 
 from tests.conftest import make_settings
-from workers import notifications, schema
+from workers import notifications
 from workers.runtime import Runtime
-from workers.schema import Message
+from workers.storage import schema
+from workers.storage.schema import Message
 
 
 def runtime(**env: str) -> Runtime:
@@ -88,3 +89,18 @@ def test_events_trimmed_past_the_pending_bound_are_counted_as_dropped(monkeypatc
         notifications.queue_event(rt, "m1", {"type": "reply", "n": i})
     assert rt.conn.llen(schema.callback_queue_key("m1")) == 2
     assert Message.load(rt.conn, "m1").callbacks_dropped == 3
+
+
+def test_callback_jobs_an_older_smsgw_left_on_its_queue_become_due_deliveries(redis_conn):
+    from datetime import timedelta
+
+    from rq import Queue
+
+    from workers.queues import LEGACY_CALLBACK_QUEUE
+
+    queue = Queue(LEGACY_CALLBACK_QUEUE, connection=redis_conn)
+    queue.enqueue("workers.notifications.deliver", "m1")
+    queue.enqueue_in(timedelta(seconds=30), "workers.notifications.deliver", "m2")
+    assert notifications.adopt_legacy(redis_conn) == 2
+    assert sorted(redis_conn.zrange(schema.CALLBACKS_DUE, 0, -1)) == [b"m1", b"m2"]
+    assert queue.count == 0 and notifications.adopt_legacy(redis_conn) == 0

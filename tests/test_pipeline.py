@@ -8,8 +8,8 @@ from collections import Counter
 from rq import SimpleWorker
 
 from tests.conftest import AUTH, carrier, drain, sim_admin, sim_submissions
-from workers import schema
-from workers.schema import Chunk
+from workers.storage import schema
+from workers.storage.schema import Chunk
 
 
 def send(api, body, headers=None):

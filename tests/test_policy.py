@@ -7,10 +7,11 @@ import json
 import pytest
 
 from tests.conftest import AUTH, carrier, drain, sim_admin, sim_submissions
-from workers import accounts, lifecycle, maintenance, schema
+from workers import accounts, lifecycle, maintenance
 from workers import provider as p
 from workers.policy import POLICY, Action, backoff, classify
-from workers.schema import report_seen_key
+from workers.storage import schema
+from workers.storage.schema import report_seen_key
 
 
 @pytest.mark.parametrize(

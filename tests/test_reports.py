@@ -12,7 +12,8 @@ import pytest
 
 from devkit.simulator import _share
 from tests.conftest import AUTH, Receiver, carrier, drain, sim_admin
-from workers import pullers, reports, schema
+from workers import pullers, reports
+from workers.storage import schema
 
 PUSH = "/callbacks/provider/push-secret-123"
 

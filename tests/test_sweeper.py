@@ -9,10 +9,11 @@ from rq import Queue
 
 from tests.conftest import make_settings
 from tests.test_lifecycle import make_message
-from workers import lifecycle, schema
+from workers import lifecycle
 from workers.lifecycle import PENDING, SUBMITTING, UNCONFIRMED
 from workers.queues import QUEUE_NAMES
-from workers.schema import Chunk, Message
+from workers.storage import schema
+from workers.storage.schema import Chunk, Message
 from workers.sweeper import sweep
 
 

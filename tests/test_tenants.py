@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from tests.conftest import MINE, THEIRS, drain, sim_admin
 from tests.test_reports import pull_all
-from workers import schema
+from workers.storage import schema
 
 OPERATOR = {"Authorization": "Basic " + base64.b64encode(b"operator:operator-pass-123").decode()}
 

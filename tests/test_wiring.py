@@ -13,8 +13,8 @@ from pathlib import Path
 
 import compose
 
-from workers import schema
 from workers.queues import QUEUE_NAMES, WORKER_QUEUES
+from workers.storage import schema
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = os.path.join(os.path.dirname(compose.__file__), "docker-compose")

@@ -13,8 +13,8 @@ from werkzeug.serving import make_server
 
 from devkit.redis_server import RedisServer
 from tests.conftest import API_KEY, AUTH, Workers, sim_admin, sim_submissions, wait_for
-from workers import schema
 from workers.queues import QUEUE_NAMES
+from workers.storage import schema
 from workers.sweeper import sweep
 
 pytestmark = pytest.mark.slow

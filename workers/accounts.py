@@ -11,10 +11,10 @@ import time
 
 import redis
 
-from workers import schema
 from workers.alerts import alert
-from workers.schema import AccountState
 from workers.settings import Settings
+from workers.storage import schema
+from workers.storage.schema import AccountState
 
 ACTIVE = "active"
 HELD = "held"

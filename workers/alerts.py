@@ -15,8 +15,8 @@ from typing import Any
 import redis
 import requests
 
-from workers.schema import ALERTS
 from workers.settings import Settings
+from workers.storage.schema import ALERTS
 
 log = logging.getLogger("smsgw.alerts")
 

@@ -25,9 +25,11 @@ import time
 
 import redis
 
-from workers import schema
 from workers.chunks import linkid_owner
-from workers.schema import FOLD, Chunk, Folded, Message, decode
+from workers.storage import schema
+from workers.storage.codecs import ReportValue
+from workers.storage.schema import FOLD, Chunk, Folded, Message, MessageState, decode
+from workers.text import mobile_of
 
 #: A finished submission stays as it is this long (its history readable) before it is folded.
 AFTER = 60.0
@@ -102,11 +104,13 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
             values = {}
             for mobile, m in members.items():
                 msg = msgs[m]
-                if msg.state != "sending" or msg.items.split(",", 1)[0] not in ("", mobile):
+                if msg.state != MessageState.SENDING or mobile_of(msg.items) not in ("", mobile):
                     return 0
                 msg.items = msg.items or mobile  # a planned message's own list is dropped: it is the chunk's
-                state, code, at = reports[mobile].split("|")
-                values[m] = msg.fold(Folded(chunk.linkid, chunk.submitted_at, state, code, float(at)))
+                report = ReportValue.decode(reports[mobile])
+                values[m] = msg.fold(
+                    Folded(chunk.linkid, chunk.submitted_at, report.state, report.code, float(report.at))
+                )
         except redis.WatchError:
             return LATER
         except ValueError:

@@ -50,10 +50,11 @@ from collections.abc import Sequence
 
 import redis
 
-from workers import accounts, lifecycle, schema
+from workers import accounts, lifecycle
 from workers.runtime import Runtime
-from workers.schema import Message
 from workers.settings import Settings
+from workers.storage import schema, scripts
+from workers.storage.schema import Message, MessageState
 from workers.text import expansion_problem
 
 log = logging.getLogger("smsgw.coalesce")
@@ -63,65 +64,21 @@ IDLE = 0.05
 #: Candidates the claim looks at per batch size (it skips repeated mobiles and cancelled sends).
 SCAN_FACTOR = 3
 
-# KEYS: pool, POOLS, batch message, WATCH.
-# ARGV: size, message key prefix, now, batch id, mode, Message.FIELDS (JSON), grace,
-#       ttl, account, priority, batch's watch ref, a message's watch ref without its id.
-CLAIM = """
-local size, now = tonumber(ARGV[1]), tonumber(ARGV[3])
-local f = cjson.decode(ARGV[6])
-local cands = redis.call('ZRANGE', KEYS[1], 0, size * 3 - 1)
-local seen, items, mids, taken = {}, {}, {}, {}
-local text, redact = nil, '0'
-for _, member in ipairs(cands) do
-  if #items >= size then break end
-  local bar = string.find(member, '|', 1, true)
-  local mid, item = string.sub(member, 1, bar - 1), string.sub(member, bar + 1)
-  local key = ARGV[2] .. mid
-  local st = redis.call('HMGET', key, f.state, f.text, f.redact)
-  if st[1] ~= 'accepted' then
-    table.insert(taken, member)
-  else
-    local comma = string.find(item, ',', 1, true)
-    local mobile = comma and string.sub(item, 1, comma - 1) or item
-    if not seen[mobile] then
-      seen[mobile] = true
-      table.insert(items, item)
-      table.insert(mids, mid)
-      table.insert(taken, member)
-      text = text or st[2]
-      if st[3] == '1' then redact = '1' end
-    end
-  end
-end
-for i = 1, #taken, 500 do
-  redis.call('ZREM', KEYS[1], unpack(taken, i, math.min(i + 499, #taken)))
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if #oldest == 0 then
-  redis.call('ZREM', KEYS[2], KEYS[1])
-else
-  local due = tonumber(oldest[2])
-  if redis.call('ZCARD', KEYS[1]) >= size then due = 0 end
-  redis.call('ZADD', KEYS[2], due, KEYS[1])
-end
-if #items == 0 then return false end
-if #items == 1 then
-  -- Alone: it goes as the message it is, no batch around it (a batch of one only costs keys).
-  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[7]), ARGV[12] .. mids[1])
-  return mids[1]
-end
-for _, mid in ipairs(mids) do
-  redis.call('HSET', ARGV[2] .. mid, f.state, 'sending', f.via, ARGV[4], f.chunks, 1, f.planned, ARGV[3])
-end
-local kind = 't'
-if ARGV[5] == 'v' then kind, text = 'p', '{value0}' elseif ARGV[5] == 'p' then kind = 'p' end
-redis.call('HSET', KEYS[3], f.state, 'accepted', f.account, ARGV[9], f.priority, ARGV[10], f.kind, kind,
-  f.text, text or '', f.items, table.concat(items, ';'), f.mids, table.concat(mids, ';'),
-  f.recipients, #items, f.created, ARGV[3], f.redact, redact, f.job_seq, 1)
-redis.call('EXPIRE', KEYS[3], tonumber(ARGV[8]))
-redis.call('ZADD', KEYS[4], now + tonumber(ARGV[7]), ARGV[11])
-return ARGV[4]
-"""
+
+def entry(mid: str, item: str) -> str:
+    """A send's member in its pool: ``<mid>|<item>`` (the item is its mobile, or its 点点通 group)."""
+    return f"{mid}|{item}"
+
+
+def parse_entry(member: str) -> tuple[str, str]:
+    mid, _, item = member.partition("|")
+    return mid, item
+
+
+def due_at(settings: Settings, priority: str, now: float) -> float:
+    """When a send accepted ``now`` must leave its pool: its priority's window later, as the
+    accepting process is configured (the pool's score; ``ACCEPT`` also notes it in ``POOLS``)."""
+    return now + settings.coalesce_ms.get(priority, 0) / 1000
 
 
 def pool_for(
@@ -161,25 +118,27 @@ def claim(rt: Runtime, pool: str, now: float | None = None) -> str | None:
         return None
     bid = schema.new_batch_id()
     size = accounts.chunk_size(conn, settings, account)
-    taken = conn.eval(
-        CLAIM,
-        4,
-        pool,
-        schema.POOLS,
-        schema.message_key(bid),
-        schema.WATCH,
-        size,
-        schema.message_key(""),
-        f"{now:.3f}",
-        bid,
-        what[0],
-        json.dumps(Message.FIELDS),
-        settings.job_grace_seconds,
-        settings.retention_seconds,
-        account,
-        priority,
-        schema.message_ref(bid),
-        schema.message_ref(""),
+    taken = scripts.CLAIM_POOL(
+        conn,
+        pool=pool,
+        pools=schema.POOLS,
+        batch=schema.message_key(bid),
+        watch=schema.WATCH,
+        size=size,
+        message_prefix=schema.message_key(""),
+        now=f"{now:.3f}",
+        batch_id=bid,
+        mode=what[0],
+        fields=json.dumps(Message.FIELDS),
+        grace=settings.job_grace_seconds,
+        ttl=settings.retention_seconds,
+        account=account,
+        priority=priority,
+        batch_ref=schema.message_ref(bid),
+        member_ref_prefix=schema.message_ref(""),
+        scan_factor=SCAN_FACTOR,
+        accepted=MessageState.ACCEPTED,
+        sending=MessageState.SENDING,
     )
     return taken.decode() if taken else None
 

@@ -24,33 +24,8 @@ from dataclasses import dataclass
 
 import redis
 
-from workers import schema
 from workers.settings import Settings
-
-# KEYS: one cap set per recipient. ARGV: now, when the send goes, the request's id, largest window,
-# then (count, seconds) pairs. Returns 1 per recipient over a cap (nothing recorded), 0 for one
-# whose send is recorded.
-CAPS = """
-local now, at, ref, longest = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local out = {}
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
-  local over = 0
-  for w = 5, #ARGV, 2 do
-    local window = tonumber(ARGV[w + 1])
-    if redis.call('ZCOUNT', key, at - window, at + window) >= tonumber(ARGV[w]) then
-      over = 1
-      break
-    end
-  end
-  if over == 0 then
-    redis.call('ZADD', key, at, ref)
-    if redis.call('TTL', key) < at - now + longest then redis.call('EXPIRE', key, math.ceil(at - now + longest)) end
-  end
-  out[i] = over
-end
-return out
-"""
+from workers.storage import schema, scripts
 
 OPTED_OUT = "opted_out"
 FREQUENCY_CAP = "frequency_cap"
@@ -94,12 +69,17 @@ def check(
         live = [i for i, hit in enumerate(listed) if hit is None]
     caps = settings.mobile_caps.get(priority, ())
     if caps and live:
-        keys = [schema.cap_key(cap_scope(account, test), priority, mobiles[i]) for i in live]
         now = time.time() if now is None else now
-        args: list[float | str | int] = [now, max(now, at or now), ref, max(seconds for _, seconds in caps)]
-        for count, seconds in caps:
-            args += [count, seconds]
-        over = conn.eval(CAPS, len(keys), *keys, *args)
+        windows = [value for count, seconds in caps for value in (count, seconds)]
+        over = scripts.CAPS(
+            conn,
+            caps=[schema.cap_key(cap_scope(account, test), priority, mobiles[i]) for i in live],
+            now=now,
+            at=max(now, at or now),
+            ref=ref,
+            longest=max(seconds for _, seconds in caps),
+            windows=windows,
+        )
         out += [Suppressed(i, mobiles[i], FREQUENCY_CAP) for i, hit in zip(live, over, strict=True) if hit]
     return sorted(out, key=lambda s: s.index)
 

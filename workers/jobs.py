@@ -22,14 +22,15 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from workers import accounts, lifecycle, metrics, schema
+from workers import accounts, counters, lifecycle
 from workers import provider as p
 from workers.alerts import alert
 from workers.chunks import new_linkid
 from workers.lifecycle import SENDABLE, SUBMITTING
 from workers.policy import HOLD_REASONS, Action, backoff, classify
 from workers.runtime import Runtime, current, replicated
-from workers.schema import Chunk, Message
+from workers.storage import schema
+from workers.storage.schema import Chunk, Message
 
 log = logging.getLogger("smsgw.jobs")
 
@@ -45,8 +46,8 @@ def plan_message(mid: str) -> str:
 def send_chunk(mid: str, n: int) -> str:
     rt = current()
     call: dict[str, Any] = {}
-    outcome = send(rt, mid, n, call)
-    metrics.job_outcome(rt.conn, "send", outcome, call)
+    outcome = send_attempt(rt, mid, n, call)
+    counters.job_outcome(rt.conn, "send", outcome, call)
     return outcome
 
 
@@ -58,7 +59,7 @@ def check_unconfirmed(mid: str, n: int) -> str:
 # -- sending -----------------------------------------------------------------------------------
 
 
-def send(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = None) -> str:
+def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = None) -> str:
     """One attempt at a chunk. ``call`` (if given) receives the provider call's figures, which
     the caller records together with the job's outcome in one round trip."""
     conn, settings = rt.conn, rt.settings

@@ -32,24 +32,25 @@ import redis
 from redis.client import Pipeline
 from rq import Queue
 
-from workers import accounts, schema
+from workers import accounts
 from workers.alerts import alert
 from workers.chunks import chunked, new_linkid
 from workers.queues import QUEUE_NAMES
-from workers.schema import Chunk, Message
 from workers.settings import Settings
+from workers.storage import schema
+from workers.storage.schema import Chunk, ChunkState, Message, MessageState, ReportState
 
 log = logging.getLogger("smsgw.lifecycle")
 
-PENDING = "pending"
-SUBMITTING = "submitting"
-SUBMITTED = "submitted"
-RETRY = "retry"
-UNCONFIRMED = "unconfirmed"
-HELD = "held"
-SPLIT = "split"
-FAILED = "failed"
-CANCELLED = "cancelled"
+PENDING = ChunkState.PENDING
+SUBMITTING = ChunkState.SUBMITTING
+SUBMITTED = ChunkState.SUBMITTED
+RETRY = ChunkState.RETRY
+UNCONFIRMED = ChunkState.UNCONFIRMED
+HELD = ChunkState.HELD
+SPLIT = ChunkState.SPLIT
+FAILED = ChunkState.FAILED
+CANCELLED = ChunkState.CANCELLED
 
 #: A chunk in one of these states will never be submitted again.
 FINAL = frozenset({SUBMITTED, FAILED, CANCELLED, SPLIT})
@@ -58,7 +59,7 @@ SENDABLE = frozenset({PENDING, RETRY})
 CANCELLABLE = frozenset({PENDING, RETRY, HELD})
 
 #: Message states before the plan job cut it into chunks.
-UNPLANNED = frozenset({"accepted", "scheduled"})
+UNPLANNED = frozenset({MessageState.ACCEPTED, MessageState.SCHEDULED})
 
 HISTORY_MAX = 50
 FAILURES_MAX = 200
@@ -185,7 +186,10 @@ def plan(conn: redis.Redis, settings: Settings, mid: str) -> str:
             members=members,
         )
         pipe.hset(
-            key, mapping=Message.short(state="sending", chunks=len(parts), chunk_seq=len(parts), planned=time.time())
+            key,
+            mapping=Message.short(
+                state=MessageState.SENDING, chunks=len(parts), chunk_seq=len(parts), planned=time.time()
+            ),
         )
         pipe.hdel(key, Message.field_of("items"), Message.field_of("mids"))
         pipe.zrem(schema.WATCH, schema.message_ref(mid))
@@ -339,14 +343,14 @@ def _count_final(pipe: Pipeline, mid: str, chunk: Chunk, state: str, member_keys
     if state == FAILED:
         minute = schema.minute_key(time.time())
         pipe.hincrby(minute, "failed", chunk.recipients)
-        pipe.expire(minute, 7200)
+        pipe.expire(minute, schema.MINUTE_TTL)
         day = schema.usage_day(time.time())
         usage = member_keys or {chunk.api_key: chunk.recipients}
         for api_key, count in usage.items():
             pipe.hincrby(schema.usage_key(api_key, day), "failed", count)
-            pipe.expire(schema.usage_key(api_key, day), 90 * 86400)
+            pipe.expire(schema.usage_key(api_key, day), schema.USAGE_TTL)
         pipe.hincrby(schema.account_usage_key(chunk.account, day), "failed", chunk.recipients)
-        pipe.expire(schema.account_usage_key(chunk.account, day), 90 * 86400)
+        pipe.expire(schema.account_usage_key(chunk.account, day), schema.USAGE_TTL)
     pipe.zrem(schema.WATCH, schema.chunk_ref(mid, chunk.n))
 
 
@@ -639,16 +643,16 @@ def cancel_unplanned(conn: redis.Redis, mid: str) -> bool:
 
 def message_state(msg: Message) -> str:
     """A message's state follows its chunks once they are planned, then its recipients' reports."""
-    if msg.state != "sending":
+    if msg.state != MessageState.SENDING:
         return msg.state
     done = {s: msg.chunks_final.get(s, 0) for s in (SUBMITTED, FAILED, CANCELLED, SPLIT)}
     if sum(done.values()) < msg.chunks:
-        return "sending"
+        return MessageState.SENDING
     live = msg.chunks - done[SPLIT]
     if done[SUBMITTED] == 0:
         return "failed" if done[FAILED] else "cancelled"
     submitted = msg.recipients_final.get(SUBMITTED, 0)
-    delivered, undelivered, unknown = (msg.recipients_final.get(s, 0) for s in ("D", "U", "X"))
+    delivered, undelivered, unknown = (msg.recipients_final.get(s, 0) for s in ReportState)
     if delivered and delivered == submitted and done[SUBMITTED] == live:
         return "delivered"
     if delivered:

@@ -14,11 +14,12 @@ import uuid
 
 import redis
 
-from workers import accounts, archive, lifecycle, metrics, pullers, queues, reports, schema
+from workers import accounts, archive, counters, lifecycle, pullers, queues, reports
 from workers import provider as p
 from workers.alerts import alert
 from workers.runtime import Runtime
-from workers.schema import AccountState, Chunk
+from workers.storage import schema
+from workers.storage.schema import AccountState, Chunk
 from workers.sweeper import sweep
 
 log = logging.getLogger("smsgw.maintenance")
@@ -41,7 +42,7 @@ def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
     }
     out["unknown"] = reports.mark_unknown(rt, now, rt.settings.report_window_seconds)
     out["folded"] = archive.fold_due(rt.conn, now, budget=rt.settings.sweep_seconds / 2)
-    metrics.sample_depths(rt.conn, queues.depths(rt.conn), now)  # the dashboard's depth chart
+    counters.sample_depths(rt.conn, queues.depths(rt.conn), now)  # the dashboard's depth chart
     for name in rt.settings.accounts:
         out["resumed"] += _balance_check(rt, name, now)
         out["expired_holds"] += _expire_holds(rt, name, now)

@@ -19,10 +19,10 @@ depend on any receiver.
 
 **Nothing lost to a dead delivery.** Which messages have events to deliver, and when, is one
 sorted set (``schema.CALLBACKS_DUE``). A delivery claims a message by moving its time past the
-delivery's deadline (:data:`CLAIM`); finishing moves it to the next attempt or removes it
-(:data:`SETTLE`, which looks at the queue in the same step, so an event queued meanwhile is never
-stranded). A worker killed mid-delivery leaves the claim to run out, and any worker delivers the
-events again: at least once, never silently lost.
+delivery's deadline (``scripts.CLAIM_CALLBACKS``); finishing moves it to the next attempt or
+removes it (``scripts.SETTLE_CALLBACKS``, which looks at the queue in the same step, so an event
+queued meanwhile is never stranded). A worker killed mid-delivery leaves the claim to run out,
+and any worker delivers the events again: at least once, never silently lost.
 
 The callback secret of a key is ``sha256("smsgw-callback:" + key)`` in hex: the calling service
 derives it from its own API key; it never travels.
@@ -47,11 +47,13 @@ from urllib.parse import urlsplit
 
 import redis
 
-from workers import egress, schema
+from workers import egress
 from workers.alerts import alert
 from workers.policy import backoff
+from workers.queues import take_legacy_callbacks
 from workers.runtime import Runtime
-from workers.schema import Message, callback_log_key, callback_queue_key
+from workers.storage import schema, scripts
+from workers.storage.schema import Message, callback_log_key, callback_queue_key
 
 log = logging.getLogger("smsgw.notifications")
 PENDING_MAX = 10_000
@@ -60,24 +62,6 @@ HISTORY_MAX = 50
 IDLE = 0.2
 #: A claim outlives the delivery's deadline by this much before another worker may take it.
 CLAIM_MARGIN = 5.0
-
-# KEYS: CALLBACKS_DUE. ARGV: now, claim's end, how many. Returns the message ids claimed.
-CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, mid in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], mid) end
-return due
-"""
-
-# KEYS: CALLBACKS_DUE, the message's event queue. ARGV: message id, when to deliver next.
-# Removes the message when its queue is empty; returns 1 if it stays due.
-SETTLE = """
-if redis.call('LLEN', KEYS[2]) == 0 then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return 0
-end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return 1
-"""
 
 
 def post(
@@ -178,11 +162,12 @@ def queue_event(rt: Runtime, mid: str, event: dict[str, Any]) -> None:
 
 def claim(conn: redis.Redis, now: float, until: float, count: int) -> list[str]:
     """Up to ``count`` messages whose callbacks are due, each now held until ``until``."""
-    return [m.decode() for m in conn.eval(CLAIM, 1, schema.CALLBACKS_DUE, f"{now:.3f}", f"{until:.3f}", count)]
+    due = scripts.CLAIM_CALLBACKS(conn, due=schema.CALLBACKS_DUE, now=f"{now:.3f}", until=f"{until:.3f}", count=count)
+    return [m.decode() for m in due]
 
 
 def _settle(conn: redis.Redis, mid: str, at: float) -> None:
-    conn.eval(SETTLE, 2, schema.CALLBACKS_DUE, callback_queue_key(mid), mid, f"{at:.3f}")
+    scripts.SETTLE_CALLBACKS(conn, due=schema.CALLBACKS_DUE, queue=callback_queue_key(mid), mid=mid, next=f"{at:.3f}")
 
 
 def deliver_now(rt: Runtime, mid: str) -> str:
@@ -295,6 +280,15 @@ class Dispatcher:
             if not started:
                 stop.wait(IDLE)
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def adopt_legacy(conn: redis.Redis) -> int:
+    """Callback jobs an older smsgw left on its RQ queue become due deliveries here."""
+    mids = take_legacy_callbacks(conn)
+    if mids:
+        conn.zadd(schema.CALLBACKS_DUE, dict.fromkeys(mids, time.time()), nx=True)
+        log.warning("%d callback deliveries taken over from the old callback queue", len(mids))
+    return len(mids)
 
 
 def start(rt: Runtime) -> tuple[threading.Thread | None, threading.Event]:

@@ -122,7 +122,7 @@ class HTTPStatusError(TransportError):
 
 
 REJECTIONS: dict[int, type[ProviderRejected]] = {
-    cls.code: cls  # type: ignore[misc]
+    cls.code: cls
     for cls in (
         BadCredentials,
         InsufficientBalance,
@@ -161,8 +161,9 @@ class Report:
 
 
 @dataclass(frozen=True)
-class Reply:
-    """A reply (MO) from a mobile; ``linkid`` ties it to a submission when it carries one."""
+class PulledReply:
+    """A reply (MO) from a mobile as the provider hands it over (stored as ``schema.Reply``);
+    ``linkid`` ties it to a submission when it carries one."""
 
     mobile: str
     time: str
@@ -195,7 +196,7 @@ def parse_report_line(line: str) -> Report:
     return Report(mobile, time, linkid, status, subcode)
 
 
-def parse_reply_line(line: str, *, urlencoded: bool = True) -> Reply:
+def parse_reply_line(line: str, *, urlencoded: bool = True) -> PulledReply:
     """``mobile/date/linkid/content/subcode``; the content may itself hold ``/``.
 
     The three leading fields and the trailing one never hold ``/``, so the content is whatever
@@ -210,7 +211,7 @@ def parse_reply_line(line: str, *, urlencoded: bool = True) -> Reply:
             content = unquote_plus(content, encoding=ENCODING, errors="strict")
         except UnicodeDecodeError:
             raise ParseError(line, "the content is not URL-encoded GB2312") from None
-    return Reply(head[0].strip(), head[1].strip(), head[2].strip(), content, subcode.strip())
+    return PulledReply(head[0].strip(), head[1].strip(), head[2].strip(), content, subcode.strip())
 
 
 class ProviderClient:
@@ -325,7 +326,7 @@ class ProviderClient:
         raw = self.pull_raw("report")
         return [parse_report_line(line) for line in raw.splitlines() if line.strip()]
 
-    def pull_replies(self) -> list[Reply]:
+    def pull_replies(self) -> list[PulledReply]:
         """Up to 20 replies (``reve_urlencode``: the only safe way, a reply may hold ``/``)."""
         raw = self.pull_raw("reve_urlencode")
         return [parse_reply_line(line) for line in raw.splitlines() if line.strip()]

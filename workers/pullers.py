@@ -15,26 +15,18 @@ import time
 import redis
 
 from workers import provider as p
-from workers import schema
 from workers.reports import store_pull
 from workers.runtime import Runtime
+from workers.storage import schema, scripts
 
 log = logging.getLogger("smsgw.pullers")
 FULL = 20  # the provider returns at most 20 items a call
 BURST = 50
 
-# Acquire the lease if free, renew it if ours. KEYS: lease; ARGV: owner, ttl ms.
-LEASE_SCRIPT = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0
-"""
-
 
 def hold_lease(conn: redis.Redis, name: str, owner: str, seconds: float) -> bool:
     """Take or renew the fleet-wide lease ``name`` (see ``schema.lease_key``) for ``owner``."""
-    return bool(conn.eval(LEASE_SCRIPT, 1, schema.lease_key(name), owner, int(seconds * 1000)))
+    return bool(scripts.LEASE(conn, lease=schema.lease_key(name), owner=owner, ttl_ms=int(seconds * 1000)))
 
 
 def tick(rt: Runtime, owner: str, now: float | None = None) -> int:

@@ -24,6 +24,25 @@ PRIORITIES = ("high", "normal", "bulk")
 QUEUE_NAMES = {p: f"smsgw-{p}" for p in PRIORITIES}
 #: Every queue smsgw enqueues to, in the order a worker serves them.
 WORKER_QUEUES = tuple(QUEUE_NAMES[p] for p in PRIORITIES)
+#: Where callback deliveries were RQ jobs before they got threads of their own; what an upgrade
+#: finds there is handed to the dispatcher (:func:`take_legacy_callbacks`).
+LEGACY_CALLBACK_QUEUE = "smsgw-callbacks"
+
+
+def take_legacy_callbacks(conn: redis.Redis) -> list[str]:
+    """The message ids of callback jobs left queued or scheduled on the old callback queue,
+    which no worker serves any more; the jobs are deleted."""
+    queue = Queue(LEGACY_CALLBACK_QUEUE, connection=conn)
+    registry = ScheduledJobRegistry(queue=queue)
+    mids = []
+    for job_id in [*queue.get_job_ids(), *registry.get_job_ids()]:
+        try:
+            job = Job.fetch(job_id, connection=conn)
+        except NoSuchJobError:
+            continue
+        mids += [str(arg) for arg in job.args[:1]]
+        job.delete()
+    return mids
 
 
 def job_alive(conn: redis.Redis, job_id: str, timeout: float) -> bool:

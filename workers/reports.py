@@ -24,13 +24,27 @@ from typing import Any
 
 import redis
 
-from workers import archive, guardrails, lifecycle, schema
+from workers import archive, guardrails, lifecycle
 from workers import provider as p
 from workers.chunks import linkid_owner
 from workers.notifications import queue_event
 from workers.runtime import Runtime
-from workers.schema import COUNTS, DEAD, INBOX, ORPHANS, REPLIES, Chunk, Message, Reply, recipients_key
 from workers.settings import Settings
+from workers.storage import schema, scripts
+from workers.storage.codecs import ReportValue
+from workers.storage.schema import (
+    COUNTS,
+    DEAD,
+    INBOX,
+    ORPHANS,
+    REPLIES,
+    Chunk,
+    Message,
+    Reply,
+    ReportState,
+    recipients_key,
+)
+from workers.text import mobile_of
 
 log = logging.getLogger("smsgw.reports")
 
@@ -38,71 +52,6 @@ DEAD_MAX = 10_000
 ORPHANS_MAX = 100_000
 BATCH = 500
 CST = timezone(timedelta(hours=8))
-STATE_NAMES = {"D": "delivered", "U": "undelivered", "X": "unknown"}
-
-# KEYS: recipient hash, message hash, fleet counters.
-# ARGV: mobile, state (D/U/X), code, report time (epoch s), ttl, submit time (0: unknown),
-#       counter of the new state, 1 if this is a report (0 for the end of the report window).
-# Returns 1 when the recipient's state changed to a new final one, 0 otherwise.
-MERGE = """
-if ARGV[8] == '1' then redis.call('HINCRBY', KEYS[3], 'reports', 1) end
--- The message is gone (expired, or folded while this report was on its way): nothing to merge.
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur then
-  local st, code, ts = string.match(cur, '^(%a)|(.*)|([%d.]+)$')
-  if ARGV[2] == 'X' then return 0 end
-  if st ~= 'X' then
-    local t_old, t_new = tonumber(ts), tonumber(ARGV[4])
-    if t_old > t_new then return 0 end
-    if t_old == t_new and (st == 'D' or st == ARGV[2]) then return 0 end
-  end
-  if st == ARGV[2] then
-    redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
-    return 0
-  end
-  redis.call('HINCRBY', KEYS[2], 'r_' .. st, -1)
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. ARGV[4])
-if not cur then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5])) end
-redis.call('HINCRBY', KEYS[2], 'r_' .. ARGV[2], 1)
-redis.call('HINCRBY', KEYS[3], ARGV[7], 1)
--- KEYS[4]: this minute's bucket (the dashboard's charts); KEYS[5..]: the day's usage of the
--- message's API key and account (delivered, undelivered, unknown)
-if #KEYS >= 4 then
-  redis.call('HINCRBY', KEYS[4], string.sub(ARGV[7], 9), 1)
-  redis.call('EXPIRE', KEYS[4], 7200)
-end
-for i = 5, #KEYS do
-  redis.call('HINCRBY', KEYS[i], string.sub(ARGV[7], 9), 1)
-  redis.call('EXPIRE', KEYS[i], 7776000)
-end
-local submitted = tonumber(ARGV[6])
-if submitted > 0 and not cur then
-  redis.call('HINCRBY', KEYS[3], 'report_lag_seconds_sum', math.max(0, tonumber(ARGV[4]) - submitted))
-  redis.call('HINCRBY', KEYS[3], 'report_lag_count', 1)
-end
--- ARGV[9]: the chunk's recipients (absent: do not check). 2: this report was its last one.
-local all = tonumber(ARGV[9] or '0')
-if all > 0 and not cur and redis.call('HLEN', KEYS[1]) >= all then return 2 end
-return 1
-"""
-
-# KEYS: seen marker, reply hash, the global index, then the indexes by mobile, account, message
-# and key. ARGV: ttl, score, rid, json fields
-STORE_REPLY = """
-if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
-local fields = cjson.decode(ARGV[4])
-for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))
-for i = 3, #KEYS do
-  -- Every index, the global one too, drops what outlived the retention and expires with it.
-  redis.call('ZADD', KEYS[i], tonumber(ARGV[2]), ARGV[3])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[1]))
-  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[1]))
-end
-return 1
-"""
 
 
 def item_id(item: dict[str, str]) -> str:
@@ -111,29 +60,17 @@ def item_id(item: dict[str, str]) -> str:
     return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()
 
 
-# KEYS: seen marker, inbox, counters. ARGV: ttl, entry. Marks and stores in one step, so a crash
-# between the two can never leave an item marked seen and not stored; counts replays.
-RECEIVE = """
-if redis.call('SET', KEYS[1], 1, 'NX', 'EX', tonumber(ARGV[1])) then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('HINCRBY', KEYS[3], 'pushed', 1)
-  return 1
-end
-redis.call('HINCRBY', KEYS[3], 'push_replayed', 1)
-return 0
-"""
-
-
-_receive = redis.Redis().register_script(RECEIVE)  # EVALSHA: the push path sends the hash, not the text
-
-
 def receive(conn: redis.Redis, items: list[dict[str, str]], ttl: int) -> int:
     """Store pushed items in the inbox, each once (a replayed push is acknowledged, not stored
     and counted). Returns how many were new."""
     new = 0
     for item in items:
         entry = json.dumps({"src": "push", **item}, ensure_ascii=False)
-        new += int(_receive(keys=[schema.push_seen_key(item_id(item)), INBOX, COUNTS], args=[ttl, entry], client=conn))
+        new += int(
+            scripts.RECEIVE_PUSH(
+                conn, seen=schema.push_seen_key(item_id(item)), inbox=INBOX, counts=COUNTS, ttl=ttl, entry=entry
+            )
+        )
     return new
 
 
@@ -321,25 +258,19 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
             pipe.hincrby(COUNTS, "reports", 1)
             pipe.execute()
         return 0
-    state = "D" if status == "DELIVRD" else "U"
+    state = ReportState.DELIVERED if status == "DELIVRD" else ReportState.UNDELIVERED
     ts = epoch(item.get("time", "")) or time.time()
-    usage = [schema.minute_key(time.time()), *owner.usage_keys(time.time())]
-    changed = conn.eval(
-        MERGE,
-        3 + len(usage),
-        recipients_key(sent.mid, sent.n),
-        schema.message_key(owner.mid),
-        COUNTS,
-        *usage,
-        mobile,
-        state,
-        status,
-        f"{ts:.0f}",
-        owner.ttl,
-        f"{sent.submitted:.0f}",
-        f"reports_{STATE_NAMES[state]}",
-        1,
-        sent.recipients,
+    changed = merge(
+        conn,
+        recipients=recipients_key(sent.mid, sent.n),
+        message=schema.message_key(owner.mid),
+        usage=[schema.minute_key(time.time()), *owner.usage_keys(time.time())],
+        mobile=mobile,
+        report=ReportValue(state, status, f"{ts:.0f}"),
+        ttl=owner.ttl,
+        submitted=sent.submitted,
+        is_report=True,
+        all=sent.recipients,
     )
     if changed == 2 and sent.account:
         # Every recipient has reported: nothing is left to wait for. The chunk leaves the report
@@ -356,7 +287,7 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
             {
                 "type": "recipient.final",
                 "mobile": mobile,
-                "state": STATE_NAMES[state],
+                "state": state.label,
                 "operator_code": status,
                 "reported_at": datetime.fromtimestamp(ts, CST).isoformat(),
                 "linkid": linkid,
@@ -384,20 +315,20 @@ def _apply_reply(rt: Runtime, item: dict[str, str]) -> int:
         api_key=api_key,
         received=received,
     )
-    keys = [
-        schema.reply_seen_key(item_id(item)),
-        schema.reply_key(rid),
-        REPLIES,
-        schema.replies_index_key("m", reply.mobile),
+    indexes = [REPLIES, schema.replies_index_key("m", reply.mobile)]
+    indexes += [
+        schema.replies_index_key(by, value) for by, value in (("a", account), ("msg", mid), ("k", api_key)) if value
     ]
-    if account:
-        keys.append(schema.replies_index_key("a", account))
-    if mid:
-        keys.append(schema.replies_index_key("msg", mid))
-    if api_key:
-        keys.append(schema.replies_index_key("k", api_key))
-    fields = json.dumps(reply.to_hash(), ensure_ascii=False)
-    stored = conn.eval(STORE_REPLY, len(keys), *keys, settings.retention_seconds, f"{received:.3f}", rid, fields)
+    stored = scripts.STORE_REPLY(
+        conn,
+        seen=schema.reply_seen_key(item_id(item)),
+        reply=schema.reply_key(rid),
+        indexes=indexes,
+        ttl=settings.retention_seconds,
+        received=f"{received:.3f}",
+        rid=rid,
+        fields=json.dumps(reply.to_hash(), ensure_ascii=False),
+    )
     if stored:
         conn.hincrby(COUNTS, "replies", 1)
         if guardrails.is_optout(settings, reply.content) and (account or settings.optout_scope == "all"):
@@ -425,7 +356,7 @@ def _replied_to(conn: redis.Redis, linkid: str, mobile: str) -> tuple[str, Messa
     if found is None:
         for mid in folded or ():
             msg = Message.read(conn, mid) if mid else None
-            if msg is not None and msg.folded is not None and msg.items.split(",", 1)[0] == mobile:
+            if msg is not None and msg.folded is not None and mobile_of(msg.items) == mobile:
                 return mid, msg
         return "", Message()
     mid = found[0]
@@ -433,6 +364,47 @@ def _replied_to(conn: redis.Redis, linkid: str, mobile: str) -> tuple[str, Messa
     members = Chunk(items=(items or b"").decode(), mids=(mids or b"").decode()).members
     mid = members.get(mobile, "") if members else mid
     return mid, (Message.read(conn, mid) if mid else None) or Message(id=mid)
+
+
+def merge(
+    conn: redis.Redis,
+    *,
+    recipients: str,
+    message: str,
+    usage: list[str],
+    mobile: str,
+    report: ReportValue,
+    ttl: int,
+    submitted: float,
+    is_report: bool,
+    all: int,
+) -> int:
+    """Merge one recipient's report (``scripts.MERGE_REPORT``); ``usage``: this minute's
+    bucket, then the day's usage keys (none for the end of the report window). 2: that was the
+    chunk's last report; 1: a new final state; 0: nothing changed."""
+    return int(
+        scripts.MERGE_REPORT(
+            conn,
+            recipients=recipients,
+            message=message,
+            counts=COUNTS,
+            minute=usage[0] if usage else "",
+            usage=usage[1:],
+            mobile=mobile,
+            state=report.state,
+            code=report.code,
+            at=report.at,
+            ttl=ttl,
+            submitted=f"{submitted:.0f}",
+            state_name=report.state.label,
+            is_report=int(is_report),
+            all=all,
+            minute_ttl=schema.MINUTE_TTL,
+            usage_ttl=schema.USAGE_TTL,
+            unknown=ReportState.UNKNOWN,
+            delivered=ReportState.DELIVERED,
+        )
+    )
 
 
 def mark_unknown(rt: Runtime, now: float, window: float) -> int:
@@ -446,20 +418,17 @@ def mark_unknown(rt: Runtime, now: float, window: float) -> int:
             ttl = schema.ttl_of(conn, schema.message_key(mid), rt.settings.retention_seconds)
             members = chunk.members if chunk else {}
             for mobile in chunk.mobiles if chunk else []:
-                marked += conn.eval(
-                    MERGE,
-                    3,
-                    recipients_key(mid, n),
-                    schema.message_key(members.get(mobile, mid)),
-                    COUNTS,
-                    mobile,
-                    "X",
-                    "",
-                    f"{now:.0f}",
-                    ttl,
-                    0,
-                    "reports_unknown",
-                    0,
+                marked += merge(
+                    conn,
+                    recipients=recipients_key(mid, n),
+                    message=schema.message_key(members.get(mobile, mid)),
+                    usage=[],
+                    mobile=mobile,
+                    report=ReportValue(ReportState.UNKNOWN, "", f"{now:.0f}"),
+                    ttl=ttl,
+                    submitted=0,
+                    is_report=False,
+                    all=0,
                 )
             with conn.pipeline(transaction=False) as pipe:
                 pipe.zrem(schema.awaiting_key(account), raw)
@@ -473,14 +442,14 @@ def recipient_state(conn: redis.Redis, mid: str, n: int, mobile: str) -> tuple[s
     raw = conn.hget(recipients_key(mid, n), mobile)
     if raw is None:
         return None
-    state, code, ts = raw.decode().split("|")
-    return STATE_NAMES[state], code, ts
+    report = ReportValue.decode(raw)
+    return report.state.label, report.code, report.at
 
 
 def recipient_states(conn: redis.Redis, mid: str, n: int) -> dict[str, tuple[str, str, str]]:
     raw = conn.hgetall(recipients_key(mid, n))
     out = {}
     for mobile, value in raw.items():
-        state, code, ts = value.decode().split("|")
-        out[mobile.decode()] = (STATE_NAMES[state], code, ts)
+        report = ReportValue.decode(value)
+        out[mobile.decode()] = (report.state.label, report.code, report.at)
     return out

@@ -18,10 +18,10 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 from rq import Queue
 
-from workers import schema
 from workers.provider import ProviderClient
 from workers.queues import QUEUE_NAMES
 from workers.settings import Settings, parse_sentinel_url, settings_from_env
+from workers.storage import schema
 
 log = logging.getLogger(__name__)
 

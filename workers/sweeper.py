@@ -16,11 +16,12 @@ import time
 
 import redis
 
-from workers import lifecycle, schema
+from workers import lifecycle
 from workers.lifecycle import CHECK, SEND
 from workers.queues import job_alive
-from workers.schema import Chunk, Message
 from workers.settings import Settings
+from workers.storage import schema
+from workers.storage.schema import Chunk, Message
 
 log = logging.getLogger("smsgw.sweeper")
 

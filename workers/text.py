@@ -160,6 +160,11 @@ def replace_separators(value: str) -> str:
     return value.replace(",", FULL_WIDTH[","]).replace(";", FULL_WIDTH[";"])
 
 
+def mobile_of(item: str) -> str:
+    """The mobile of a recipient item: the item itself, or a 点点通 group's first value."""
+    return item.split(",", 1)[0]
+
+
 def ddt_group(mobile: str, values: list[str]) -> str:
     """One 点点通 parameter group: the mobile first, then the values, joined by ``,``."""
     return ",".join([mobile, *values])

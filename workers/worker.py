@@ -61,6 +61,7 @@ def run_worker(
     check_durability(runtime.conn, settings.redis_durability)
     check_compact_hashes(runtime.conn)
     install(runtime)  # before RQ forks: every work horse inherits it
+    notifications.adopt_legacy(runtime.conn)
     thread, stop = maintenance.start(runtime)
     coalescer, stop_coalescing = coalesce.start(runtime)
     deliverer, stop_delivering = notifications.start(runtime)

@@ -63,14 +63,26 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Any, ClassVar, Self
 
 import redis
 from redis.client import Pipeline
 
 from workers.chunks import linkid_bytes, linkid_from_bytes
+from workers.text import mobile_of
 
 PREFIX = "sg:"
+
+# -- lifetimes (seconds), each defined here once; a message's own is SMSGW_RETENTION_SECONDS ---
+
+#: The per-minute buckets behind the dashboard's last-hour charts.
+MINUTE_TTL = 2 * 3600
+#: Usage per API key and account, by day: what finance reconciles against the provider's bill.
+USAGE_DAYS = 90
+USAGE_TTL = USAGE_DAYS * 86400
+#: An API key's daily-quota counter: its China day, and one more for clocks that disagree.
+QUOTA_TTL = 2 * 86400
 
 # -- keys -------------------------------------------------------------------------------------
 
@@ -294,6 +306,47 @@ def decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
+# -- states -----------------------------------------------------------------------------------
+
+
+class MessageState(StrEnum):
+    """A message's stored state. What the API reports once it is planned follows its chunks and
+    its recipients' reports (``workers.lifecycle.message_state``)."""
+
+    ACCEPTED = "accepted"  # waiting for its plan job, or in a coalescing pool
+    SCHEDULED = "scheduled"  # waiting for send_at
+    SENDING = "sending"  # planned: its chunks (or its batch's) carry it
+    SUPPRESSED = "suppressed"  # every recipient was (caps, opt-outs): final at accept
+    CANCELLED = "cancelled"  # cancelled before it was planned
+
+
+class ChunkState(StrEnum):
+    """A chunk's one state machine, moved only by ``workers.lifecycle.transition``."""
+
+    PENDING = "pending"
+    SUBMITTING = "submitting"  # the provider call is under way (or its worker died)
+    SUBMITTED = "submitted"
+    RETRY = "retry"  # nothing reached the provider: again under the same linkid
+    UNCONFIRMED = "unconfirmed"  # an ambiguous call: waiting for a report before a new linkid
+    HELD = "held"  # its account is held (2, 8, …): waits, burning nothing
+    SPLIT = "split"  # halved under new linkids (answer 3, or to find a refused member)
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ReportState(StrEnum):
+    """A recipient's final report, one letter in ``recipients_key`` values and ``r_<letter>``
+    counters; :attr:`label` is what the API says."""
+
+    DELIVERED = "D"
+    UNDELIVERED = "U"
+    UNKNOWN = "X"  # no report within the report window
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
 # -- records ----------------------------------------------------------------------------------
 
 
@@ -458,6 +511,8 @@ class Message(Record):
         for i, name in enumerate(_FOLD_HEAD):
             if "|" in head[i]:  # a 点点通 value with the separator in it: the tail holds it
                 tail[self.FIELDS[name]], head[i] = head[i], ""
+        if "|" in code:  # an operator's code is theirs: one with the separator goes to the tail too
+            tail[_FOLD_CODE], code = code, ""
         head += [
             str(int(sub.submitted) - created),
             sub.report + code,
@@ -484,10 +539,11 @@ class Message(Record):
             for name in cls.CALLBACK_FIELDS:
                 values.pop(cls.FIELDS[name], None)
             values.update(callbacks)
+        code_in_tail = values.pop(_FOLD_CODE, None)
         msg = cls.from_hash(values, id=mid)
         created = time_of(mid)
-        state, code = report[:1], report[1:] or ("DELIVRD" if report == "D" else "")
-        msg.state, msg.chunks, msg.recipients, msg.created = "sending", 1, 1, created
+        state, code = report[:1], code_in_tail or report[1:] or ("DELIVRD" if report == "D" else "")
+        msg.state, msg.chunks, msg.recipients, msg.created = MessageState.SENDING, 1, 1, created
         msg.chunks_final = {"submitted": 1}
         msg.recipients_final = {"submitted": 1, state: 1}
         submitted = float(int(created) + int(sent))
@@ -507,6 +563,7 @@ class Folded:
 
 
 _FOLD_HASHED, _FOLD_KEPT_TEXT = b"1", b"0"  # the first byte: a SHA-256 follows, or not
+_FOLD_CODE = "~rc"  # the tail's name for an operator code holding "|" (no record field has "~")
 _PRIORITIES = {p[0]: p for p in ("high", "normal", "bulk")}
 #: Message attributes a folded record holds by position, after its SHA-256 and linkid.
 _FOLD_HEAD = ("api_key", "account", "priority", "kind", "items", "parts", "text_length", "test", "redact")
@@ -549,7 +606,7 @@ class Chunk(Record):
 
     @property
     def mobiles(self) -> list[str]:
-        return [item.split(",", 1)[0] for item in self.items.split(";") if item]
+        return [mobile_of(item) for item in self.items.split(";") if item]
 
     @property
     def members(self) -> dict[str, str]:

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from workers.schema import METRICS, minute_key
+from workers.storage.schema import METRICS, MINUTE_TTL, minute_key
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -39,10 +39,7 @@ def provider_call(pipe: Pipeline, *, account: str, endpoint: str, code: str, sec
     if code == "0":
         pipe.hincrby(minute, "submissions", 1)
         pipe.hincrby(minute, "recipients", recipients)
-    pipe.expire(minute, 7200)
-
-
-MINUTE_TTL = 7200
+    pipe.expire(minute, MINUTE_TTL)
 
 
 def minutes(conn: redis.Redis, now: float | None = None, count: int = 60) -> list[dict[str, int]]:

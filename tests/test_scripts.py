@@ -1,0 +1,304 @@
+"""Every Lua script on its own, against our real Redis: what it reads, writes and returns,
+failure branches included (rq's ``tests/test_scripts.py`` does the same for its own)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from workers.storage import scripts
+from workers.storage.schema import ChunkState, Message, MessageState, ReportState
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_redis_call_is_written_in_one_production_module():
+    holders = {
+        str(path.relative_to(ROOT))
+        for top in ("gateway", "workers", "devkit")
+        for path in (ROOT / top).rglob("*.py")
+        if "redis.call" in path.read_text()
+    }
+    assert holders == {"workers/storage/scripts.py"}
+
+
+def test_every_script_is_tested_here():
+    source = Path(__file__).read_text()
+    assert set(scripts.ALL) == {"ACCEPT", "CLAIM_POOL", "CAPS", "LEASE", "MERGE_REPORT", "STORE_REPLY",
+                                "RECEIVE_PUSH", "CLAIM_CALLBACKS", "SETTLE_CALLBACKS"}  # fmt: skip
+    for name in scripts.ALL:
+        assert f"def test_{name.lower()}_" in source, name
+
+
+def test_a_script_refuses_unknown_and_missing_arguments(redis_conn):
+    with pytest.raises(TypeError, match="unknown"):
+        scripts.LEASE(redis_conn, lease="l", owner="a", ttl_ms=1000, colour="red")
+    with pytest.raises(TypeError, match="missing"):
+        scripts.LEASE(redis_conn, lease="l", owner="a")
+
+
+# -- ACCEPT ------------------------------------------------------------------------------------
+
+
+def accept_args(**over):
+    args = {
+        "fence": "f",
+        "message": "m",
+        "index": "idx",
+        "counts": "counts",
+        "minute": "minute",
+        "usage": "usage",
+        "account_usage": "ausage",
+        "idempotency": "",
+        "pool": "",
+        "pools": "pools",
+        "ttl": 100,
+        "mid": "19a000000000123456789ab",  # 11 hex digits of ms, 12 random
+        "index_min_ms": 0,
+        "index_ttl": 100,
+        "recipients": 2,
+        "parts": 3,
+        "suppressed": 1,
+        "usage_ttl": 1000,
+        "idem_value": "",
+        "idem_ttl": 10,
+        "pool_entry": "",
+        "pool_size": 3,
+        "now": "1.000",
+        "pool_due": "5.000",
+        "fields": json.dumps({"st": "accepted"}),
+        "id_ms": str(int("19a00000000", 16)),
+        "minute_ttl": 7200,
+    }
+    return {**args, **over}
+
+
+def test_accept_writes_the_message_its_index_counts_and_usage_once(redis_conn):
+    assert scripts.ACCEPT(redis_conn, **accept_args(idempotency="idem", idem_value="answer")) == 0
+    assert redis_conn.hgetall("m") == {b"st": b"accepted"} and 0 < redis_conn.ttl("m") <= 100
+    [(_, [(_, entry)])] = redis_conn.xread({"idx": 0})
+    assert entry == {b"m": b"0123456789ab"}  # the id's random part, dated by its milliseconds
+    assert redis_conn.hgetall("counts") == {b"accepted_recipients": b"2", b"accepted_parts": b"3",
+                                            b"suppressed_recipients": b"1"}  # fmt: skip
+    assert redis_conn.hgetall("usage") == {b"requests": b"1", b"recipients": b"2", b"parts": b"3",
+                                           b"suppressed": b"1"}  # fmt: skip
+    assert redis_conn.hget("minute", "accepted") == b"1" and redis_conn.get("idem") == b"answer"
+    assert scripts.ACCEPT(redis_conn, **accept_args()) == 0  # a second run writes nothing again
+    assert redis_conn.hget("usage", "requests") == b"1"
+
+
+def test_accept_stores_nothing_behind_a_fence(redis_conn):
+    redis_conn.set("f", 1)
+    assert scripts.ACCEPT(redis_conn, **accept_args()) == -1
+    assert not redis_conn.exists("m", "counts", "usage")
+
+
+def test_accept_joins_a_pool_and_a_full_pool_is_due_at_once(redis_conn):
+    for i in range(3):
+        args = accept_args(message=f"m{i}", pool="pool", pool_entry=f"m{i}|1380013800{i}")
+        assert scripts.ACCEPT(redis_conn, **args) == i + 1
+        due = redis_conn.zscore("pools", "pool")
+        assert due == (0 if i == 2 else 5.0)
+
+
+def test_accept_dates_the_index_by_redis_when_the_ids_time_is_past(redis_conn):
+    redis_conn.xadd("idx", {"m": "x"}, id="99999999999999-0")
+    assert scripts.ACCEPT(redis_conn, **accept_args()) == 0
+    last = redis_conn.xrevrange("idx", count=1)[0][1]
+    assert last == {b"m": b"19a000000000123456789ab"}  # the whole id where the date is Redis's
+
+
+# -- CLAIM_POOL --------------------------------------------------------------------------------
+
+
+def claim_args(**over):
+    args = {
+        "pool": "pool",
+        "pools": "pools",
+        "batch": "sg:m:b1",
+        "watch": "watch",
+        "size": 2,
+        "message_prefix": "sg:m:",
+        "now": "10.000",
+        "batch_id": "b1",
+        "mode": "t",
+        "fields": json.dumps(Message.FIELDS),
+        "grace": 5,
+        "ttl": 100,
+        "account": "default",
+        "priority": "normal",
+        "batch_ref": "m:b1",
+        "member_ref_prefix": "m:",
+        "scan_factor": 3,
+        "accepted": MessageState.ACCEPTED,
+        "sending": MessageState.SENDING,
+    }
+    return {**args, **over}
+
+
+def member(redis_conn, mid, mobile, score, state=MessageState.ACCEPTED):
+    redis_conn.hset(f"sg:m:{mid}", mapping=Message.short(state=state, text="hi"))
+    redis_conn.zadd("pool", {f"{mid}|{mobile}": score})
+
+
+def test_claim_pool_takes_the_oldest_once_per_mobile_into_a_batch(redis_conn):
+    member(redis_conn, "a", "13800138000", 1)
+    member(redis_conn, "b", "13800138000", 2)  # the same phone: waits for the next batch
+    member(redis_conn, "c", "13900139000", 3)
+    member(redis_conn, "d", "13700137000", 4)
+    redis_conn.zadd("pools", {"pool": 1})
+    assert scripts.CLAIM_POOL(redis_conn, **claim_args()) == b"b1"
+    batch = Message.load(redis_conn, "b1")
+    assert batch.mids == "a;c" and batch.items == "13800138000;13900139000" and batch.text == "hi"
+    assert Message.load(redis_conn, "a").state == MessageState.SENDING and Message.load(redis_conn, "a").via == "b1"
+    assert redis_conn.zrange("pool", 0, -1) == [b"b|13800138000", b"d|13700137000"]
+    assert redis_conn.zscore("pools", "pool") == 0  # what is left fills a batch: due now
+    assert redis_conn.zscore("watch", "m:b1") == 15
+
+
+def test_claim_pool_returns_a_lone_send_as_itself_and_drops_an_empty_pool(redis_conn):
+    member(redis_conn, "a", "13800138000", 1)
+    member(redis_conn, "x", "13900139000", 2, state=MessageState.CANCELLED)
+    redis_conn.zadd("pools", {"pool": 1})
+    assert scripts.CLAIM_POOL(redis_conn, **claim_args()) == b"a"
+    assert not redis_conn.exists("sg:m:b1", "pool") and redis_conn.zscore("pools", "pool") is None
+    assert redis_conn.zscore("watch", "m:a") == 15
+    assert scripts.CLAIM_POOL(redis_conn, **claim_args()) is None  # nothing left to take
+
+
+# -- CAPS --------------------------------------------------------------------------------------
+
+
+def test_caps_record_a_send_and_refuse_within_a_window_either_side(redis_conn):
+    caps = {"longest": 60, "windows": [1, 60]}
+    assert scripts.CAPS(redis_conn, caps=["c1", "c2"], now=1000, at=1300, ref="r1", **caps) == [0, 0]
+    assert redis_conn.zscore("c1", "r1") == 1300 and redis_conn.ttl("c1") >= 360
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1001, at=1250, ref="r2", **caps) == [1]  # 50 s before
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1002, at=1002, ref="r3", **caps) == [0]  # 298 s before
+    assert redis_conn.zcard("c1") == 2
+
+
+def test_caps_forget_what_is_older_than_the_longest_window(redis_conn):
+    redis_conn.zadd("c1", {"old": 100})
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, ref="r", longest=60, windows=[1, 60]) == [0]
+    assert redis_conn.zscore("c1", "old") is None
+
+
+# -- LEASE -------------------------------------------------------------------------------------
+
+
+def test_lease_is_taken_renewed_by_its_holder_and_refused_to_others(redis_conn):
+    assert scripts.LEASE(redis_conn, lease="l", owner="a", ttl_ms=1000) == 1
+    assert scripts.LEASE(redis_conn, lease="l", owner="b", ttl_ms=1000) == 0
+    redis_conn.pexpire("l", 10)
+    assert scripts.LEASE(redis_conn, lease="l", owner="a", ttl_ms=5000) == 1
+    assert redis_conn.pttl("l") > 1000
+
+
+# -- MERGE_REPORT ------------------------------------------------------------------------------
+
+
+def merge(redis_conn, state, at, code="DELIVRD", **over):
+    args = {
+        "recipients": "r",
+        "message": "m",
+        "counts": "counts",
+        "minute": "minute",
+        "usage": ["usage"],
+        "mobile": "13800138000",
+        "state": state,
+        "code": code,
+        "at": str(at),
+        "ttl": 100,
+        "submitted": "90",
+        "state_name": ReportState(state).label,
+        "is_report": 1,
+        "all": 2,
+        "minute_ttl": 7200,
+        "usage_ttl": 1000,
+        "unknown": ReportState.UNKNOWN,
+        "delivered": ReportState.DELIVERED,
+    }
+    return scripts.MERGE_REPORT(redis_conn, **{**args, **over})
+
+
+def test_merge_report_counts_a_new_final_state_once(redis_conn):
+    redis_conn.hset("m", "st", "sending")
+    assert merge(redis_conn, "U", 100, "UNDELIV") == 1
+    assert redis_conn.hget("r", "13800138000") == b"U|UNDELIV|100"
+    assert merge(redis_conn, "D", 120) == 1  # a later delivered report replaces it
+    assert redis_conn.hgetall("m") == {b"st": b"sending", b"r_U": b"0", b"r_D": b"1"}
+    assert redis_conn.hget("counts", "reports") == b"2" and redis_conn.hget("usage", "delivered") == b"1"
+    assert redis_conn.hget("counts", "report_lag_count") == b"1"  # the first report only
+    assert merge(redis_conn, "U", 110, "UNDELIV") == 0  # older: ignored
+    assert merge(redis_conn, "X", 999, "", is_report=0) == 0  # unknown never replaces a report
+
+
+def test_merge_report_says_when_the_chunks_last_recipient_reported(redis_conn):
+    redis_conn.hset("m", "st", "sending")
+    redis_conn.hset("r", "13900139000", "D|DELIVRD|50")
+    assert merge(redis_conn, "D", 100) == 2
+
+
+def test_merge_report_changes_nothing_for_a_message_gone(redis_conn):
+    assert merge(redis_conn, "D", 100) == 0
+    assert not redis_conn.exists("r") and redis_conn.hget("counts", "reports") == b"1"
+
+
+# -- STORE_REPLY -------------------------------------------------------------------------------
+
+
+def test_store_reply_stores_once_indexes_and_trims_every_index(redis_conn):
+    redis_conn.zadd("all", {"ancient": 1})
+    args = {"seen": "seen", "reply": "reply", "indexes": ["all", "by-mobile"], "ttl": 100, "rid": "r1"}
+    assert scripts.STORE_REPLY(redis_conn, **args, received="1000", fields=json.dumps({"c": "好"})) == 1
+    assert redis_conn.hget("reply", "c").decode() == "好"
+    assert redis_conn.zrange("all", 0, -1) == [b"r1"] and redis_conn.zrange("by-mobile", 0, -1) == [b"r1"]
+    assert all(0 < redis_conn.ttl(k) <= 100 for k in ("reply", "all", "by-mobile", "seen"))
+    assert scripts.STORE_REPLY(redis_conn, **args, received="1001", fields="{}") == 0  # a replay
+
+
+# -- RECEIVE_PUSH ------------------------------------------------------------------------------
+
+
+def test_receive_push_stores_an_item_once_and_counts_replays(redis_conn):
+    args = {"seen": "seen", "inbox": "inbox", "counts": "counts", "ttl": 100, "entry": "{}"}
+    assert scripts.RECEIVE_PUSH(redis_conn, **args) == 1
+    assert scripts.RECEIVE_PUSH(redis_conn, **args) == 0
+    assert redis_conn.lrange("inbox", 0, -1) == [b"{}"]
+    assert redis_conn.hgetall("counts") == {b"pushed": b"1", b"push_replayed": b"1"}
+
+
+# -- CLAIM_CALLBACKS and SETTLE_CALLBACKS ------------------------------------------------------
+
+
+def test_claim_callbacks_takes_what_is_due_and_hides_it_until_the_claim_ends(redis_conn):
+    redis_conn.zadd("due", {"a": 1, "b": 2, "later": 50})
+    assert scripts.CLAIM_CALLBACKS(redis_conn, due="due", now=10, until=30, count=5) == [b"a", b"b"]
+    assert redis_conn.zscore("due", "a") == 30
+    assert scripts.CLAIM_CALLBACKS(redis_conn, due="due", now=20, until=40, count=5) == []
+
+
+def test_settle_callbacks_keeps_a_message_with_events_and_drops_one_without(redis_conn):
+    redis_conn.zadd("due", {"a": 30})
+    redis_conn.rpush("q", "event")
+    assert scripts.SETTLE_CALLBACKS(redis_conn, due="due", queue="q", mid="a", next=12) == 1
+    assert redis_conn.zscore("due", "a") == 12
+    redis_conn.delete("q")
+    assert scripts.SETTLE_CALLBACKS(redis_conn, due="due", queue="q", mid="a", next=12) == 0
+    assert redis_conn.zcard("due") == 0
+
+
+def test_a_script_runs_inside_a_pipeline_by_eval_with_the_batch(redis_conn):
+    with redis_conn.pipeline() as pipe:
+        scripts.LEASE(pipe, lease="l", owner="a", ttl_ms=1000)
+        pipe.get("l")
+        assert pipe.execute() == [1, b"a"]
+
+
+def test_states_reach_lua_from_their_enums(redis_conn):
+    assert ChunkState.SUBMITTED == "submitted" and MessageState.SENDING == "sending"
+    assert "'accepted'" not in scripts.CLAIM_POOL.source and "'sending'" not in scripts.CLAIM_POOL.source
+    assert "'X'" not in scripts.MERGE_REPORT.source and "'D'" not in scripts.MERGE_REPORT.source

@@ -1,0 +1,353 @@
+"""Every Lua script smsgw runs, in one place, each with its KEYS and ARGV by name.
+
+A script is called through :class:`Script` with named arguments, never by position:
+``CAPS(conn, caps=[…], now=…, at=…, ref=…, longest=…, windows=[…])``. The names are the
+legend: ``keys`` and ``args`` list them in the order Lua sees them as ``KEYS[i]`` and
+``ARGV[i]``; a name ending in ``*`` takes a sequence and fills the rest. Each script reads its
+arguments into named locals first, so the body reads like the legend. States, field names and
+lifetimes reach Lua as arguments from their Python homes (``workers.storage.schema``), never as
+copies typed a second time.
+
+Scripts run by EVALSHA (redis-py loads a script on first use on each server), so the text
+crosses the network once; inside a pipeline they run by EVAL, with the batch. ``tests/test_scripts.py``
+runs each script on its own against a real Redis: what it reads, writes and returns, failure
+branches included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+
+
+class Script:
+    """A Lua script with named KEYS and ARGV (see the module docstring)."""
+
+    def __init__(self, *, keys: str, args: str, source: str) -> None:
+        self.keys = tuple(keys.split())
+        self.args = tuple(args.split())
+        self.source = source
+        # register_script only hashes the text: no connection is made here.
+        self._script = redis.Redis().register_script(source)
+
+    def __call__(self, client: Any, **named: Any) -> Any:
+        """Run on ``client`` (a connection or a pipeline, whose ``execute`` returns the result)."""
+        known = {name.rstrip("*") for name in (*self.keys, *self.args)}
+        if unknown := set(named) - known:
+            raise TypeError(f"unknown script argument(s): {', '.join(sorted(unknown))}")
+        keys, args = _ordered(self.keys, named), _ordered(self.args, named)
+        if isinstance(client, redis.client.Pipeline):
+            # EVAL, not EVALSHA: redis-py would check with SCRIPT EXISTS before every pipeline,
+            # one more round trip each time, to save sending a text that travels in the batch.
+            return client.eval(self.source, len(keys), *keys, *args)
+        return self._script(keys=keys, args=args, client=client)
+
+
+def _ordered(names: Sequence[str], named: Mapping[str, Any]) -> list[Any]:
+    values: list[Any] = []
+    for name in names:
+        if name.endswith("*"):
+            values.extend(named.get(name[:-1], ()))
+        elif name in named:
+            values.append(named[name])
+        else:
+            raise TypeError(f"missing script argument: {name}")
+    return values
+
+
+ACCEPT = Script(
+    keys="fence message index counts minute usage account_usage idempotency pool pools",
+    args=(
+        "ttl mid index_min_ms index_ttl recipients parts suppressed usage_ttl idem_value idem_ttl"
+        " pool_entry pool_size now pool_due fields id_ms minute_ttl"
+    ),
+    source="""
+-- Accept a message: its hash, the key's index, counters and usage, the idempotency answer, and
+-- (one-recipient sends) its entry in a coalescing pool (workers.coalesce), all at once.
+-- idempotency and pool may be '' (none). Returns the pool's size (0 without one), or -1 when
+-- the fence was set first: a settle() already answered that nothing was stored, so nothing is.
+-- A second run (redis-py retries a command once on a timeout; the first may still arrive) finds
+-- the message and writes nothing again: its usage is counted once.
+local fence, message, index, counts_key, minute = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local idempotency, pool, pools = KEYS[8], KEYS[9], KEYS[10]
+local ttl, mid, index_min_ms, index_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local idem_value, idem_ttl, pool_entry, pool_size = ARGV[9], ARGV[10], ARGV[11], tonumber(ARGV[12])
+local pool_due, fields_json, id_ms, minute_ttl = ARGV[14], ARGV[15], ARGV[16], ARGV[17]
+if redis.call('EXISTS', fence) == 1 then return -1 end
+if redis.call('EXISTS', message) == 1 then return 0 end
+local fields = {}
+for name, value in pairs(cjson.decode(fields_json)) do
+  fields[#fields + 1] = name
+  fields[#fields + 1] = value
+end
+redis.call('HSET', message, unpack(fields))
+redis.call('EXPIRE', message, ttl)
+-- The index entry is dated by the id's own milliseconds and holds only its random part: 12
+-- bytes, not 23. If another process's clock ran ahead (that date is past), Redis dates it.
+local added = redis.pcall('XADD', index, 'MINID', '~', index_min_ms, id_ms .. '-*', 'm', string.sub(mid, 12))
+if type(added) == 'table' and added.err then
+  redis.call('XADD', index, 'MINID', '~', index_min_ms, '*', 'm', mid)
+end
+redis.call('EXPIRE', index, index_ttl)
+local counts = {requests = 1, recipients = tonumber(ARGV[5]), parts = tonumber(ARGV[6]), suppressed = tonumber(ARGV[7])}
+redis.call('HINCRBY', counts_key, 'accepted_recipients', counts.recipients)
+redis.call('HINCRBY', counts_key, 'accepted_parts', counts.parts)
+if counts.suppressed > 0 then redis.call('HINCRBY', counts_key, 'suppressed_recipients', counts.suppressed) end
+redis.call('HINCRBY', minute, 'accepted', 1)
+redis.call('EXPIRE', minute, minute_ttl)
+for i = 6, 7 do
+  for name, value in pairs(counts) do
+    if value > 0 then redis.call('HINCRBY', KEYS[i], name, value) end
+  end
+  redis.call('EXPIRE', KEYS[i], ARGV[8])
+end
+if idempotency ~= '' then redis.call('SET', idempotency, idem_value, 'EX', idem_ttl) end
+if pool == '' then return 0 end
+redis.call('ZADD', pool, pool_due, pool_entry)  -- scored by when it must leave
+local size = redis.call('ZCARD', pool)
+if size >= pool_size then
+  redis.call('ZADD', pools, 0, pool)  -- full: it leaves now
+else
+  redis.call('ZADD', pools, 'NX', pool_due, pool)
+end
+return size
+""",
+)
+
+CLAIM_POOL = Script(
+    keys="pool pools batch watch",
+    args=(
+        "size message_prefix now batch_id mode fields grace ttl account priority batch_ref member_ref_prefix"
+        " scan_factor accepted sending"
+    ),
+    source="""
+-- Take up to `size` of a pool's oldest sends, at most one per mobile, skipping those no longer
+-- `accepted` (cancelled, expired), into a batch message, or alone when only one was taken. Re-dates
+-- the pool from its oldest remaining entry (0: full, due now) or drops it from `pools` when empty.
+-- Returns the batch id, the one member's id when it was alone, or false when nothing was taken.
+local pool, pools, batch, watch = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local size, prefix, now, batch_id = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local mode, grace, ttl, account, priority = ARGV[5], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
+local batch_ref, member_ref, scan, accepted, sending = ARGV[11], ARGV[12], tonumber(ARGV[13]), ARGV[14], ARGV[15]
+local f = cjson.decode(ARGV[6])
+local cands = redis.call('ZRANGE', pool, 0, size * scan - 1)
+local seen, items, mids, taken = {}, {}, {}, {}
+local text, redact = nil, '0'
+for _, member in ipairs(cands) do
+  if #items >= size then break end
+  local bar = string.find(member, '|', 1, true)
+  local mid, item = string.sub(member, 1, bar - 1), string.sub(member, bar + 1)
+  local st = redis.call('HMGET', prefix .. mid, f.state, f.text, f.redact)
+  if st[1] ~= accepted then
+    table.insert(taken, member)
+  else
+    local comma = string.find(item, ',', 1, true)
+    local mobile = comma and string.sub(item, 1, comma - 1) or item
+    if not seen[mobile] then
+      seen[mobile] = true
+      table.insert(items, item)
+      table.insert(mids, mid)
+      table.insert(taken, member)
+      text = text or st[2]
+      if st[3] == '1' then redact = '1' end
+    end
+  end
+end
+for i = 1, #taken, 500 do
+  redis.call('ZREM', pool, unpack(taken, i, math.min(i + 499, #taken)))
+end
+local oldest = redis.call('ZRANGE', pool, 0, 0, 'WITHSCORES')
+if #oldest == 0 then
+  redis.call('ZREM', pools, pool)
+else
+  local due = tonumber(oldest[2])
+  if redis.call('ZCARD', pool) >= size then due = 0 end
+  redis.call('ZADD', pools, due, pool)
+end
+if #items == 0 then return false end
+if #items == 1 then
+  -- Alone: it goes as the message it is, no batch around it (a batch of one only costs keys).
+  redis.call('ZADD', watch, now + grace, member_ref .. mids[1])
+  return mids[1]
+end
+for _, mid in ipairs(mids) do
+  redis.call('HSET', prefix .. mid, f.state, sending, f.via, batch_id, f.chunks, 1, f.planned, now)
+end
+local kind = 't'
+if mode == 'v' then kind, text = 'p', '{value0}' elseif mode == 'p' then kind = 'p' end
+redis.call('HSET', batch, f.state, accepted, f.account, account, f.priority, priority, f.kind, kind,
+  f.text, text or '', f.items, table.concat(items, ';'), f.mids, table.concat(mids, ';'),
+  f.recipients, #items, f.created, now, f.redact, redact, f.job_seq, 1)
+redis.call('EXPIRE', batch, ttl)
+redis.call('ZADD', watch, now + grace, batch_ref)
+return batch_id
+""",
+)
+
+CAPS = Script(
+    keys="caps*",
+    args="now at ref longest windows*",
+    source="""
+-- Per-mobile frequency caps (workers.guardrails): for each cap set, drop what is older than the
+-- longest window, count the sends within each window either side of `at` (the time this send
+-- goes), and record `ref` at `at` when no window is full. `windows` are (count, seconds) pairs.
+-- Returns, per cap set, 1 when over a cap (nothing recorded) or 0 (recorded).
+local now, at, ref, longest = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local out = {}
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
+  local over = 0
+  for w = 5, #ARGV, 2 do
+    local window = tonumber(ARGV[w + 1])
+    if redis.call('ZCOUNT', key, at - window, at + window) >= tonumber(ARGV[w]) then
+      over = 1
+      break
+    end
+  end
+  if over == 0 then
+    redis.call('ZADD', key, at, ref)
+    if redis.call('TTL', key) < at - now + longest then redis.call('EXPIRE', key, math.ceil(at - now + longest)) end
+  end
+  out[i] = over
+end
+return out
+""",
+)
+
+LEASE = Script(
+    keys="lease",
+    args="owner ttl_ms",
+    source="""
+-- Take a fleet-wide lease if it is free, renew it if `owner` holds it. Returns 1 when held.
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+""",
+)
+
+MERGE_REPORT = Script(
+    keys="recipients message counts minute usage*",
+    args=("mobile state code at ttl submitted state_name is_report all minute_ttl usage_ttl unknown delivered"),
+    source="""
+-- Merge one report (or the end of the report window: state `unknown`, is_report 0) into a chunk's
+-- recipient hash as "state|code|time", keeping the latest, with `delivered` winning a tie, and
+-- never letting `unknown` replace a real report. Counts the message's recipients by state
+-- (`r_<state>`), the fleet's, this minute's ('' for none) and the day's usage of the key and
+-- account.
+-- `all`: the chunk's recipients ('' or 0: do not check). Returns 2 when this was the chunk's last
+-- report, 1 when the recipient reached a new final state, 0 otherwise (the message gone included).
+local recipients, message, counts, minute = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local mobile, state, code, at, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local submitted, name, is_report, all = tonumber(ARGV[6]), ARGV[7], ARGV[8], tonumber(ARGV[9])
+local minute_ttl, usage_ttl, unknown, delivered = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+if is_report == '1' then redis.call('HINCRBY', counts, 'reports', 1) end
+-- The message is gone (expired, or folded while this report was on its way): nothing to merge.
+if redis.call('EXISTS', message) == 0 then return 0 end
+local cur = redis.call('HGET', recipients, mobile)
+local value = state .. '|' .. code .. '|' .. at
+if cur then
+  local st, _, ts = string.match(cur, '^(%a)|(.*)|([%d.]+)$')
+  if state == unknown then return 0 end
+  if st ~= unknown then
+    local t_old, t_new = tonumber(ts), tonumber(at)
+    if t_old > t_new then return 0 end
+    if t_old == t_new and (st == delivered or st == state) then return 0 end
+  end
+  if st == state then
+    redis.call('HSET', recipients, mobile, value)
+    return 0
+  end
+  redis.call('HINCRBY', message, 'r_' .. st, -1)
+end
+redis.call('HSET', recipients, mobile, value)
+if not cur then redis.call('EXPIRE', recipients, ttl) end
+redis.call('HINCRBY', message, 'r_' .. state, 1)
+redis.call('HINCRBY', counts, 'reports_' .. name, 1)
+if minute ~= '' then
+  redis.call('HINCRBY', minute, name, 1)
+  redis.call('EXPIRE', minute, minute_ttl)
+end
+for i = 5, #KEYS do
+  redis.call('HINCRBY', KEYS[i], name, 1)
+  redis.call('EXPIRE', KEYS[i], usage_ttl)
+end
+if submitted > 0 and not cur then
+  redis.call('HINCRBY', counts, 'report_lag_seconds_sum', math.max(0, tonumber(at) - submitted))
+  redis.call('HINCRBY', counts, 'report_lag_count', 1)
+end
+if all and all > 0 and not cur and redis.call('HLEN', recipients) >= all then return 2 end
+return 1
+""",
+)
+
+STORE_REPLY = Script(
+    keys="seen reply indexes*",
+    args="ttl received rid fields",
+    source="""
+-- Store a reply once (`seen` is set first: a replay stores nothing and returns 0) and add it to
+-- every index (the global one, by mobile, account, message and key); each index drops what
+-- outlived the retention and expires with it. Returns 1 when stored.
+local seen, reply = KEYS[1], KEYS[2]
+local ttl, received, rid = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+if not redis.call('SET', seen, 1, 'NX', 'EX', ttl) then return 0 end
+for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', reply, k, v) end
+redis.call('EXPIRE', reply, ttl)
+for i = 3, #KEYS do
+  redis.call('ZADD', KEYS[i], received, rid)
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', received - ttl)
+  redis.call('EXPIRE', KEYS[i], ttl)
+end
+return 1
+""",
+)
+
+RECEIVE_PUSH = Script(
+    keys="seen inbox counts",
+    args="ttl entry",
+    source="""
+-- Store a pushed item in the inbox once: the marker and the entry in one step, so a crash
+-- between the two can never leave an item marked seen and not stored. Counts replays.
+-- Returns 1 when stored, 0 for a replay.
+if redis.call('SET', KEYS[1], 1, 'NX', 'EX', tonumber(ARGV[1])) then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('HINCRBY', KEYS[3], 'pushed', 1)
+  return 1
+end
+redis.call('HINCRBY', KEYS[3], 'push_replayed', 1)
+return 0
+""",
+)
+
+CLAIM_CALLBACKS = Script(
+    keys="due",
+    args="now until count",
+    source="""
+-- Claim up to `count` messages whose callbacks are due (score <= now): each is moved to `until`,
+-- past its delivery's deadline, so no other worker takes it meanwhile and any worker takes it
+-- again if the delivery dies. Returns the ids claimed.
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, mid in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], mid) end
+return due
+""",
+)
+
+SETTLE_CALLBACKS = Script(
+    keys="due queue",
+    args="mid next",
+    source="""
+-- After a delivery: a message with no event left leaves `due`; one with events is due at `next`.
+-- One step, so an event queued meanwhile is never stranded. Returns 1 if it stays due.
+if redis.call('LLEN', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+""",
+)
+
+#: Every script, by name: what ``tests/test_scripts.py`` checks each of.
+ALL = {name: value for name, value in dict(globals()).items() if isinstance(value, Script) and name.isupper()}
