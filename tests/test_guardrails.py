@@ -488,3 +488,55 @@ def test_concurrent_twins_with_one_idempotency_key_take_one_cap_slot(settings_en
     finally:
         server.shutdown()
     assert fresh == ["accepted"] * 4 + ["suppressed"]  # the ten twins used one slot of five
+
+
+# -- opt-out replies as people type them (MIIT order 31) --------------------------------------
+
+REFUSALS = [
+    "T", "t", "TD", "td", "Td", " TD ", "退订", "取消", "N", "n", "R",
+    "退订。", "退订！", "退订!", "退订.", "退订~", "退订～", "退订…", "【退订】", "“退订”", "退订🙏",
+    "ＴＤ", "ｔｄ", "Ｔ", "ｎ", "ＴＤ。",
+    "退訂", "退 订", "退\u3000订", "\u200b退订", "退\u200b订", "退订\ufeff", "t d",
+    "回复退订", "回覆退訂", "回复TD", "请退订", "我要退订", "麻烦退订",
+    "退订谢谢", "退订，谢谢", "退订 谢谢", "退订了", "取消吧", "谢谢",  # the last: not a refusal (below)
+    "TD退订", "T退订", "退订TD", "td退订。",
+]  # fmt: skip
+NOT_REFUSALS = [
+    "谢谢", "不要退订了", "不退订", "别退订", "好的", "收到", "OK", "TDD", "TNT", "退订会员卡怎么办",
+    "怎么退订", "我的验证码是多少", "1", "Y", "是", "取消订单", "已取消", "", "   ", "TD TD TD 不要",
+    "退订退订退订", "回复", "T恤", "退订单",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("reply", [r for r in REFUSALS if r != "谢谢"])
+def test_a_refusal_typed_any_common_way_opts_out(reply):
+    from tests.conftest import make_settings
+    from workers.guardrails import is_optout
+
+    assert is_optout(make_settings(), reply), repr(reply)
+
+
+@pytest.mark.parametrize("reply", NOT_REFUSALS)
+def test_a_reply_that_is_not_a_refusal_keeps_the_messages_coming(reply):
+    from tests.conftest import make_settings
+    from workers.guardrails import is_optout
+
+    assert not is_optout(make_settings(), reply), repr(reply)
+
+
+def test_the_table_holds_forty_real_world_replies_each_way():
+    assert len(REFUSALS) - 1 + len(NOT_REFUSALS) >= 40 and len(NOT_REFUSALS) >= 20
+
+
+def test_replies_typed_as_people_do_stop_the_next_bulk_send(settings_env, runtime, simulator):
+    from tests.test_reports import pull_all
+
+    api = app_with(settings_env, SMSGW_OPTOUT_HINT="")
+    replies = {"13800138001": "退订。", "13800138002": "ＴＤ", "13800138003": "退订谢谢", "13800138004": "回复退订"}
+    for mobile, content in replies.items():
+        sim_admin(simulator, "reply", mobile=mobile, content=content, linkid="")
+    pull_all(runtime)
+    body = {"to": [*replies, "13800138005"], "text": "双十二促销，回T退订", "priority": "bulk"}
+    answer = api.post("/v1/messages", json=body, headers=AUTH).get_json()
+    assert sorted(s["mobile"] for s in answer["recipients"]["suppressed"]) == sorted(replies)
+    assert answer["recipients"]["accepted"] == 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from dataclasses import dataclass
 
 import redis
@@ -94,8 +95,46 @@ def give_back(
         pipe.execute()
 
 
+#: Traditional spellings of the default keywords, read as the simplified ones.
+TRADITIONAL = str.maketrans({"訂": "订", "復": "复", "覆": "复", "謝": "谢"})
+#: Polite words around a refusal, as people type them: 回复退订, 退订谢谢, 请退订.
+POLITE_BEFORE = ("回复", "请帮我", "请", "我要", "麻烦")
+POLITE_AFTER = ("谢谢你", "谢谢您", "谢谢", "谢了", "了", "吧", "啦")
+
+
+def normalise_reply(text: str) -> str:
+    """A reply as a keyword would read: NFKC (full-width ``ＴＤ`` is ``TD``), upper case,
+    traditional keywords as simplified, no whitespace or invisible characters anywhere, no
+    punctuation or symbols at either end (``退订。``, ``退订！``, ``退订🙏``)."""
+    folded = unicodedata.normalize("NFKC", text).upper().translate(TRADITIONAL)
+    return _trim("".join(c for c in folded if not c.isspace() and unicodedata.category(c) != "Cf"))
+
+
+def _trim(text: str) -> str:
+    """Without punctuation or symbols at either end."""
+    start, end = 0, len(text)
+    while start < end and unicodedata.category(text[start])[0] in "PS":
+        start += 1
+    while end > start and unicodedata.category(text[end - 1])[0] in "PS":
+        end -= 1
+    return text[start:end]
+
+
 def is_optout(settings: Settings, text: str) -> bool:
-    return text.strip().upper() in settings.optout_keywords
+    """Whether a reply refuses further messages (MIIT order 31): a keyword once normalised,
+    with the polite words people add around it, or an ASCII keyword beside a Chinese one
+    (``TD退订``). Anything else around it is not a refusal: ``不要退订了`` keeps the messages."""
+    words = {normalise_reply(word) for word in settings.optout_keywords}
+    reply = normalise_reply(text)
+    reply = next((reply[len(p) :] for p in POLITE_BEFORE if reply.startswith(p) and len(reply) > len(p)), reply)
+    reply = next((reply[: -len(s)] for s in POLITE_AFTER if reply.endswith(s) and len(reply) > len(s)), reply)
+    reply = _trim(reply)  # 退订，谢谢
+    if reply in words:
+        return True
+    return any(
+        reply[:i] in words and reply[i:] in words and reply[:i].isascii() != reply[i:].isascii()
+        for i in range(1, len(reply))
+    )
 
 
 def opt_out(conn: redis.Redis, settings: Settings, account: str, mobile: str, reason: str, source: str) -> None:
