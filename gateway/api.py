@@ -118,6 +118,7 @@ def create_message() -> Response:
             # the chunks, at the account's size then (lower if the provider once answered 3).
             chunk_size=settings.accounts[accepted.account].chunk_size,
             idempotency=(idem_key, fingerprint) if idem_key and fingerprint else None,
+            valid_for=req.valid_for,
         )
     except messages.OutcomeUnknown:
         # The claim stays: a retry with this key waits for it instead of accepting a twin.

@@ -47,10 +47,13 @@ def accept(
     test: bool = False,
     redact: bool = False,
     idempotency: tuple[str, str] | None = None,
+    valid_for: int | None = None,
 ) -> dict[str, Any]:
     """Store the message and enqueue its plan job in one transaction; returns the 202 body."""
     now = time.time()
     delay = max(0.0, msg.send_at.timestamp() - now) if msg.send_at else 0.0
+    valid_for = settings.valid_for.get(priority, 0) if valid_for is None else valid_for
+    valid_until = now + delay + valid_for if valid_for else 0.0  # from when it is due
     ttl = int(settings.retention_seconds + delay)
     state = MessageState.SCHEDULED if delay > 0 else MessageState.ACCEPTED
     if not msg.items:
@@ -70,6 +73,7 @@ def accept(
         "billable_parts": msg.parts,
         "chunks_planned": chunk_count(len(msg.items), chunk_size),
         "send_at": msg.send_at.isoformat() if msg.send_at else None,
+        "valid_until": _iso(valid_until) if valid_until else None,
         "test": test,
     }
     record = Message(
@@ -91,6 +95,7 @@ def accept(
         api_key=key_name,
         test=int(test),
         redact=int(redact or priority == "high"),
+        valid_until=valid_until,
         created=schema.time_of(mid),  # the id's own time: a folded record keeps no other
         send_at=msg.send_at.timestamp() if msg.send_at else 0.0,
         job_seq=1,
@@ -271,6 +276,7 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
         lifecycle.SUBMITTED,
         lifecycle.FAILED,
         lifecycle.CANCELLED,
+        lifecycle.EXPIRED,
     )
     counts: dict[str, int] = dict.fromkeys(by_state, 0)
     for c in chunks:

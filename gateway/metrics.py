@@ -93,7 +93,7 @@ class RedisCollector(Collector):
         )
 
         recipients = CounterMetricFamily("smsgw_recipients", "Recipients reaching each state", labels=["state"])
-        for state in ("submitted", "failed", "cancelled"):
+        for state in ("submitted", "failed", "cancelled", "expired"):
             recipients.add_metric([state], counts.get(f"recipients_{state}", 0))
         for state in ("delivered", "undelivered", "unknown"):
             recipients.add_metric([state], counts.get(f"reports_{state}", 0))
@@ -159,6 +159,14 @@ class RedisCollector(Collector):
         yield held
         yield balance
         yield low
+        spend = GaugeMetricFamily(
+            "smsgw_account_parts_today",
+            "Billable parts sent today (China time), for SMSGW_DAILY_LIMIT",
+            labels=["account"],
+        )
+        for name in settings.accounts:
+            spend.add_metric([name], accounts.spent_today(conn, name, time.time()))
+        yield spend
 
         alerts = CounterMetricFamily("smsgw_alerts", "Alerts raised", labels=["event"])
         for event, value in conn.hgetall(ALERTS).items():

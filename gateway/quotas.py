@@ -31,7 +31,10 @@ from workers.runtime import Runtime
 from workers.settings import ApiKey
 from workers.storage import schema
 
-USAGE_FIELDS = ("requests", "recipients", "parts", "suppressed", "delivered", "undelivered", "unknown", "failed")
+USAGE_FIELDS = (
+    *("requests", "recipients", "parts", "suppressed"),
+    *("delivered", "undelivered", "unknown", "failed", "expired"),
+)
 
 
 class Quotas:

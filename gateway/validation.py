@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gateway.problems import ErrorList, Problem, validation_problem
 from workers.egress import door_problem
 from workers.mobiles import normalise, normalise_all
-from workers.settings import AccountSettings, Settings
+from workers.settings import VALID_FOR_MAX, AccountSettings, Settings
 from workers.text import (
     Template,
     TemplateError,
@@ -63,6 +63,12 @@ class MessageRequest(BaseModel):
     callback_url: str | None = Field(None, max_length=2048)
     account: str | None = Field(None, max_length=64, description="a named provider account")
     on_invalid: Literal["reject", "skip"] = "reject"
+    valid_for: int | None = Field(
+        None,
+        ge=1,
+        le=VALID_FOR_MAX,
+        description="seconds the message stays worth sending, from send_at or now; then it ends expired, unsent",
+    )
     redact: bool = Field(False, description="drop the text from storage once sent (always done for priority high)")
     replace_separators: bool = Field(
         False, description="点点通 values: turn , and ; into ， and ； instead of rejecting them"

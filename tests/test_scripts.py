@@ -302,3 +302,13 @@ def test_states_reach_lua_from_their_enums(redis_conn):
     assert ChunkState.SUBMITTED == "submitted" and MessageState.SENDING == "sending"
     assert "'accepted'" not in scripts.CLAIM_POOL.source and "'sending'" not in scripts.CLAIM_POOL.source
     assert "'X'" not in scripts.MERGE_REPORT.source and "'D'" not in scripts.MERGE_REPORT.source
+
+
+def test_claim_pool_gives_the_batch_its_earliest_members_validity(redis_conn):
+    member(redis_conn, "a", "13800138000", 1)
+    member(redis_conn, "b", "13900139000", 2)
+    member(redis_conn, "c", "13700137000", 3)
+    redis_conn.hset("sg:m:a", Message.field_of("valid_until"), "500.000")
+    redis_conn.hset("sg:m:c", Message.field_of("valid_until"), "400.000")
+    assert scripts.CLAIM_POOL(redis_conn, **claim_args(size=3)) == b"b1"
+    assert Message.load(redis_conn, "b1").valid_until == 400.0

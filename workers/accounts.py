@@ -29,7 +29,11 @@ def is_held(conn: redis.Redis, name: str) -> bool:
     return conn.hget(schema.account_key(name), _STATE) == HELD.encode()
 
 
-def hold(settings: Settings, conn: redis.Redis, name: str, code: int, reason: str) -> bool:
+#: The hold code of an account that reached its daily limit (``SMSGW_DAILY_LIMIT``).
+DAILY_LIMIT = "daily_limit"
+
+
+def hold(settings: Settings, conn: redis.Redis, name: str, code: int | str, reason: str) -> bool:
     """Hold the account; alert only when this call changed its state. Returns that."""
     key = schema.account_key(name)
     with conn.pipeline() as pipe:
@@ -163,3 +167,35 @@ def acquire_rate(conn: redis.Redis, name: str, per_second: int, *, max_wait: flo
         if time.monotonic() >= deadline:
             return False
         time.sleep(max(0.001, int(now) + 1 - now))
+
+
+# -- spend limits per China day ------------------------------------------------------------------
+
+
+def take_spend(conn: redis.Redis, settings: Settings, name: str, parts: int, now: float) -> int:
+    """Take ``parts`` from the account's allowance for today (China time). Returns the parts
+    that were left before: at least ``parts`` when they were taken, fewer (nothing taken) when
+    they would pass the limit. Passing ``SMSGW_DAILY_WARN`` alerts, once a day."""
+    limit, warn = settings.accounts[name].daily_limit, settings.accounts[name].daily_warn
+    key = schema.spend_key(name, schema.usage_day(now))
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.incrby(key, parts)
+        pipe.expire(key, schema.SPEND_TTL)
+        used, _ = pipe.execute()
+    before = used - parts
+    if limit and used > limit:
+        conn.decrby(key, parts)
+        return max(0, limit - before)
+    if warn and before < warn <= used:
+        alert(settings, conn, "daily_spend_warning", account=name, parts=used, warn=warn, limit=limit)
+    return limit - before if limit else parts
+
+
+def give_back_spend(conn: redis.Redis, name: str, parts: int, taken_at: float) -> None:
+    """Nothing was sent after all (a refused connection, a hold, a split): the parts go back to
+    the day they were taken from."""
+    conn.decrby(schema.spend_key(name, schema.usage_day(taken_at)), parts)
+
+
+def spent_today(conn: redis.Redis, name: str, now: float) -> int:
+    return int(conn.get(schema.spend_key(name, schema.usage_day(now))) or 0)

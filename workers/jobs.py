@@ -31,6 +31,7 @@ from workers.policy import HOLD_REASONS, Action, backoff, classify
 from workers.runtime import Runtime, current, replicated
 from workers.storage import schema
 from workers.storage.schema import Chunk, Message
+from workers.text import item_parts
 
 log = logging.getLogger("smsgw.jobs")
 
@@ -80,6 +81,12 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
         return handle_ambiguous(rt, chunk, "found submitting: a worker died during the call")
     if chunk.state not in SENDABLE:
         return chunk.state
+    if chunk.valid_until and time.time() >= chunk.valid_until:
+        # Past its validity (a backlog, a long retry): never sent. A batch keeps its members
+        # whose validity goes on, and they are sent now.
+        if (outcome := lifecycle.expire(conn, chunk, time.time())) != "members_expired":
+            return outcome
+        chunk = Chunk.load(conn, mid, n) or chunk
     account = chunk.account
     held, slot, taken = (False, 0, 0.0) if test else accounts.hold_and_slot(conn, account)
     if held:
@@ -94,9 +101,22 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
         return "rate_limited"
 
     kind, text = (v.decode() if v else "" for v in (kind_b, text_b))
+    a = settings.accounts[account]
+    spend, spent_at = 0, time.time()
+    if not test and a.daily_limit:
+        rule = (settings.part_chars, settings.long_part_chars)
+        spend = sum(item_parts(kind, text, item, *rule) for item in chunk.items.split(";"))
+        left = accounts.take_spend(conn, settings, account, spend, spent_at)
+        if left < spend:
+            return _over_daily_limit(rt, chunk, kind, text, left)
+
+    def refund() -> None:
+        """Nothing reached the provider: the day's parts go back."""
+        if spend:
+            accounts.give_back_spend(conn, account, spend, spent_at)
+
     linkid = chunk.linkid
     attempt = chunk.attempts + 1
-    a = settings.accounts[account]
     deadline = time.time() + a.connect_timeout + a.read_timeout + 2
     job = get_current_job()
     worker = job.worker_name if job is not None else ""
@@ -109,6 +129,7 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
         conn, mid, n, SENDABLE, SUBMITTING, {"attempts": attempt, "deadline": deadline}, linkid=linkid, also=watch
     )
     if moved is None:
+        refund()
         return "raced"
     # As read under WATCH: a coalesced member cancelled since our first read is not in it.
     chunk = moved
@@ -127,6 +148,7 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
             updates={"attempts": attempt - 1},
             event="not_replicated",
         )
+        refund()
         return "not_replicated"
 
     extra = {"message_id": mid, "chunk": n, "linkid": linkid, "account": account}
@@ -159,7 +181,28 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
         )
     action = classify(error)
     log.info("provider answered %s in %.3f s: %s", error.code if error else 0, elapsed, action.value, extra=extra)
+    if action in (Action.RETRY, Action.HOLD, Action.SPLIT, Action.FAIL):
+        refund()  # refused or never sent: not billed
     return act(rt, chunk, action, error, result)
+
+
+def _over_daily_limit(rt: Runtime, chunk: Chunk, kind: str, text: str, left: int) -> str:
+    """The chunk would pass the account's daily limit: what fits goes now (a split at the
+    limit, under new linkids), the rest waits with the account held (``daily_limit``) until
+    the next China day or an operator's resume. Never sent past it, never failed."""
+    conn, settings = rt.conn, rt.settings
+    rule = (settings.part_chars, settings.long_part_chars)
+    fits, total = 0, 0
+    for item in chunk.items.split(";"):
+        total += item_parts(kind, text, item, *rule)
+        if total > left:
+            break
+        fits += 1
+    if 0 < fits < chunk.recipients:
+        return split(rt, chunk, {}, at=fits, from_states=SENDABLE)
+    limit = settings.accounts[chunk.account].daily_limit
+    accounts.hold(settings, conn, chunk.account, accounts.DAILY_LIMIT, f"daily limit of {limit} billable parts reached")
+    return lifecycle.park_held(conn, settings, chunk, SENDABLE)
 
 
 #: Test mode's magic mobiles; every other mobile is reported delivered.
@@ -304,13 +347,22 @@ def _sensitive_reason(rt: Runtime, chunk: Chunk) -> str:
     return "provider refused sensitive words (6)" + (f": {', '.join(words)}" if words else "")
 
 
-def split(rt: Runtime, chunk: Chunk, error_fields: dict[str, Any], *, culprit: bool = False) -> str:
+def split(
+    rt: Runtime,
+    chunk: Chunk,
+    error_fields: dict[str, Any],
+    *,
+    culprit: bool = False,
+    at: int | None = None,
+    from_states: frozenset[str] = frozenset({SUBMITTING}),
+) -> str:
     """Halve the chunk under two new linkids (the refused one is never used again).
 
     Answer 3: the provider takes fewer per submission than we sent; the account's chunk size
     is lowered for every later plan. ``culprit``: a shared submission was refused (6, 7) for
     what one member carries; halving until a half holds one member finds it in about
-    2·log2(n) calls, and only that member fails."""
+    2·log2(n) calls, and only that member fails. ``at``: cut there instead of halving (what
+    fits under the daily limit, from a chunk not yet called)."""
     conn, settings = rt.conn, rt.settings
     mid, n = chunk.mid, chunk.n
     items = chunk.items.split(";")
@@ -319,10 +371,10 @@ def split(rt: Runtime, chunk: Chunk, error_fields: dict[str, Any], *, culprit: b
         return lifecycle.fail(
             conn, settings, chunk, "provider answered 3 (too many) to a single recipient", error_fields
         )
-    half = (len(items) + 1) // 2
+    half = at or (len(items) + 1) // 2
     if culprit:
         conn.hincrby(schema.COUNTS, "culprit_splits", 1)
-    else:
+    elif at is None:
         accounts.lower_chunk_size(conn, settings, chunk.account, half)
     # Reserve two chunk numbers; one left unused by a lost race is harmless.
     first = conn.hincrby(schema.message_key(mid), Message.field_of("chunk_seq"), 2) - 2
@@ -344,11 +396,12 @@ def split(rt: Runtime, chunk: Chunk, error_fields: dict[str, Any], *, culprit: b
             redact=bool(chunk.redact),
             api_key=chunk.api_key,
             members=[mids[:half], mids[half:]] if mids else [],
+            valid_until=chunk.valid_until,
         )
-        event = "split_to_find_culprit" if culprit else "split"
+        event = "split_to_find_culprit" if culprit else "split_at_daily_limit" if at else "split"
         lifecycle.append_history(pipe, mid, n, event, into=[m for m, _ in parts], size=half)
 
-    lifecycle.transition(conn, mid, n, {SUBMITTING}, lifecycle.SPLIT, error_fields, also=also)
+    lifecycle.transition(conn, mid, n, from_states, lifecycle.SPLIT, error_fields, also=also)
     return "split"
 
 

@@ -32,13 +32,14 @@ import redis
 from redis.client import Pipeline
 from rq import Queue
 
-from workers import accounts
+from workers import accounts, guardrails
 from workers.alerts import alert
 from workers.chunks import chunked, new_linkid
 from workers.queues import QUEUE_NAMES
 from workers.settings import Settings
 from workers.storage import schema
 from workers.storage.schema import Chunk, ChunkState, Message, MessageState, ReportState
+from workers.text import mobile_of
 
 log = logging.getLogger("smsgw.lifecycle")
 
@@ -51,9 +52,10 @@ HELD = ChunkState.HELD
 SPLIT = ChunkState.SPLIT
 FAILED = ChunkState.FAILED
 CANCELLED = ChunkState.CANCELLED
+EXPIRED = ChunkState.EXPIRED
 
 #: A chunk in one of these states will never be submitted again.
-FINAL = frozenset({SUBMITTED, FAILED, CANCELLED, SPLIT})
+FINAL = frozenset({SUBMITTED, FAILED, CANCELLED, SPLIT, EXPIRED})
 #: States a send job may start a provider call from.
 SENDABLE = frozenset({PENDING, RETRY})
 CANCELLABLE = frozenset({PENDING, RETRY, HELD})
@@ -184,6 +186,7 @@ def plan(conn: redis.Redis, settings: Settings, mid: str) -> str:
             redact=bool(msg.redact),
             api_key=msg.api_key,
             members=members,
+            valid_until=msg.valid_until,
         )
         pipe.hset(
             key,
@@ -215,6 +218,7 @@ def create_chunks(
     redact: bool = False,
     api_key: str = "",
     members: Sequence[Sequence[str]] = (),
+    valid_until: float = 0.0,
 ) -> list[int]:
     """Add to ``pipe`` each chunk ``(n, items)``: its hash with a fresh linkid, the linkid's
     mapping back to it, its sweeper entry, its history and its first send job. The plan job and
@@ -241,12 +245,15 @@ def create_chunks(
             redact=int(redact),
             api_key=api_key,
             mids=";".join(members[i]) if members else "",
+            valid_until=valid_until,
         )
         key = schema.chunk_key(mid, n)
         pipe.hset(key, mapping=chunk.to_hash())
         pipe.expire(key, ttl)
         pipe.set(schema.linkid_key(linkid), f"{mid}:{n}", ex=ttl)
         pipe.zadd(schema.WATCH, {schema.chunk_ref(mid, n): now + settings.job_grace_seconds})
+        if valid_until:
+            pipe.zadd(schema.EXPIRY, {schema.chunk_ref(mid, n): valid_until})
         extra = {"split_from": split_from} if split_from >= 0 else {}
         append_history(pipe, mid, n, "planned", linkid=linkid, **extra)
         pipe.expire(schema.history_key(mid, n), ttl)
@@ -290,7 +297,7 @@ def transition(
                     return None
                 if linkid is not None and before.linkid != linkid:
                     return None
-                keys = _member_keys(conn, before) if new_state == FAILED else {}
+                keys = _member_keys(conn, before) if new_state in (FAILED, EXPIRED) else {}
                 pipe.multi()
                 pipe.hset(key, mapping=fields)
                 if new_state in FINAL:
@@ -340,18 +347,25 @@ def _count_final(pipe: Pipeline, mid: str, chunk: Chunk, state: str, member_keys
         pipe.hincrby(schema.COUNTS, f"recipients_{state}", chunk.recipients)
         for member in chunk.mids.split(";") if chunk.mids else ():
             _count_member(pipe, member, state)
-    if state == FAILED:
-        minute = schema.minute_key(time.time())
-        pipe.hincrby(minute, "failed", chunk.recipients)
-        pipe.expire(minute, schema.MINUTE_TTL)
-        day = schema.usage_day(time.time())
-        usage = member_keys or {chunk.api_key: chunk.recipients}
-        for api_key, count in usage.items():
-            pipe.hincrby(schema.usage_key(api_key, day), "failed", count)
-            pipe.expire(schema.usage_key(api_key, day), schema.USAGE_TTL)
-        pipe.hincrby(schema.account_usage_key(chunk.account, day), "failed", chunk.recipients)
-        pipe.expire(schema.account_usage_key(chunk.account, day), schema.USAGE_TTL)
+    if state in (FAILED, EXPIRED):
+        _count_unsent(pipe, chunk, state, member_keys or {chunk.api_key: chunk.recipients})
     pipe.zrem(schema.WATCH, schema.chunk_ref(mid, chunk.n))
+    pipe.zrem(schema.EXPIRY, schema.chunk_ref(mid, chunk.n))
+
+
+def _count_unsent(pipe: Pipeline, chunk: Chunk, state: str, by_key: dict[str, int]) -> None:
+    """Recipients that ended without being sent (failed, expired): this minute's chart and the
+    day's usage of their keys and account."""
+    count = sum(by_key.values())
+    minute = schema.minute_key(time.time())
+    pipe.hincrby(minute, state, count)
+    pipe.expire(minute, schema.MINUTE_TTL)
+    day = schema.usage_day(time.time())
+    for api_key, n in by_key.items():
+        pipe.hincrby(schema.usage_key(api_key, day), state, n)
+        pipe.expire(schema.usage_key(api_key, day), schema.USAGE_TTL)
+    pipe.hincrby(schema.account_usage_key(chunk.account, day), state, count)
+    pipe.expire(schema.account_usage_key(chunk.account, day), schema.USAGE_TTL)
 
 
 def _count_member(pipe: Pipeline, member: str, state: str, by: int = 1) -> None:
@@ -506,6 +520,90 @@ def fail(conn: redis.Redis, settings: Settings, chunk: Chunk, reason: str, updat
     return "failed"
 
 
+# -- validity ---------------------------------------------------------------------------------
+
+
+def expire(conn: redis.Redis, chunk: Chunk, now: float) -> str:
+    """A chunk whose validity ended before it could be submitted is never sent: ``expired``, a
+    final state, its cap slots given back. Only from a state whose linkid never reached the
+    provider (pending, a retry after a refused connection, held): a call that may have gone is
+    never called expired.
+
+    A batch's chunk carries members of their own validity (it holds its earliest): the members
+    whose validity ended leave it, counted ``expired``; the rest stay, under the same linkid."""
+    if not chunk.valid_until or now < chunk.valid_until:
+        return chunk.state
+    members = chunk.mids.split(";") if chunk.mids else []
+    if members:
+        with conn.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.hmget(schema.message_key(member), Message.field_of("valid_until"), Message.field_of("api_key"))
+            found = [(float(until or 0), (key or b"").decode()) for until, key in pipe.execute()]
+        gone = {i for i, (until, _) in enumerate(found) if until and now >= until}
+        if len(gone) < len(members):
+            return _expire_members(conn, chunk, gone, found)
+    reason = "its validity ended before it could be sent"
+
+    def note(pipe: Pipeline, before: Chunk) -> None:
+        append_history(pipe, chunk.mid, chunk.n, "expired", valid_until=chunk.valid_until)
+
+    moved = transition(conn, chunk.mid, chunk.n, CANCELLABLE, EXPIRED, {"reason": reason}, also=note)
+    if moved is None:
+        return "raced"
+    test = conn.hget(schema.message_key(chunk.mid), Message.field_of("test")) == b"1"
+    by_member = members or [chunk.mid] * len(moved.mobiles)
+    for mobile, ref in zip(moved.mobiles, by_member, strict=True):
+        guardrails.give_back(conn, account=moved.account, priority=moved.priority, mobiles=[mobile], ref=ref, test=test)
+    return EXPIRED
+
+
+def _expire_members(conn: redis.Redis, chunk: Chunk, gone: set[int], found: list[tuple[float, str]]) -> str:
+    items, mids = chunk.items.split(";"), chunk.mids.split(";")
+    keep = [i for i in range(len(items)) if i not in gone]
+    earliest = min((found[i][0] for i in keep if found[i][0]), default=0.0)
+    updates = {
+        "items": ";".join(items[i] for i in keep),
+        "mids": ";".join(mids[i] for i in keep),
+        "recipients": len(keep),
+        "valid_until": earliest,
+    }
+    by_key: dict[str, int] = {}
+    for i in gone:
+        by_key[found[i][1]] = by_key.get(found[i][1], 0) + 1
+
+    def count(pipe: Pipeline, before: Chunk) -> None:
+        for i in gone:
+            _count_member(pipe, mids[i], EXPIRED)
+        pipe.hincrby(schema.COUNTS, f"recipients_{EXPIRED}", len(gone))
+        _count_unsent(pipe, chunk, EXPIRED, by_key)
+        ref = schema.chunk_ref(chunk.mid, chunk.n)
+        pipe.zadd(schema.EXPIRY, {ref: earliest}) if earliest else pipe.zrem(schema.EXPIRY, ref)
+        append_history(pipe, chunk.mid, chunk.n, "members_expired", members=[mids[i] for i in sorted(gone)])
+
+    moved = transition(conn, chunk.mid, chunk.n, {chunk.state}, chunk.state, updates, linkid=chunk.linkid, also=count)
+    if moved is None:
+        return "raced"
+    for i in gone:
+        mobile = mobile_of(items[i])
+        guardrails.give_back(conn, account=chunk.account, priority=chunk.priority, mobiles=[mobile], ref=mids[i])
+    _redact_members(conn, Chunk(mid=chunk.mid, n=chunk.n, mids=";".join(mids[i] for i in gone)))
+    return "members_expired"
+
+
+def expire_due(conn: redis.Redis, now: float, limit: int = 500) -> int:
+    """Expire (or thin out) the chunks whose validity ended, whatever holds them: a held account,
+    a retry's wait, a backlog. Returns how many chunks it looked at."""
+    refs = conn.zrangebyscore(schema.EXPIRY, "-inf", now, start=0, num=limit)
+    for raw in refs:
+        _, mid, n = schema.parse_ref(raw.decode())
+        chunk = Chunk.load(conn, mid, n)
+        if chunk is None or chunk.state not in CANCELLABLE:
+            conn.zrem(schema.EXPIRY, raw)  # gone, final, or in a call: not for validity to end
+            continue
+        expire(conn, chunk, now)
+    return len(refs)
+
+
 def requeue_failed(conn: redis.Redis, settings: Settings, mid: str, n: int, *, by: str) -> bool:
     """An operator sends a failed chunk again: same linkid (the provider never accepted it), a
     fresh attempt budget. Safe to click twice: only a chunk still ``failed`` moves."""
@@ -645,12 +743,12 @@ def message_state(msg: Message) -> str:
     """A message's state follows its chunks once they are planned, then its recipients' reports."""
     if msg.state != MessageState.SENDING:
         return msg.state
-    done = {s: msg.chunks_final.get(s, 0) for s in (SUBMITTED, FAILED, CANCELLED, SPLIT)}
+    done = {s: msg.chunks_final.get(s, 0) for s in (SUBMITTED, FAILED, CANCELLED, SPLIT, EXPIRED)}
     if sum(done.values()) < msg.chunks:
         return MessageState.SENDING
     live = msg.chunks - done[SPLIT]
     if done[SUBMITTED] == 0:
-        return "failed" if done[FAILED] else "cancelled"
+        return FAILED if done[FAILED] else EXPIRED if done[EXPIRED] else CANCELLED
     submitted = msg.recipients_final.get(SUBMITTED, 0)
     delivered, undelivered, unknown = (msg.recipients_final.get(s, 0) for s in ReportState)
     if delivered and delivered == submitted and done[SUBMITTED] == live:

@@ -41,10 +41,12 @@ def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
         "overdue": rescue_overdue(rt, now),
     }
     out["unknown"] = reports.mark_unknown(rt, now, rt.settings.report_window_seconds)
+    out["expired"] = lifecycle.expire_due(rt.conn, now)
     out["folded"] = archive.fold_due(rt.conn, now, budget=rt.settings.sweep_seconds / 2)
     counters.sample_depths(rt.conn, queues.depths(rt.conn), now)  # the dashboard's depth chart
     for name in rt.settings.accounts:
         out["resumed"] += _balance_check(rt, name, now)
+        out["resumed"] += _daily_limit_check(rt, name, now)
         out["expired_holds"] += _expire_holds(rt, name, now)
     return out
 
@@ -110,8 +112,23 @@ def _low_balance(rt: Runtime, name: str, state: AccountState, balance: float, lo
     alert(rt.settings, rt.conn, event, account=name, balance=balance, threshold=low)
 
 
+def _daily_limit_check(rt: Runtime, name: str, now: float) -> int:
+    """An account held at its daily limit resumes by itself once the China day has turned
+    (or the limit was raised)."""
+    state = accounts.state(rt.conn, name)
+    if state.state != accounts.HELD or state.code != accounts.DAILY_LIMIT:
+        return 0
+    if accounts.spent_today(rt.conn, name, now) >= rt.settings.accounts[name].daily_limit > 0:
+        return 0
+    return int(lifecycle.resume_account(rt.settings, rt.conn, name, by="a new day for the daily limit") > 0)
+
+
 def _expire_holds(rt: Runtime, name: str, now: float) -> int:
+    """Chunks held longer than SMSGW_HOLD_MAX_AGE_SECONDS fail, except behind a daily limit,
+    which ends with its day."""
     conn = rt.conn
+    if accounts.state(conn, name).code == accounts.DAILY_LIMIT:
+        return 0
     cutoff = now - rt.settings.hold_max_age_seconds
     expired = 0
     for raw in conn.zrangebyscore(schema.held_key(name), "-inf", cutoff):

@@ -55,6 +55,9 @@ class Secret:
 
 #: The default coalescing windows: ``high`` (verification codes) waits least.
 COALESCE_MS = {"high": 50, "normal": 200, "bulk": 500}
+#: A verification code is useless after ten minutes; other texts keep their value by default.
+VALID_FOR = {"high": 600, "normal": 0, "bulk": 0}
+VALID_FOR_MAX = 259_200
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class AccountSettings:
     signature_mode: Literal["require", "append"] = "require"
     optout_hint: str = ""  # e.g. 回T退订: a bulk text without it is refused
     low_balance: float = 0.0  # alert once when the balance falls below (0: off)
+    daily_limit: int = 0  # billable parts a China day; reached: the account holds (0: none)
+    daily_warn: int = 0  # an alert once a day when the day's parts pass it (0: none)
     # Plain one-recipient texts that differ (a code inside) may share one 点点通 submission as the
     # template ``{value0}``: opt-in, because the provider then bills and filters them as 点点通.
     coalesce_plain: bool = False
@@ -146,6 +151,8 @@ class Settings:
     #: One-recipient sends wait at most this long (ms, by priority) to share a provider call with
     #: others of the same account and text; 0 sends each on its own (``workers.coalesce``).
     coalesce_ms: Mapping[str, int] = field(default_factory=lambda: dict(COALESCE_MS))
+    #: Seconds a message stays worth sending, per priority, when a request names none (0: always).
+    valid_for: Mapping[str, int] = field(default_factory=lambda: dict(VALID_FOR))
     #: ``yes``: RQ's Worker forks a work horse per job; ``no``: RQ's SimpleWorker runs jobs in
     #: the worker process itself (README "Speed, measured" has the figures behind the default).
     worker_fork: Literal["yes", "no"] = "no"
@@ -230,6 +237,8 @@ def _account(env: Mapping[str, str], name: str, prefix: str, base: AccountSettin
         signature=_signature(env, channel + "SIGNATURE", base.signature if base else ""),
         optout_hint=env.get(channel + "OPTOUT_HINT", base.optout_hint if base else "").strip(),
         low_balance=_float(env, channel + "LOW_BALANCE", base.low_balance if base else 0.0, -1.0),
+        daily_limit=_int(env, channel + "DAILY_LIMIT", 0, 0),
+        daily_warn=_int(env, channel + "DAILY_WARN", 0, 0),
         signature_mode=_choice(  # type: ignore[arg-type]
             env, channel + "SIGNATURE_MODE", base.signature_mode if base else "require", ("require", "append")
         ),
@@ -453,4 +462,7 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         accept_settle_seconds=_int(env, "SMSGW_ACCEPT_SETTLE_SECONDS", 30, 0),
         worker_fork=_choice(env, "SMSGW_WORKER_FORK", "no", ("yes", "no")),  # type: ignore[arg-type]
         coalesce_ms={p: _int(env, f"SMSGW_COALESCE_MS_{p.upper()}", ms, 0) for p, ms in COALESCE_MS.items()},
+        valid_for={
+            p: min(_int(env, f"SMSGW_VALID_FOR_{p.upper()}", s, 0), VALID_FOR_MAX) for p, s in VALID_FOR.items()
+        },
     )

@@ -160,6 +160,17 @@ def replace_separators(value: str) -> str:
     return value.replace(",", FULL_WIDTH[","]).replace(";", FULL_WIDTH[";"])
 
 
+def item_parts(kind: str, text: str, item: str, single: int = 70, each: int = 67) -> int:
+    """Billable parts of one recipient item: the text's, or its 点点通 rendering's (``text`` the
+    provider's template, ``item`` a group ``"mobile,v0,v1"``), as :func:`billable_parts` counts."""
+    if kind != "p":
+        return billable_parts(text, single, each)
+    values = item.split(",")[1:]
+    for i, value in enumerate(values):
+        text = text.replace(f"{{value{i}}}", value)
+    return billable_parts(text, single, each)
+
+
 def mobile_of(item: str) -> str:
     """The mobile of a recipient item: the item itself, or a 点点通 group's first value."""
     return item.split(",", 1)[0]

@@ -27,6 +27,7 @@ functions below and against a live Redis after a full run)::
     sg:metrics                 METRICS           hash  provider call and job figures
     sg:minute:<minute>         minute_key        hash  the same figures per minute, kept two hours
     sg:idem:<key>:<sha256>     idempotency_key   str   an API key's Idempotency-Key and its answer
+    sg:spend:<acct>:<day>      spend_key         str   billable parts an account sent that China day (daily limit)
     sg:cap:<acct>:<pr>:<mobile> cap_key          zset  send times to a mobile, for its frequency caps
     sg:lim:<limit>             LIMITS            str   an API key's request rate (keys built by ``limits``)
     sg:quota:<key>:<day>       quota_key         str   billable parts an API key took that China day (its daily quota)
@@ -50,6 +51,7 @@ functions below and against a live Redis after a full run)::
     sg:pools                   POOLS             zset  pool keys by when their oldest send must leave
     sg:f:<bucket>              folded_key        hash  one-recipient messages at rest, folded (:meth:`Message.fold`)
     sg:fold                    FOLD              zset  submission refs to fold at rest, by when (``workers.archive``)
+    sg:expiry                  EXPIRY            zset  chunk refs with a validity, by when it ends
     sg:probe                   WRITE_PROBE       str   a write that tells whether Redis takes writes
 
 Records map readable attribute names to the short hash fields in one place (each class's
@@ -83,6 +85,8 @@ USAGE_DAYS = 90
 USAGE_TTL = USAGE_DAYS * 86400
 #: An API key's daily-quota counter: its China day, and one more for clocks that disagree.
 QUOTA_TTL = 2 * 86400
+#: An account's spend counter for the day: the same.
+SPEND_TTL = 2 * 86400
 
 # -- keys -------------------------------------------------------------------------------------
 
@@ -161,6 +165,10 @@ def quota_key(key_name: str, day: str) -> str:
     return f"sg:quota:{key_name}:{day}"
 
 
+def spend_key(account: str, day: str) -> str:
+    return f"sg:spend:{account}:{day}"
+
+
 def cap_key(account: str, priority: str, mobile: str) -> str:
     return f"sg:cap:{account}:{priority}:{mobile}"
 
@@ -201,6 +209,7 @@ def callback_log_key(mid: str) -> str:
 
 CALLBACKS_DUE = "sg:cbdue"
 WRITE_PROBE = "sg:probe"
+EXPIRY = "sg:expiry"
 
 
 def folded_key(mid: str) -> str:
@@ -332,6 +341,7 @@ class ChunkState(StrEnum):
     SPLIT = "split"  # halved under new linkids (answer 3, or to find a refused member)
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # its validity ended before it could be sent: never sent, never billed
 
 
 class ReportState(StrEnum):
@@ -437,6 +447,7 @@ class Message(Record):
     api_key: str = _h("key")
     test: int = _h("test", 0)  # 1: a test key's message, never sent to the provider
     redact: int = _h("rd", 0)  # 1: drop text and variables once no chunk needs them (high, or asked)
+    valid_until: float = _h("vu", 0.0)  # never sent after this (0: no limit); a batch: its members' earliest
     text_length: int = _h("tlen", 0)  # kept when the text is dropped
     text_sha256: str = _h("tsha")
     created: float = _h("created", 0.0)
@@ -601,6 +612,7 @@ class Chunk(Record):
     split_from: int = _h("from", -1)
     possible_duplicates: int = _h("pdup", 0)  # high: resubmitted after an ambiguous outcome
     redact: int = _h("rd", 0)  # its message's texts are dropped once every chunk is final
+    valid_until: float = _h("vu", 0.0)  # never submitted after this (0: no limit); a batch's: its earliest member's
     api_key: str = _h("key")  # the key that sent its message (for the day's usage counters)
     mids: str = _h("ms")  # a batch's chunk: the message each recipient belongs to, parallel to items
 
@@ -666,5 +678,8 @@ for _record in (Message, Chunk, AccountState, Reply):
 #: Short fields a folded record holds by position, or drops: its tail holds any other.
 _FOLD_KEPT = {Message.FIELDS[name] for name in (*_FOLD_HEAD, "text_sha256")} | {
     Message.FIELDS[name]
-    for name in ("state", "job", "job_seq", "chunks", "chunk_seq", "planned", "created", "via", "mids", "recipients")
+    for name in (
+        *("state", "job", "job_seq", "chunks", "chunk_seq", "planned", "created", "via", "mids", "recipients"),
+        "valid_until",  # a folded message was sent: its validity no longer matters
+    )
 }

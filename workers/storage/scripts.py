@@ -124,7 +124,8 @@ CLAIM_POOL = Script(
     ),
     source="""
 -- Take up to `size` of a pool's oldest sends, at most one per mobile, skipping those no longer
--- `accepted` (cancelled, expired), into a batch message, or alone when only one was taken. Re-dates
+-- `accepted` (cancelled, expired), into a batch message, or alone when only one was taken. The
+-- batch's validity is its earliest member's (the send prunes members past their own). Re-dates
 -- the pool from its oldest remaining entry (0: full, due now) or drops it from `pools` when empty.
 -- Returns the batch id, the one member's id when it was alone, or false when nothing was taken.
 local pool, pools, batch, watch = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -134,12 +135,12 @@ local batch_ref, member_ref, scan, accepted, sending = ARGV[11], ARGV[12], tonum
 local f = cjson.decode(ARGV[6])
 local cands = redis.call('ZRANGE', pool, 0, size * scan - 1)
 local seen, items, mids, taken = {}, {}, {}, {}
-local text, redact = nil, '0'
+local text, redact, valid_until = nil, '0', 0
 for _, member in ipairs(cands) do
   if #items >= size then break end
   local bar = string.find(member, '|', 1, true)
   local mid, item = string.sub(member, 1, bar - 1), string.sub(member, bar + 1)
-  local st = redis.call('HMGET', prefix .. mid, f.state, f.text, f.redact)
+  local st = redis.call('HMGET', prefix .. mid, f.state, f.text, f.redact, f.valid_until)
   if st[1] ~= accepted then
     table.insert(taken, member)
   else
@@ -152,6 +153,8 @@ for _, member in ipairs(cands) do
       table.insert(taken, member)
       text = text or st[2]
       if st[3] == '1' then redact = '1' end
+      local its_end = tonumber(st[4] or '0') or 0
+      if its_end > 0 and (valid_until == 0 or its_end < valid_until) then valid_until = its_end end
     end
   end
 end
@@ -180,6 +183,7 @@ if mode == 'v' then kind, text = 'p', '{value0}' elseif mode == 'p' then kind = 
 redis.call('HSET', batch, f.state, accepted, f.account, account, f.priority, priority, f.kind, kind,
   f.text, text or '', f.items, table.concat(items, ';'), f.mids, table.concat(mids, ';'),
   f.recipients, #items, f.created, now, f.redact, redact, f.job_seq, 1)
+if valid_until > 0 then redis.call('HSET', batch, f.valid_until, valid_until) end
 redis.call('EXPIRE', batch, ttl)
 redis.call('ZADD', watch, now + grace, batch_ref)
 return batch_id
