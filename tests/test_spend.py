@@ -8,8 +8,8 @@ import time
 from gateway import create_app
 from tests.conftest import AUTH, drain, sim_submissions
 from workers import accounts, maintenance
-from workers.storage import schema
 from workers.settings import settings_from_env
+from workers.storage import schema
 
 
 def test_a_daily_limit_of_5_parts_sends_5_and_holds_the_rest_saying_why(settings_env, runtime, simulator):
