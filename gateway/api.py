@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -25,7 +26,7 @@ from gateway.validation import (
     parse_json,
     parse_model,
 )
-from workers import accounts, guardrails, lifecycle
+from workers import accounts, guardrails, lifecycle, quiet
 from workers import provider as p
 from workers.mobiles import normalise
 from workers.settings import Settings
@@ -94,6 +95,10 @@ def create_message() -> Response:
             raise validation_problem([{"pointer": f"/{name}", "detail": detail}])
     req = parse_model(MessageRequest, data)
     accepted = check_message(req, settings)
+    due = accepted.send_at.timestamp() if accepted.send_at else time.time()  # validity runs from here
+    window = settings.accounts[accepted.account].quiet_hours.get(req.priority)
+    if (release := quiet.ends(window, due)) is not None:
+        accepted.send_at = datetime.fromtimestamp(release, UTC)  # deferred to the window's end
     mid = schema.new_message_id()
     if idem_key is not None and fingerprint is not None:
         # Claimed before the guardrails: a concurrent twin with this key replays instead of
@@ -119,6 +124,7 @@ def create_message() -> Response:
             chunk_size=settings.accounts[accepted.account].chunk_size,
             idempotency=(idem_key, fingerprint) if idem_key and fingerprint else None,
             valid_for=req.valid_for,
+            valid_from=due,
         )
     except messages.OutcomeUnknown:
         # The claim stays: a retry with this key waits for it instead of accepting a twin.

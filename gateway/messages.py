@@ -48,12 +48,14 @@ def accept(
     redact: bool = False,
     idempotency: tuple[str, str] | None = None,
     valid_for: int | None = None,
+    valid_from: float | None = None,
 ) -> dict[str, Any]:
     """Store the message and enqueue its plan job in one transaction; returns the 202 body."""
     now = time.time()
     delay = max(0.0, msg.send_at.timestamp() - now) if msg.send_at else 0.0
     valid_for = settings.valid_for.get(priority, 0) if valid_for is None else valid_for
-    valid_until = now + delay + valid_for if valid_for else 0.0  # from when it is due
+    # From when the caller wants it sent (quiet hours may defer a send past that, not its validity).
+    valid_until = (valid_from or now + delay) + valid_for if valid_for else 0.0
     ttl = int(settings.retention_seconds + delay)
     state = MessageState.SCHEDULED if delay > 0 else MessageState.ACCEPTED
     if not msg.items:

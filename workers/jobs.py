@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from workers import accounts, counters, lifecycle
+from workers import accounts, counters, lifecycle, quiet
 from workers import provider as p
 from workers.alerts import alert
 from workers.chunks import new_linkid
@@ -87,6 +87,13 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
         if (outcome := lifecycle.expire(conn, chunk, time.time())) != "members_expired":
             return outcome
         chunk = Chunk.load(conn, mid, n) or chunk
+    if release := quiet.ends(settings.accounts[chunk.account].quiet_hours.get(chunk.priority), time.time()):
+        # Its quiet hours began: a campaign pauses between submissions until they end.
+        wait = release - time.time()
+        lifecycle.enqueue_next(
+            conn, settings, mid, n, from_states={chunk.state}, to_state=chunk.state, delay=wait, event="quiet_hours"
+        )
+        return "quiet_hours"
     account = chunk.account
     held, slot, taken = (False, 0, 0.0) if test else accounts.hold_and_slot(conn, account)
     if held:

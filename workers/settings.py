@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from workers import quiet
+
 REAL_PROVIDER_URL = "http://www.smsadmin.cn/smsmarketing/wwwroot/api/"
 CHARSETS = ("gb2312", "gbk", "gb18030")
 
@@ -81,6 +83,8 @@ class AccountSettings:
     low_balance: float = 0.0  # alert once when the balance falls below (0: off)
     daily_limit: int = 0  # billable parts a China day; reached: the account holds (0: none)
     daily_warn: int = 0  # an alert once a day when the day's parts pass it (0: none)
+    # Per priority: sends wait for the end of this daily window, China time (workers.quiet).
+    quiet_hours: Mapping[str, tuple[int, int] | None] = field(default_factory=dict)
     # Plain one-recipient texts that differ (a code inside) may share one 点点通 submission as the
     # template ``{value0}``: opt-in, because the provider then bills and filters them as 点点通.
     coalesce_plain: bool = False
@@ -205,6 +209,15 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+def _quiet(env: Mapping[str, str], name: str, inherited: tuple[int, int] | None) -> tuple[int, int] | None:
+    if name not in env:
+        return inherited
+    try:
+        return quiet.parse(env[name])
+    except ValueError as e:
+        raise SettingsError(f"{name}: {e}") from None
+
+
 def _account(env: Mapping[str, str], name: str, prefix: str, base: AccountSettings | None) -> AccountSettings:
     def get(field_name: str, fallback: str) -> str:
         return env.get(prefix + field_name) or fallback
@@ -238,6 +251,10 @@ def _account(env: Mapping[str, str], name: str, prefix: str, base: AccountSettin
         optout_hint=env.get(channel + "OPTOUT_HINT", base.optout_hint if base else "").strip(),
         low_balance=_float(env, channel + "LOW_BALANCE", base.low_balance if base else 0.0, -1.0),
         daily_limit=_int(env, channel + "DAILY_LIMIT", 0, 0),
+        quiet_hours={
+            p: _quiet(env, f"{channel}QUIET_HOURS_{p.upper()}", base.quiet_hours.get(p) if base else None)
+            for p in ("high", "normal", "bulk")
+        },
         daily_warn=_int(env, channel + "DAILY_WARN", 0, 0),
         signature_mode=_choice(  # type: ignore[arg-type]
             env, channel + "SIGNATURE_MODE", base.signature_mode if base else "require", ("require", "append")
