@@ -152,7 +152,7 @@ def _echo(data: Any) -> None:
 
 @cli.group()
 def accounts() -> None:
-    """Provider accounts: list, hold, resume."""
+    """Provider accounts: list, hold, resume, pin a route."""
 
 
 @accounts.command("list")
@@ -189,6 +189,28 @@ def accounts_reset_chunk_size(name: str) -> None:
         raise click.ClickException(f"unknown account {name!r}")
     acc.reset_chunk_size(rt.conn, name)
     click.echo(f"{name}: chunk size {acc.chunk_size(rt.conn, rt.settings, name)}")
+
+
+@accounts.command("pin")
+@click.argument("name")
+@click.option("--to", "target", default=None, help="the account to send all of NAME's traffic to")
+@click.option("--unpin", is_flag=True, help="let health decide again (failover and failback)")
+def accounts_pin(name: str, target: str | None, unpin: bool) -> None:
+    """Pin an account's route to an account (failover by hand), or unpin it."""
+    from workers import routes
+
+    rt = _runtime()
+    if name not in rt.settings.accounts or (target is not None and target not in rt.settings.accounts):
+        raise click.ClickException(f"unknown account {name if name not in rt.settings.accounts else target!r}")
+    if unpin == (target is not None):
+        raise click.ClickException("give either --to ACCOUNT or --unpin")
+    if unpin:
+        routes.unpin(rt.conn, rt.settings, name, by="operator (CLI)")
+        click.echo(f"{name}: unpinned")
+    else:
+        assert target is not None
+        routes.pin(rt.conn, rt.settings, name, target, by="operator (CLI)")
+        click.echo(f"{name}: every priority goes to {target}")
 
 
 @accounts.command("resume")

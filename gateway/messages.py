@@ -209,6 +209,7 @@ def chunk_view(chunk: Chunk, history: list[bytes]) -> dict[str, Any]:
         "index": chunk.n,
         "linkid": chunk.linkid,
         "state": chunk.state,
+        "account": chunk.account,  # the one that carries it: a backup's after a failover
         "recipients": chunk.recipients,
         "attempts": chunk.attempts,
         "provider_code": int(chunk.code) if chunk.code else None,
@@ -228,6 +229,7 @@ def folded_view(msg: Message, sub: Folded) -> dict[str, Any]:
         "index": 0,
         "linkid": sub.linkid,
         "state": lifecycle.SUBMITTED,
+        "account": msg.account,  # the requested one: which carried it is not kept at rest
         "recipients": 1,
         "attempts": None,
         "provider_code": 0,

@@ -25,7 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from workers import accounts, queues
+from workers import accounts, queues, routes
 from workers.counters import LATENCY_BUCKETS
 from workers.runtime import Runtime, check_durability
 from workers.storage import schema
@@ -167,6 +167,21 @@ class RedisCollector(Collector):
         for name in settings.accounts:
             spend.add_metric([name], accounts.spent_today(conn, name, time.time()))
         yield spend
+        route = GaugeMetricFamily(
+            "smsgw_route",
+            "1 for the account each priority of an account's traffic goes to now (failover)",
+            labels=["account", "priority", "to"],
+        )
+        for name in settings.failover_accounts:
+            now_to = routes.current(conn, name)
+            for priority in ("high", "normal", "bulk"):
+                route.add_metric([name, priority, now_to.get(priority, name)], 1)
+        yield route
+        yield CounterMetricFamily(
+            "smsgw_route_switches",
+            "Times an account's traffic moved to another account or back",
+            value=counts.get("route_switches", 0),
+        )
 
         alerts = CounterMetricFamily("smsgw_alerts", "Alerts raised", labels=["event"])
         for event, value in conn.hgetall(ALERTS).items():

@@ -8,6 +8,7 @@ API key never opens them.
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -15,7 +16,7 @@ from flask import Blueprint, Response, request
 from gateway.api import json_response, replies_page
 from gateway.context import runtime
 from gateway.problems import Problem
-from workers import accounts, lifecycle
+from workers import accounts, lifecycle, routes
 from workers.runtime import Runtime
 from workers.storage import schema
 
@@ -49,6 +50,12 @@ def account_row(rt: Runtime, name: str) -> dict[str, Any]:
         "balance_at": f"{state.balance_at:.0f}" if state.balance_at else None,
         "balance_low": bool(state.balance_low),
         "chunk_size": accounts.chunk_size(rt.conn, rt.settings, name),
+        "parts_today": accounts.spent_today(rt.conn, name, time.time()),
+        "failed_calls_in_a_row": state.fails,
+        "pinned_to": state.pinned or None,
+        "route": {p: routes.current(rt.conn, name).get(p, name) for p in ("high", "normal", "bulk")}
+        if name in rt.settings.failover_accounts
+        else None,
     }
 
 
@@ -95,3 +102,21 @@ def hold(name: str) -> Response:
     reason = (request.get_json(silent=True) or {}).get("reason") or "held by an operator"
     accounts.hold(rt.settings, rt.conn, _known(name), 0, str(reason)[:200])
     return json_response({"account": name, "state": "held", "reason": reason})
+
+
+@bp.post("/accounts/<name>/pin")
+def pin(name: str) -> Response:
+    """Send every priority of the account to ``{"to": "<account>"}`` until unpinned."""
+    rt = runtime()
+    target = str((request.get_json(silent=True) or {}).get("to") or "")
+    if target not in rt.settings.accounts:
+        raise Problem(422, "Unknown account", f"pin to one of {', '.join(rt.settings.accounts)}")
+    routes.pin(rt.conn, rt.settings, _known(name), target, by="operator (HTTP)")
+    return json_response({"account": name, "pinned_to": target})
+
+
+@bp.post("/accounts/<name>/unpin")
+def unpin(name: str) -> Response:
+    rt = runtime()
+    routes.unpin(rt.conn, rt.settings, _known(name), by="operator (HTTP)")
+    return json_response({"account": name, "pinned_to": None})

@@ -112,4 +112,5 @@ def test_the_rules_cover_what_operators_page_on():
         "SmsgwFoldBehind",
         "SmsgwRedisMemoryHigh",
         "SmsgwPushRefused",
+        "SmsgwRouteSwitched",
     }

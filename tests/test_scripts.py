@@ -27,7 +27,7 @@ def test_redis_call_is_written_in_one_production_module():
 def test_every_script_is_tested_here():
     source = Path(__file__).read_text()
     assert set(scripts.ALL) == {"ACCEPT", "CLAIM_POOL", "CAPS", "LEASE", "MERGE_REPORT", "STORE_REPLY",
-                                "RECEIVE_PUSH", "CLAIM_CALLBACKS", "SETTLE_CALLBACKS"}  # fmt: skip
+                                "RECEIVE_PUSH", "CLAIM_CALLBACKS", "SETTLE_CALLBACKS", "SWITCH_ROUTE"}  # fmt: skip
     for name in scripts.ALL:
         assert f"def test_{name.lower()}_" in source, name
 
@@ -312,3 +312,12 @@ def test_claim_pool_gives_the_batch_its_earliest_members_validity(redis_conn):
     redis_conn.hset("sg:m:c", Message.field_of("valid_until"), "400.000")
     assert scripts.CLAIM_POOL(redis_conn, **claim_args(size=3)) == b"b1"
     assert Message.load(redis_conn, "b1").valid_until == 400.0
+
+
+def test_switch_route_counts_a_change_once_however_many_see_it(redis_conn):
+    args = {"routes": "r", "counts": "c", "priority": "high", "own": "default"}
+    assert scripts.SWITCH_ROUTE(redis_conn, **args, target="default") == 0  # its own: no switch
+    assert scripts.SWITCH_ROUTE(redis_conn, **args, target="backup") == 1
+    assert scripts.SWITCH_ROUTE(redis_conn, **args, target="backup") == 0  # a second worker
+    assert scripts.SWITCH_ROUTE(redis_conn, **args, target="default") == 1  # and back
+    assert redis_conn.hget("c", "route_switches") == b"2" and redis_conn.hget("r", "high") == b"default"

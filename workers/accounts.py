@@ -56,8 +56,11 @@ def hold(settings: Settings, conn: redis.Redis, name: str, code: int | str, reas
 def activate(settings: Settings, conn: redis.Redis, name: str, *, by: str) -> bool:
     """Mark the account active (alerting if it was held); returns whether it was held."""
     key = schema.account_key(name)
-    was_held = conn.hget(key, _STATE) == HELD.encode()
-    conn.hset(key, mapping=AccountState.short(state=ACTIVE, code="", reason="", since=time.time()))
+    now = time.time()
+    fields = {"state": ACTIVE, "code": "", "reason": "", "since": now}
+    if was_held := conn.hget(key, _STATE) == HELD.encode():
+        fields["healthy_since"] = now  # failback waits from here (workers.routes)
+    conn.hset(key, mapping=AccountState.short(**fields))
     if was_held:
         alert(settings, conn, "account_resumed", account=name, by=by)
     return was_held

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from workers import accounts, counters, lifecycle, quiet
+from workers import accounts, counters, lifecycle, quiet, routes
 from workers import provider as p
 from workers.alerts import alert
 from workers.chunks import new_linkid
@@ -95,6 +95,11 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
         )
         return "quiet_hours"
     account = chunk.account
+    if settings.accounts[account].failover:
+        target = routes.route(conn, settings, account, chunk.priority)
+        routes.note(conn, settings, account, chunk.priority, target)
+        if target != account:
+            return lifecycle.move(conn, settings, chunk, target, SENDABLE)
     held, slot, taken = (False, 0, 0.0) if test else accounts.hold_and_slot(conn, account)
     if held:
         return lifecycle.park_held(conn, settings, chunk, SENDABLE)
@@ -177,6 +182,8 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
     except p.ProviderError as e:
         error = e
     elapsed = time.monotonic() - started
+    if settings.failover_accounts:
+        routes.count_call(conn, account, error)
     if call is not None:
         code = "0" if error is None else str(error.code) if error.code is not None else type(error).__name__
         call.update(
@@ -294,8 +301,13 @@ def act(
     if action is Action.HOLD:
         assert error is not None and error.code is not None
         accounts.hold(settings, conn, chunk.account, error.code, HOLD_REASONS[error.code])
-        # The call was refused, not made: it burns no attempt.
+        # The call was refused, not made: it burns no attempt, and may go to a backup at once.
         chunk.attempts = attempt - 1
+        if settings.accounts[chunk.account].failover:
+            target = routes.route(conn, settings, chunk.account, chunk.priority)
+            routes.note(conn, settings, chunk.account, chunk.priority, target)
+            if target != chunk.account:
+                return lifecycle.move(conn, settings, chunk, target, {SUBMITTING})
         return lifecycle.park_held(conn, settings, chunk, {SUBMITTING}, {**error_fields, "attempts": attempt - 1})
 
     if action is Action.SPLIT:

@@ -486,6 +486,36 @@ def park_held(
     return "held"
 
 
+def move(conn: redis.Redis, settings: Settings, chunk: Chunk, target: str, from_states: Iterable[str]) -> str:
+    """Move a chunk that never reached the provider to another account (failover, failback,
+    an operator's pin), under a new linkid there; the old one is retired, never used again."""
+    mid, n = chunk.mid, chunk.n
+    fresh = new_linkid(mid)
+    ttl = schema.ttl_of(conn, schema.chunk_key(mid, n), settings.retention_seconds)
+
+    def mapping(pipe: Pipeline) -> None:
+        pipe.set(schema.linkid_key(fresh), f"{mid}:{n}", ex=ttl)
+        pipe.hincrby(schema.COUNTS, "chunks_moved", 1)
+
+    moved = enqueue_next(
+        conn,
+        settings,
+        mid,
+        n,
+        from_states=from_states,
+        updates={"account": target, "linkid": fresh, "hold_reason": ""},
+        event="moved",
+        extra=mapping,
+        to=target,
+        old_linkid=chunk.linkid,
+        linkid=fresh,
+    )
+    if moved:
+        extra = {"message_id": mid, "chunk": n, "linkid": fresh, "account": target}
+        log.info("chunk moved from %s to %s", chunk.account, target, extra=extra)
+    return "moved" if moved else "raced"
+
+
 def resume_account(settings: Settings, conn: redis.Redis, name: str, *, by: str) -> int:
     """Make the account active and send its held chunks again; returns how many were resumed.
 

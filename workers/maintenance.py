@@ -14,7 +14,7 @@ import uuid
 
 import redis
 
-from workers import accounts, archive, counters, lifecycle, pullers, queues, reports
+from workers import accounts, archive, counters, lifecycle, pullers, queues, reports, routes
 from workers import provider as p
 from workers.alerts import alert
 from workers.runtime import Runtime
@@ -47,6 +47,9 @@ def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
     for name in rt.settings.accounts:
         out["resumed"] += _balance_check(rt, name, now)
         out["resumed"] += _daily_limit_check(rt, name, now)
+        if name in rt.settings.failover_accounts:
+            routes.probe(rt.conn, rt.settings, rt.client(name), name)
+            out["to_backup"] = out.get("to_backup", 0) + routes.release_movable(rt.conn, rt.settings, name)
         out["expired_holds"] += _expire_holds(rt, name, now)
     return out
 

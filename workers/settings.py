@@ -83,6 +83,7 @@ class AccountSettings:
     low_balance: float = 0.0  # alert once when the balance falls below (0: off)
     daily_limit: int = 0  # billable parts a China day; reached: the account holds (0: none)
     daily_warn: int = 0  # an alert once a day when the day's parts pass it (0: none)
+    failover: tuple[str, ...] = ()  # backup accounts, in order, while this one is unhealthy (workers.routes)
     # Per priority: sends wait for the end of this daily window, China time (workers.quiet).
     quiet_hours: Mapping[str, tuple[int, int] | None] = field(default_factory=dict)
     # Plain one-recipient texts that differ (a code inside) may share one 点点通 submission as the
@@ -157,6 +158,13 @@ class Settings:
     coalesce_ms: Mapping[str, int] = field(default_factory=lambda: dict(COALESCE_MS))
     #: Seconds a message stays worth sending, per priority, when a request names none (0: always).
     valid_for: Mapping[str, int] = field(default_factory=lambda: dict(VALID_FOR))
+    #: Failover (workers.routes): which priorities may move to a backup account, after how many
+    #: failed calls in a row, and how long a recovered account stays healthy before traffic returns.
+    failover_priorities: frozenset[str] = frozenset({"high", "normal"})
+    #: Every account that is a primary or a backup in a failover: their calls count towards health.
+    failover_accounts: frozenset[str] = frozenset()
+    failover_errors: int = 3
+    failback_seconds: int = 300
     #: ``yes``: RQ's Worker forks a work horse per job; ``no``: RQ's SimpleWorker runs jobs in
     #: the worker process itself (README "Speed, measured" has the figures behind the default).
     worker_fork: Literal["yes", "no"] = "no"
@@ -251,6 +259,7 @@ def _account(env: Mapping[str, str], name: str, prefix: str, base: AccountSettin
         optout_hint=env.get(channel + "OPTOUT_HINT", base.optout_hint if base else "").strip(),
         low_balance=_float(env, channel + "LOW_BALANCE", base.low_balance if base else 0.0, -1.0),
         daily_limit=_int(env, channel + "DAILY_LIMIT", 0, 0),
+        failover=tuple(n.strip() for n in env.get(channel + "FAILOVER", "").split(",") if n.strip()),
         quiet_hours={
             p: _quiet(env, f"{channel}QUIET_HOURS_{p.upper()}", base.quiet_hours.get(p) if base else None)
             for p in ("high", "normal", "bulk")
@@ -424,6 +433,19 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
     default_name = env.get("SMSGW_DEFAULT_ACCOUNT") or "default"
     if default_name not in accounts:
         raise SettingsError(f"SMSGW_DEFAULT_ACCOUNT={default_name!r} is not a configured account")
+    for account in accounts.values():
+        where = "SMSGW_FAILOVER" if account.name == "default" else f"SMSGW_ACCOUNT_{account.name.upper()}_FAILOVER"
+        for backup in account.failover:
+            if backup not in accounts or backup == account.name:
+                raise SettingsError(f"{where}: {backup!r} is not another configured account")
+    unknown = set(env.get("SMSGW_FAILOVER_PRIORITIES", "high,normal").replace(" ", "").split(",")) - {
+        "high",
+        "normal",
+        "bulk",
+        "",
+    }
+    if unknown:
+        raise SettingsError(f"SMSGW_FAILOVER_PRIORITIES: {', '.join(sorted(unknown))} is not a priority")
 
     return Settings(
         redis_url=url,
@@ -479,6 +501,12 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         accept_settle_seconds=_int(env, "SMSGW_ACCEPT_SETTLE_SECONDS", 30, 0),
         worker_fork=_choice(env, "SMSGW_WORKER_FORK", "no", ("yes", "no")),  # type: ignore[arg-type]
         coalesce_ms={p: _int(env, f"SMSGW_COALESCE_MS_{p.upper()}", ms, 0) for p, ms in COALESCE_MS.items()},
+        failover_priorities=frozenset(
+            p.strip() for p in env.get("SMSGW_FAILOVER_PRIORITIES", "high,normal").split(",") if p.strip()
+        ),
+        failover_errors=_int(env, "SMSGW_FAILOVER_ERRORS", 3, 1),
+        failover_accounts=frozenset(name for a in accounts.values() if a.failover for name in (a.name, *a.failover)),
+        failback_seconds=_int(env, "SMSGW_FAILBACK_SECONDS", 300, 0),
         valid_for={
             p: min(_int(env, f"SMSGW_VALID_FOR_{p.upper()}", s, 0), VALID_FOR_MAX) for p, s in VALID_FOR.items()
         },

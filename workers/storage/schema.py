@@ -27,6 +27,7 @@ functions below and against a live Redis after a full run)::
     sg:metrics                 METRICS           hash  provider call and job figures
     sg:minute:<minute>         minute_key        hash  the same figures per minute, kept two hours
     sg:idem:<key>:<sha256>     idempotency_key   str   an API key's Idempotency-Key and its answer
+    sg:route:<account>         route_key         hash  priority -> the account its traffic goes to now (failover)
     sg:spend:<acct>:<day>      spend_key         str   billable parts an account sent that China day (daily limit)
     sg:cap:<acct>:<pr>:<mobile> cap_key          zset  send times to a mobile, for its frequency caps
     sg:lim:<limit>             LIMITS            str   an API key's request rate (keys built by ``limits``)
@@ -163,6 +164,11 @@ def idempotency_key(api_key: str, digest: str) -> str:
 
 def quota_key(key_name: str, day: str) -> str:
     return f"sg:quota:{key_name}:{day}"
+
+
+def route_key(account: str) -> str:
+    """Where each priority of the account's traffic goes now (``workers.routes``)."""
+    return f"sg:route:{account}"
 
 
 def spend_key(account: str, day: str) -> str:
@@ -647,6 +653,9 @@ class AccountState(Record):
     balance_at: float = _h("balance_at", 0.0)
     checked: float = _h("checked", 0.0)  # last balance check while held for balance
     balance_low: int = _h("low", 0)  # 1 while the balance is below SMSGW_LOW_BALANCE
+    fails: int = _h("cf", 0)  # consecutive calls that failed to connect, timed out or got a 5xx
+    healthy_since: float = _h("hs", 0.0)  # when it last became healthy again (0: always was)
+    pinned: str = _h("pin")  # an operator's pin: every priority goes to this account
 
     @classmethod
     def load(cls, conn: redis.Redis, name: str) -> AccountState:

@@ -353,5 +353,19 @@ return 1
 """,
 )
 
+SWITCH_ROUTE = Script(
+    keys="routes counts",
+    args="priority target own",
+    source="""
+-- Note where a priority's traffic goes; a change (from what was noted, or from the account itself
+-- when nothing was) is a switch, counted once however many workers see it. Returns 1 on a switch.
+local before = redis.call('HGET', KEYS[1], ARGV[1]) or ARGV[3]
+if before == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'route_switches', 1)
+return 1
+""",
+)
+
 #: Every script, by name: what ``tests/test_scripts.py`` checks each of.
 ALL = {name: value for name, value in dict(globals()).items() if isinstance(value, Script) and name.isupper()}
