@@ -129,3 +129,23 @@ def test_failover_settings_are_checked_at_start():
     with pytest.raises(SettingsError, match="SMSGW_FAILOVER_PRIORITIES"):
         make_settings(SMSGW_FAILOVER_PRIORITIES="high,urgent")
     assert lifecycle.FINAL  # the module under test imports cleanly beside the settings
+
+
+def test_an_account_whose_reports_come_late_is_unhealthy_until_they_come_on_time(failover, runtime):
+    settings, conn, now = runtime.settings, runtime.conn, time.time()
+    for i in range(40):
+        routes.count_report(conn, settings, "default", 600 if i % 4 == 0 else 30, now)  # 25 % late
+    assert routes.check_speed(conn, settings, "default", now) is True
+    assert routes.route(conn, settings, "default", "high") == "backup"
+    assert routes.route(conn, settings, "default", "bulk") == "default"
+    for _ in range(200):
+        routes.count_report(conn, settings, "default", 30, now)  # late ones are now under 15 %
+    assert routes.check_speed(conn, settings, "default", now) is False
+    time.sleep(2.1)  # SMSGW_FAILBACK_SECONDS in this test
+    assert routes.route(conn, settings, "default", "high") == "default"
+
+
+def test_a_few_late_reports_say_nothing(failover, runtime):
+    for _ in range(10):
+        routes.count_report(runtime.conn, runtime.settings, "default", 900, time.time())
+    assert routes.check_speed(runtime.conn, runtime.settings, "default", time.time()) is False

@@ -49,6 +49,7 @@ def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
         out["resumed"] += _daily_limit_check(rt, name, now)
         if name in rt.settings.failover_accounts:
             routes.probe(rt.conn, rt.settings, rt.client(name), name)
+            routes.check_speed(rt.conn, rt.settings, name, now)
             out["to_backup"] = out.get("to_backup", 0) + routes.release_movable(rt.conn, rt.settings, name)
         out["expired_holds"] += _expire_holds(rt, name, now)
     return out

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from workers import archive, guardrails, lifecycle
+from workers import archive, guardrails, lifecycle, routes
 from workers import provider as p
 from workers.chunks import linkid_owner
 from workers.notifications import queue_event
@@ -272,6 +272,8 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
         is_report=True,
         all=sent.recipients,
     )
+    if changed and sent.account in rt.settings.failover_accounts and sent.submitted:
+        routes.count_report(conn, rt.settings, sent.account, ts - sent.submitted, time.time())
     if changed == 2 and sent.account:
         # Every recipient has reported: nothing is left to wait for. The chunk leaves the report
         # wait now, not at the window's end (72 h): the pullers go back to their interval, and

@@ -1,7 +1,10 @@
 """Where an account's traffic goes: health, failover to backup accounts, and failback.
 
 An account is *unhealthy* while it is held (answers 1, 2, 4, 8, its daily limit, an operator's
-hold) or after ``SMSGW_FAILOVER_ERRORS`` calls in a row failed to connect, timed out or got a 5xx.
+hold), after ``SMSGW_FAILOVER_ERRORS`` calls in a row failed to connect, timed out or got a 5xx,
+or while its deliveries are slow: at least ``SMSGW_FAILOVER_SLOW_SHARE`` of the last
+``SMSGW_FAILOVER_SLOW_WINDOW`` seconds of reports came more than ``SMSGW_FAILOVER_SLOW_SECONDS``
+after their submission (GOV.UK Notify's rule), over at least :data:`SLOW_MIN_REPORTS` reports.
 Health lives in the account's hash in Redis, so every worker on every host sees the same. While
 an account is unhealthy, the priorities in ``SMSGW_FAILOVER_PRIORITIES`` (``high,normal``) go to
 its first healthy backup (``SMSGW_FAILOVER``, ``SMSGW_ACCOUNT_<NAME>_FAILOVER``); ``bulk`` waits
@@ -36,8 +39,46 @@ PROBE_SECONDS = 5
 COUNTED = (p.ConnectError, p.ReadTimeout, p.HTTPStatusError)
 
 
+#: Fewer reports than this in the window say nothing about an account's speed.
+SLOW_MIN_REPORTS = 20
+
+
 def healthy(settings: Settings, state: AccountState) -> bool:
-    return state.state != accounts.HELD and state.fails < settings.failover_errors
+    return state.state != accounts.HELD and state.fails < settings.failover_errors and not state.slow
+
+
+def count_report(conn: redis.Redis, settings: Settings, account: str, lag: float, now: float) -> None:
+    """A first report of an account's submission, ``lag`` seconds after it: counted per minute."""
+    key = schema.lag_key(account, int(now // 60))
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hincrby(key, "n", 1)
+        if lag > settings.failover_slow_seconds:
+            pipe.hincrby(key, "slow", 1)
+        pipe.expire(key, settings.failover_slow_window + 120)
+        pipe.execute()
+
+
+def check_speed(conn: redis.Redis, settings: Settings, account: str, now: float) -> bool:
+    """Mark the account slow while at least ``SMSGW_FAILOVER_SLOW_SHARE`` of its reports in the
+    last ``SMSGW_FAILOVER_SLOW_WINDOW`` seconds came later than ``SMSGW_FAILOVER_SLOW_SECONDS``
+    after their submission (with a minimum volume); returns whether it is slow."""
+    minute = int(now // 60)
+    keys = [schema.lag_key(account, m) for m in range(minute - settings.failover_slow_window // 60, minute + 1)]
+    with conn.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hmget(key, "n", "slow")
+        rows = pipe.execute()
+    total = sum(int(n or 0) for n, _ in rows)
+    late = sum(int(s or 0) for _, s in rows)
+    slow = total >= SLOW_MIN_REPORTS and late >= settings.failover_slow_share * total
+    was = accounts.state(conn, account).slow
+    if slow != bool(was):
+        fields = {"slow": int(slow)} if slow else {"slow": 0, "healthy_since": now}
+        conn.hset(schema.account_key(account), mapping=AccountState.short(**fields))
+        log.warning(
+            "%s reports %s", account, "come late: unhealthy" if slow else "on time again", extra={"account": account}
+        )
+    return slow
 
 
 def route(conn: redis.Redis, settings: Settings, account: str, priority: str, now: float | None = None) -> str:

@@ -165,6 +165,10 @@ class Settings:
     failover_accounts: frozenset[str] = frozenset()
     failover_errors: int = 3
     failback_seconds: int = 300
+    #: Slow deliveries (Notify's rule): this share of the window's reports took longer than this.
+    failover_slow_share: float = 0.15
+    failover_slow_window: int = 900
+    failover_slow_seconds: int = 300
     #: ``yes``: RQ's Worker forks a work horse per job; ``no``: RQ's SimpleWorker runs jobs in
     #: the worker process itself (README "Speed, measured" has the figures behind the default).
     worker_fork: Literal["yes", "no"] = "no"
@@ -507,6 +511,9 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         failover_errors=_int(env, "SMSGW_FAILOVER_ERRORS", 3, 1),
         failover_accounts=frozenset(name for a in accounts.values() if a.failover for name in (a.name, *a.failover)),
         failback_seconds=_int(env, "SMSGW_FAILBACK_SECONDS", 300, 0),
+        failover_slow_share=_float(env, "SMSGW_FAILOVER_SLOW_SHARE", 0.15),
+        failover_slow_window=_int(env, "SMSGW_FAILOVER_SLOW_WINDOW", 900, 60),
+        failover_slow_seconds=_int(env, "SMSGW_FAILOVER_SLOW_SECONDS", 300, 1),
         valid_for={
             p: min(_int(env, f"SMSGW_VALID_FOR_{p.upper()}", s, 0), VALID_FOR_MAX) for p, s in VALID_FOR.items()
         },

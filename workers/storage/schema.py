@@ -28,6 +28,7 @@ functions below and against a live Redis after a full run)::
     sg:minute:<minute>         minute_key        hash  the same figures per minute, kept two hours
     sg:idem:<key>:<sha256>     idempotency_key   str   an API key's Idempotency-Key and its answer
     sg:route:<account>         route_key         hash  priority -> the account its traffic goes to now (failover)
+    sg:lag:<account>:<minute>  lag_key           hash  reports of the account that minute: n, and slow (failover)
     sg:spend:<acct>:<day>      spend_key         str   billable parts an account sent that China day (daily limit)
     sg:cap:<acct>:<pr>:<mobile> cap_key          zset  send times to a mobile, for its frequency caps
     sg:lim:<limit>             LIMITS            str   an API key's request rate (keys built by ``limits``)
@@ -169,6 +170,10 @@ def quota_key(key_name: str, day: str) -> str:
 def route_key(account: str) -> str:
     """Where each priority of the account's traffic goes now (``workers.routes``)."""
     return f"sg:route:{account}"
+
+
+def lag_key(account: str, minute: int) -> str:
+    return f"sg:lag:{account}:{minute}"
 
 
 def spend_key(account: str, day: str) -> str:
@@ -656,6 +661,7 @@ class AccountState(Record):
     fails: int = _h("cf", 0)  # consecutive calls that failed to connect, timed out or got a 5xx
     healthy_since: float = _h("hs", 0.0)  # when it last became healthy again (0: always was)
     pinned: str = _h("pin")  # an operator's pin: every priority goes to this account
+    slow: int = _h("slow", 0)  # 1 while too many of its reports come late (workers.routes)
 
     @classmethod
     def load(cls, conn: redis.Redis, name: str) -> AccountState:
