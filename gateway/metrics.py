@@ -156,9 +156,25 @@ class RedisCollector(Collector):
             low.add_metric([name], account.balance_low)
             if account.balance:
                 balance.add_metric([name], float(account.balance))
+        runway = GaugeMetricFamily(
+            "smsgw_account_balance_runway_hours",
+            "Hours until the balance runs out at the last hour's pace (0: not spending)",
+            labels=["account"],
+        )
+        short = GaugeMetricFamily(
+            "smsgw_account_balance_runway_short",
+            "1 while the balance runs out sooner than SMSGW_BALANCE_RUNWAY_HOURS at that pace",
+            labels=["account"],
+        )
+        for name in settings.accounts:
+            account_state = accounts.state(conn, name)
+            runway.add_metric([name], account_state.runway_hours)
+            short.add_metric([name], account_state.runway_low)
         yield held
         yield balance
         yield low
+        yield runway
+        yield short
         spend = GaugeMetricFamily(
             "smsgw_account_parts_today",
             "Billable parts sent today (China time), for SMSGW_DAILY_LIMIT",

@@ -386,6 +386,35 @@ def test_the_low_balance_alert_fires_once_per_crossing(settings_env, redis_conn,
     assert 'smsgw_account_balance_low{account="default"} 1.0' in api.get("/metrics").get_data(as_text=True)
 
 
+def test_a_balance_that_runs_out_within_the_runway_at_the_last_hours_pace_alerts_once(
+    settings_env, redis_conn, simulator
+):
+    import time
+
+    from workers import maintenance
+    from workers.runtime import Runtime
+    from workers.storage import schema
+
+    rt = Runtime.from_settings(settings_from_env({**settings_env, "SMSGW_BALANCE_RUNWAY_HOURS": "24"}))
+    api = create_app(rt.settings).test_client()
+    now = time.time()
+    # The balance is refreshed every 5 minutes: 1 000 spent each time is 12 000 an hour, over 80
+    # hours left; then half of it goes in a few minutes, and what is left lasts well under a day.
+    for step, balance in enumerate([1_000_000, 999_000, 998_000, 997_000]):
+        sim_admin(simulator, "config", balance=balance)
+        maintenance.run_once(rt, now=now + 301 * step)
+    assert redis_conn.hget(schema.ALERTS, "balance_runway_short") is None
+    for step, balance in enumerate([500_000, 490_000, 480_000], start=4):
+        sim_admin(simulator, "config", balance=balance)
+        maintenance.run_once(rt, now=now + 301 * step)
+    alerts = {k.decode(): int(v) for k, v in redis_conn.hgetall(schema.ALERTS).items()}
+    assert alerts.get("balance_runway_short") == 1 and "balance_runway_ok" not in alerts
+    metrics = api.get("/metrics").get_data(as_text=True)
+    assert 'smsgw_account_balance_runway_short{account="default"} 1.0' in metrics
+    hours = float(redis_conn.hget(schema.account_key("default"), "rw"))
+    assert 0 < hours < 24
+
+
 # -- content check -----------------------------------------------------------------------------
 
 

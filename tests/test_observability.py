@@ -113,4 +113,5 @@ def test_the_rules_cover_what_operators_page_on():
         "SmsgwRedisMemoryHigh",
         "SmsgwPushRefused",
         "SmsgwRouteSwitched",
+        "SmsgwBalanceRunwayShort",
     }

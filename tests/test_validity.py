@@ -100,3 +100,25 @@ def test_validity_defaults_per_priority_and_is_bounded_at_the_door(api, runtime)
     assert send(api, {"to": ["13900139000"], "text": "x"})["valid_until"] is None  # normal: none
     too_long = api.post("/v1/messages", json={"to": ["13700137000"], "text": "x", "valid_for": 259201}, headers=AUTH)
     assert too_long.status_code == 422 and too_long.get_json()["errors"][0]["pointer"] == "/valid_for"
+
+
+def test_the_callers_callback_hears_of_a_recipient_that_expired(api, runtime, simulator, receiver):
+    from tests.conftest import Receiver
+
+    sim_admin(simulator, "config", frozen=True)
+    body = {
+        "to": ["13800138000"],
+        "text": "验证码 123456",
+        "priority": "high",
+        "valid_for": 1,
+        "callback_url": receiver,
+    }
+    mid = send(api, body)["id"]
+    drain(runtime)
+    time.sleep(1.2)
+    maintenance.run_once(runtime)
+    drain(runtime)
+    events = [e for _, b in Receiver.bodies for e in b["events"]]
+    assert [(e["message_id"], e["type"], e["state"], e["mobile"]) for e in events] == [
+        (mid, "recipient.final", "expired", "13800138000")
+    ]

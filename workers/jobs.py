@@ -13,6 +13,7 @@ receives it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -22,7 +23,7 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from workers import accounts, counters, lifecycle, quiet, routes
+from workers import accounts, counters, lifecycle, notifications, quiet, routes
 from workers import provider as p
 from workers.alerts import alert
 from workers.chunks import new_linkid
@@ -84,7 +85,8 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
     if chunk.valid_until and time.time() >= chunk.valid_until:
         # Past its validity (a backlog, a long retry): never sent. A batch keeps its members
         # whose validity goes on, and they are sent now.
-        if (outcome := lifecycle.expire(conn, chunk, time.time())) != "members_expired":
+        told = functools.partial(notifications.recipient_expired, rt)
+        if (outcome := lifecycle.expire(conn, chunk, time.time(), told)) != "members_expired":
             return outcome
         chunk = Chunk.load(conn, mid, n) or chunk
     if release := quiet.ends(settings.accounts[chunk.account].quiet_hours.get(chunk.priority), time.time()):

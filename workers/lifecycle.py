@@ -553,7 +553,11 @@ def fail(conn: redis.Redis, settings: Settings, chunk: Chunk, reason: str, updat
 # -- validity ---------------------------------------------------------------------------------
 
 
-def expire(conn: redis.Redis, chunk: Chunk, now: float) -> str:
+#: Told of each recipient that ends expired: its message's id and its mobile (callbacks).
+OnExpired = Callable[[str, str], None]
+
+
+def expire(conn: redis.Redis, chunk: Chunk, now: float, on_expired: OnExpired | None = None) -> str:
     """A chunk whose validity ended before it could be submitted is never sent: ``expired``, a
     final state, its cap slots given back. Only from a state whose linkid never reached the
     provider (pending, a retry after a refused connection, held): a call that may have gone is
@@ -571,7 +575,7 @@ def expire(conn: redis.Redis, chunk: Chunk, now: float) -> str:
             found = [(float(until or 0), (key or b"").decode()) for until, key in pipe.execute()]
         gone = {i for i, (until, _) in enumerate(found) if until and now >= until}
         if len(gone) < len(members):
-            return _expire_members(conn, chunk, gone, found)
+            return _expire_members(conn, chunk, gone, found, on_expired)
     reason = "its validity ended before it could be sent"
 
     def note(pipe: Pipeline, before: Chunk) -> None:
@@ -584,10 +588,14 @@ def expire(conn: redis.Redis, chunk: Chunk, now: float) -> str:
     by_member = members or [chunk.mid] * len(moved.mobiles)
     for mobile, ref in zip(moved.mobiles, by_member, strict=True):
         guardrails.give_back(conn, account=moved.account, priority=moved.priority, mobiles=[mobile], ref=ref, test=test)
+        if on_expired is not None:
+            on_expired(ref, mobile)
     return EXPIRED
 
 
-def _expire_members(conn: redis.Redis, chunk: Chunk, gone: set[int], found: list[tuple[float, str]]) -> str:
+def _expire_members(
+    conn: redis.Redis, chunk: Chunk, gone: set[int], found: list[tuple[float, str]], on_expired: OnExpired | None
+) -> str:
     items, mids = chunk.items.split(";"), chunk.mids.split(";")
     keep = [i for i in range(len(items)) if i not in gone]
     earliest = min((found[i][0] for i in keep if found[i][0]), default=0.0)
@@ -616,11 +624,13 @@ def _expire_members(conn: redis.Redis, chunk: Chunk, gone: set[int], found: list
     for i in gone:
         mobile = mobile_of(items[i])
         guardrails.give_back(conn, account=chunk.account, priority=chunk.priority, mobiles=[mobile], ref=mids[i])
+        if on_expired is not None:
+            on_expired(mids[i], mobile)
     _redact_members(conn, Chunk(mid=chunk.mid, n=chunk.n, mids=";".join(mids[i] for i in gone)))
     return "members_expired"
 
 
-def expire_due(conn: redis.Redis, now: float, limit: int = 500) -> int:
+def expire_due(conn: redis.Redis, now: float, limit: int = 500, on_expired: OnExpired | None = None) -> int:
     """Expire (or thin out) the chunks whose validity ended, whatever holds them: a held account,
     a retry's wait, a backlog. Returns how many chunks it looked at."""
     refs = conn.zrangebyscore(schema.EXPIRY, "-inf", now, start=0, num=limit)
@@ -630,7 +640,7 @@ def expire_due(conn: redis.Redis, now: float, limit: int = 500) -> int:
         if chunk is None or chunk.state not in CANCELLABLE:
             conn.zrem(schema.EXPIRY, raw)  # gone, final, or in a call: not for validity to end
             continue
-        expire(conn, chunk, now)
+        expire(conn, chunk, now, on_expired)
     return len(refs)
 
 

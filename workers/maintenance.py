@@ -7,6 +7,7 @@ insufficient balance, failing chunks held longer than allowed, and folding what 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -14,7 +15,7 @@ import uuid
 
 import redis
 
-from workers import accounts, archive, counters, lifecycle, pullers, queues, reports, routes
+from workers import accounts, archive, counters, lifecycle, notifications, pullers, queues, reports, routes
 from workers import provider as p
 from workers.alerts import alert
 from workers.runtime import Runtime
@@ -41,7 +42,9 @@ def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
         "overdue": rescue_overdue(rt, now),
     }
     out["unknown"] = reports.mark_unknown(rt, now, rt.settings.report_window_seconds)
-    out["expired"] = lifecycle.expire_due(rt.conn, now)
+    out["expired"] = lifecycle.expire_due(
+        rt.conn, now, on_expired=functools.partial(notifications.recipient_expired, rt)
+    )
     out["folded"] = archive.fold_due(rt.conn, now, budget=rt.settings.sweep_seconds / 2)
     counters.sample_depths(rt.conn, queues.depths(rt.conn), now)  # the dashboard's depth chart
     for name in rt.settings.accounts:
@@ -91,6 +94,7 @@ def _balance_check(rt: Runtime, name: str, now: float) -> int:
             accounts.record_balance(conn, name, str(balance), now)
             if low:
                 _low_balance(rt, name, state, float(balance), low)
+            _runway(rt, name, state, float(balance), now)
         return 0
     if now - state.checked < rt.settings.balance_check_seconds:
         return 0
@@ -104,6 +108,29 @@ def _balance_check(rt: Runtime, name: str, now: float) -> int:
     if balance > 0:
         return lifecycle.resume_account(rt.settings, conn, name, by="balance check")
     return 0
+
+
+#: The pace of spending is measured over 10 minutes at least and an hour at most.
+PACE_MIN_SECONDS, PACE_MAX_SECONDS = 600, 3600
+
+
+def _runway(rt: Runtime, name: str, state: AccountState, balance: float, now: float) -> None:
+    """At the pace of the last hour, how long until the balance runs out; one alert when that
+    falls under ``SMSGW_BALANCE_RUNWAY_HOURS``, one when it is back above."""
+    fields: dict[str, object] = {}
+    if not state.pace_at or now - state.pace_at > PACE_MAX_SECONDS or not state.pace_balance:
+        fields.update(pace_balance=str(balance), pace_at=now)  # a new hour to measure over
+    if state.pace_at and state.pace_balance and now - state.pace_at >= PACE_MIN_SECONDS:
+        per_hour = (float(state.pace_balance) - balance) / ((now - state.pace_at) / 3600)
+        runway = balance / per_hour if per_hour > 0 else 0.0
+        short = 0 < runway < rt.settings.balance_runway_hours
+        fields["runway_hours"] = round(runway, 2)
+        if short != bool(state.runway_low):
+            fields["runway_low"] = int(short)
+            event = "balance_runway_short" if short else "balance_runway_ok"
+            alert(rt.settings, rt.conn, event, account=name, hours=round(runway, 1), balance=balance)
+    if fields:
+        rt.conn.hset(schema.account_key(name), mapping=AccountState.short(**fields))
 
 
 def _low_balance(rt: Runtime, name: str, state: AccountState, balance: float, low: float) -> None:

@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -158,6 +159,19 @@ def queue_event(rt: Runtime, mid: str, event: dict[str, Any]) -> None:
         length, *_ = pipe.execute()
     if length > PENDING_MAX:  # the oldest event was trimmed: say so
         conn.hincrby(schema.message_key(mid), Message.field_of("callbacks_dropped"), 1)
+
+
+def recipient_expired(rt: Runtime, mid: str, mobile: str) -> None:
+    """A recipient's validity ended before it could be sent: its final event."""
+    event = {
+        "type": "recipient.final",
+        "mobile": mobile,
+        "state": "expired",
+        "operator_code": None,
+        "reported_at": datetime.now(UTC).isoformat(),
+        "linkid": None,
+    }
+    queue_event(rt, mid, event)
 
 
 def claim(conn: redis.Redis, now: float, until: float, count: int) -> list[str]:

@@ -169,6 +169,8 @@ class Settings:
     failover_slow_share: float = 0.15
     failover_slow_window: int = 900
     failover_slow_seconds: int = 300
+    #: Alert when, at the last hour's pace, an account's balance runs out sooner than this.
+    balance_runway_hours: float = 24.0
     #: ``yes``: RQ's Worker forks a work horse per job; ``no``: RQ's SimpleWorker runs jobs in
     #: the worker process itself (README "Speed, measured" has the figures behind the default).
     worker_fork: Literal["yes", "no"] = "no"
@@ -514,6 +516,7 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         failover_slow_share=_float(env, "SMSGW_FAILOVER_SLOW_SHARE", 0.15),
         failover_slow_window=_int(env, "SMSGW_FAILOVER_SLOW_WINDOW", 900, 60),
         failover_slow_seconds=_int(env, "SMSGW_FAILOVER_SLOW_SECONDS", 300, 1),
+        balance_runway_hours=_float(env, "SMSGW_BALANCE_RUNWAY_HOURS", 24.0),
         valid_for={
             p: min(_int(env, f"SMSGW_VALID_FOR_{p.upper()}", s, 0), VALID_FOR_MAX) for p, s in VALID_FOR.items()
         },

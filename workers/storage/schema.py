@@ -662,6 +662,10 @@ class AccountState(Record):
     healthy_since: float = _h("hs", 0.0)  # when it last became healthy again (0: always was)
     pinned: str = _h("pin")  # an operator's pin: every priority goes to this account
     slow: int = _h("slow", 0)  # 1 while too many of its reports come late (workers.routes)
+    pace_balance: str = _h("pb")  # the balance a pace is measured from, and when (up to an hour ago)
+    pace_at: float = _h("pa", 0.0)
+    runway_hours: float = _h("rw", 0.0)  # at that pace, hours until the balance runs out (0: not spending)
+    runway_low: int = _h("rl", 0)  # 1 while that is under SMSGW_BALANCE_RUNWAY_HOURS
 
     @classmethod
     def load(cls, conn: redis.Redis, name: str) -> AccountState:
