@@ -291,7 +291,9 @@ def create_simulator_app(state: SimState) -> Flask:
             state.submissions.append(Submission(name, linkid, mobiles, texts, dtime, time.time()))
             state.linkids[linkid] += 1
             ready = time.time() + state.report_delay
-            at = now_cst()  # once per submission: per recipient it was a third of this call's CPU
+            # Once per submission (per recipient it was a third of this call's CPU), and the time the
+            # report says it was delivered: report_delay models a slow route, not a slow report.
+            at = datetime.fromtimestamp(ready, CST).strftime("%Y-%m-%d %H:%M:%S")
             share = state.undelivered_share
             for mobile in mobiles:
                 status = "UNDELIV" if share and _share(linkid + mobile) < share else "DELIVRD"

@@ -233,7 +233,7 @@ class Receiver(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def receiver():
-    Receiver.calls, Receiver.bodies = 0, []
+    Receiver.calls, Receiver.bodies, Receiver.fail_first, Receiver.redirect_to = 0, [], 0, ""
     server = HTTPServer(("127.0.0.1", 0), Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -149,3 +149,36 @@ def test_a_few_late_reports_say_nothing(failover, runtime):
     for _ in range(10):
         routes.count_report(runtime.conn, runtime.settings, "default", 900, time.time())
     assert routes.check_speed(runtime.conn, runtime.settings, "default", time.time()) is False
+
+
+def test_a_route_whose_reports_say_late_deliveries_moves_codes_to_the_backup(
+    failover, runtime, simulator, backup_sim, settings_env
+):
+    from tests.test_reports import pull_all
+
+    runtime.settings = settings_from_env(
+        {**settings_env, **_failover_env(backup_sim), "SMSGW_FAILOVER_SLOW_SECONDS": "1"}
+    )
+    api = create_app(runtime.settings).test_client()
+    sim_admin(simulator, "config", report_delay=1.5)  # every delivery takes 1.5 s: slow here
+    for i in range(routes.SLOW_MIN_REPORTS):
+        send(api, f"1380013{i:04d}", priority="normal", text=f"订单{i}已发货")
+    drain(runtime)
+    time.sleep(1.6)
+    pull_all(runtime)
+    maintenance.run_once(runtime)
+    assert accounts.state(runtime.conn, "default").slow == 1
+    code = send(api, "13900139000")
+    drain(runtime)
+    assert view(api, code)["chunks"][0]["account"] == "backup"
+
+
+def _failover_env(backup_sim) -> dict[str, str]:
+    return {
+        "SMSGW_ACCOUNTS": "backup",
+        "SMSGW_ACCOUNT_BACKUP_URL": backup_sim.api_url,
+        "SMSGW_ACCOUNT_BACKUP_UID": "second",
+        "SMSGW_ACCOUNT_BACKUP_PASSWORD": "backup-pass",
+        "SMSGW_FAILOVER": "backup",
+        "SMSGW_FAILBACK_SECONDS": "2",
+    }
