@@ -25,15 +25,7 @@ def backup_sim() -> Iterator[SimulatorServer]:
 @pytest.fixture
 def failover(settings_env, runtime, backup_sim):
     """The default account fails over to ``backup`` (another provider's account)."""
-    env = {
-        **settings_env,
-        "SMSGW_ACCOUNTS": "backup",
-        "SMSGW_ACCOUNT_BACKUP_URL": backup_sim.api_url,
-        "SMSGW_ACCOUNT_BACKUP_UID": "second",
-        "SMSGW_ACCOUNT_BACKUP_PASSWORD": "backup-pass",
-        "SMSGW_FAILOVER": "backup",
-        "SMSGW_FAILBACK_SECONDS": "2",
-    }
+    env = {**settings_env, **_failover_env(backup_sim)}
     runtime.settings = settings_from_env(env)
     runtime._clients.clear()
     return create_app(runtime.settings).test_client()
