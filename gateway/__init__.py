@@ -20,7 +20,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     rt = app.extensions["smsgw"] = Runtime.from_settings(settings)
 
-    from gateway import api, dashboard, health, metrics, openapi, operators, problems, provider_push, quotas
+    from gateway import (
+        api,
+        dashboard,
+        health,
+        metrics,
+        openapi,
+        operators,
+        problems,
+        provider_push,
+        quotas,
+        verifications,  # noqa: F401 - its routes join api.bp before it is registered
+    )
 
     problems.init_app(app)
     quotas.init_app(app, rt)

@@ -26,7 +26,7 @@ from gateway.validation import (
     parse_json,
     parse_model,
 )
-from workers import accounts, guardrails, lifecycle, quiet
+from workers import accounts, guardrails, lifecycle, quiet, verify
 from workers import provider as p
 from workers.mobiles import normalise
 from workers.settings import Settings
@@ -107,7 +107,7 @@ def create_message() -> Response:
         if not conn.set(idem_key, claim, nx=True, ex=settings.idempotency_ttl):
             return _replay(idem_key, conn.get(idem_key) or b"{}", fingerprint)
     try:
-        _guard(accepted, req, settings, mid)
+        guard(accepted, req, settings, mid)
         body = messages.accept(
             conn,
             settings,
@@ -144,7 +144,7 @@ def create_message() -> Response:
     return json_response(body, 202, {"Location": location})
 
 
-def _guard(accepted: Accepted, req: MessageRequest, settings: Settings, mid: str) -> None:
+def guard(accepted: Accepted, req: MessageRequest, settings: Settings, mid: str) -> None:
     """The guardrails at the door: caps and opt-outs suppress recipients, the content check may
     refuse or flag, the key's daily quota may refuse (429)."""
     test = g.api_key.test
@@ -400,7 +400,7 @@ def sensitive_words() -> Response:
 def provider_words(account: str, text: str) -> list[str]:
     """The provider's sensitive words in ``text``, cached per account and text."""
     rt = runtime()
-    cache = schema.cache_key("mgz", f"{account}:{hashlib.sha256(text.encode()).hexdigest()}")
+    cache = schema.cache_key("mgz", f"{account}:{verify.digest(rt.settings.verify_key, text)}")
     cached = rt.conn.get(cache)
     if cached is not None:
         return list(json.loads(cached))

@@ -24,7 +24,7 @@ from gateway.charts import hour_charts
 from gateway.context import runtime
 from gateway.operators import account_list, require_operator
 from gateway.problems import Problem
-from workers import counters, lifecycle, queues
+from workers import counters, lifecycle, queues, verify
 from workers.counters import last_hour
 from workers.storage import schema
 
@@ -102,6 +102,10 @@ def overview() -> dict[str, Any]:
             "unknown": counts.get("reports_unknown", 0),
             "orphans": counts.get("orphan_reports", 0),
             "dead": counts.get("dead_lettered", 0),
+        },
+        "verifications": {
+            outcome: sum(n for (_, o), n in verify.outcomes(counts).items() if o == outcome)
+            for outcome in ("started", "approved", "failed", "expired", "reported")
         },
         "failures": failures,
         "charts": hour_charts(counters.minutes(conn), queues.WORKER_QUEUES),

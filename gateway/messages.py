@@ -102,6 +102,9 @@ def accept(
         send_at=msg.send_at.timestamp() if msg.send_at else 0.0,
         job_seq=1,
     )
+    if state == MessageState.SUPPRESSED and record.redact:
+        # Final at once and never sent: a code's text is not kept even for a moment.
+        record.text, record.text_length = "", len(msg.text)
     key, fence = schema.message_key(mid), schema.accept_fence_key(mid)
     # One recipient, sent now, for real: it waits in a pool to share a provider call.
     pool = None if delay or test else coalesce.pool_for(settings, msg.account, priority, msg.kind, msg.text, msg.items)
@@ -301,9 +304,8 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
         "reference": msg.reference or None,
         "api_key": msg.api_key,
         "billable_parts": msg.parts,
-        "text": msg.text if msg.text else ("[redacted]" if msg.text_sha256 else None),
+        "text": msg.text if msg.text else ("[redacted]" if msg.redacted else None),
         "text_length": len(msg.text) if msg.text else msg.text_length or None,
-        "text_sha256": msg.text_sha256 or None,
         "test": bool(msg.test),
         "flagged_words": msg.flagged.split(",") if msg.flagged else [],
         "created_at": _iso(msg.created),

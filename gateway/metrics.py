@@ -25,7 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from workers import accounts, queues, routes
+from workers import accounts, queues, routes, verify
 from workers.counters import LATENCY_BUCKETS
 from workers.runtime import Runtime, check_durability
 from workers.storage import schema
@@ -166,10 +166,33 @@ class RedisCollector(Collector):
             "1 while the balance runs out sooner than SMSGW_BALANCE_RUNWAY_HOURS at that pace",
             labels=["account"],
         )
+        conversion = GaugeMetricFamily(
+            "smsgw_account_conversion",
+            "Share of the account's high recipients whose code was used: last window, and baseline",
+            labels=["account", "window"],
+        )
+        conversion_low = GaugeMetricFamily(
+            "smsgw_account_conversion_low",
+            "1 while the account's codes are used SMSGW_VERIFY_CONVERSION_DROP less than its baseline",
+            labels=["account"],
+        )
         for name in settings.accounts:
             account_state = accounts.state(conn, name)
             runway.add_metric([name], account_state.runway_hours)
             short.add_metric([name], account_state.runway_low)
+            conversion.add_metric([name, "recent"], account_state.conversion_recent)
+            conversion.add_metric([name, "baseline"], account_state.conversion_base)
+            conversion_low.add_metric([name], account_state.conversion_low)
+        verifications = CounterMetricFamily(
+            "smsgw_verifications",
+            "Verifications by outcome (started, approved, failed, expired; reported: uses callers reported)",
+            labels=["account", "outcome"],
+        )
+        for (name, outcome), value in sorted(verify.outcomes(counts).items()):
+            verifications.add_metric([name, outcome], value)
+        yield conversion
+        yield conversion_low
+        yield verifications
         yield held
         yield balance
         yield low

@@ -8,6 +8,8 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from gateway.validation import MessageRequest, SensitiveWordsRequest
+from gateway.verifications import CheckRequest, VerificationRequest
+from workers.storage.schema import VerificationState
 
 bp = Blueprint("openapi", __name__)
 
@@ -29,12 +31,17 @@ def _ok(schema: dict[str, Any], code: str = "200", description: str = "ok") -> d
 
 
 MID = {"name": "mid", "in": "path", "required": True, "schema": {"type": "string"}}
+VERIFICATION_STATES = [str(s) for s in VerificationState]
+
+
+def _body(model: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}
 
 
 @cache
 def document() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in (MessageRequest, SensitiveWordsRequest):
+    for model in (MessageRequest, SensitiveWordsRequest, VerificationRequest, CheckRequest):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -100,6 +107,46 @@ def document() -> dict[str, Any]:
         },
     }
     schemas["Message"] = {"type": "object", "required": ["id", "status", "chunks"]}
+    schemas["Verification"] = {
+        "type": "object",
+        "description": "A verification: never its code",
+        "required": ["id", "to", "status", "sends", "checks_left", "created_at", "expires_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "to": {"type": "string"},
+            "status": {"type": "string", "enum": VERIFICATION_STATES},
+            "account": {"type": "string"},
+            "reference": {"type": ["string", "null"]},
+            "sends": {"type": "integer", "description": "sends of the same code so far"},
+            "checks_left": {"type": "integer", "description": "wrong codes it still takes before it is locked"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "expires_at": {"type": "string", "format": "date-time"},
+            "messages": {"type": "array", "items": {"type": "string"}, "description": "the message of each send"},
+        },
+        "example": {
+            "id": "v19c1f2a8e4b3a1f2c3d4e5f6",
+            "to": "13800138000",
+            "status": "pending",
+            "account": "default",
+            "reference": "login-42",
+            "sends": 1,
+            "checks_left": 5,
+            "created_at": "2026-12-05T02:00:00+00:00",
+            "expires_at": "2026-12-05T02:10:00+00:00",
+            "messages": ["19c1f2a8e4b1a2b3c4d5e6f7"],
+        },
+    }
+    schemas["CheckResult"] = {
+        "type": "object",
+        "required": ["id", "to", "status", "checks_left"],
+        "properties": {
+            "id": {"type": "string"},
+            "to": {"type": "string"},
+            "status": {"type": "string", "enum": VERIFICATION_STATES},
+            "checks_left": {"type": "integer"},
+        },
+        "example": {"id": "v19c1f2a8e4b3a1f2c3d4e5f6", "to": "13800138000", "status": "approved", "checks_left": 4},
+    }
     auth_problems = _problems(401)
     body = {
         "required": True,
@@ -281,6 +328,57 @@ def document() -> dict[str, Any]:
                         **_problems(400, 404, 415, 422, 502),
                     },
                 }
+            },
+            "/v1/verifications": {
+                "post": {
+                    "summary": "Send a verification code (a pending one for the mobile: the same code again)",
+                    "requestBody": _body("VerificationRequest"),
+                    "responses": {
+                        **_ok({"$ref": "#/components/schemas/Verification"}, "201", "a new verification, code sent"),
+                        **_ok({"$ref": "#/components/schemas/Verification"}, "200", "the same code sent again"),
+                        **auth_problems,
+                        **_problems(400, 409, 415, 422, 429, 503),
+                    },
+                }
+            },
+            "/v1/verifications/check": {
+                "post": {
+                    "summary": "Check the code a user typed; approved once, locked after too many wrong ones",
+                    "requestBody": _body("CheckRequest"),
+                    "responses": {
+                        **_ok({"$ref": "#/components/schemas/CheckResult"}),
+                        **auth_problems,
+                        **_problems(400, 404, 415, 422),
+                    },
+                }
+            },
+            "/v1/verifications/{vid}": {
+                "get": {
+                    "summary": "A verification of this key",
+                    "parameters": [{"name": "vid", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        **_ok({"$ref": "#/components/schemas/Verification"}),
+                        **auth_problems,
+                        **_problems(404),
+                    },
+                }
+            },
+            "/v1/messages/{mid}/conversion": {
+                "parameters": [MID],
+                "post": {
+                    "summary": "Report that this message's code was used (counted once, for conversion)",
+                    "responses": {
+                        **_ok(
+                            {
+                                "type": "object",
+                                "required": ["id", "counted"],
+                                "properties": {"id": {"type": "string"}, "counted": {"type": "boolean"}},
+                            }
+                        ),
+                        **auth_problems,
+                        **_problems(404),
+                    },
+                },
             },
             "/healthz": {"get": {"security": [], "responses": _ok({"type": "object"})}},
             "/readyz": {

@@ -34,6 +34,7 @@ from workers.storage import schema
 USAGE_FIELDS = (
     *("requests", "recipients", "parts", "suppressed"),
     *("delivered", "undelivered", "unknown", "failed", "expired"),
+    *(f"verifications_{o}" for o in ("started", "approved", "failed", "expired")),
 )
 
 

@@ -144,3 +144,41 @@ def test_a_frequency_cap_holds_across_two_api_processes_and_two_workers(server, 
     wait_for(lambda: len(sim_submissions(simulator)) >= 1, what="the one code at the provider")
     time.sleep(2)  # both workers' coalescers and sweeps have had their turn
     assert [s["mobiles"] for s in sim_submissions(simulator)] == [["13812345678"]]
+
+
+def test_a_verification_through_real_processes_leaves_no_code_in_redis_its_aof_or_the_logs(
+    server, workers, simulator, redis_server, redis_conn, tmp_path
+):
+    """gunicorn and a real worker, the simulator over HTTP: the code reaches the provider, is
+    approved once, and neither it nor a SHA-256 of its text is in Redis, the AOF or any log."""
+    import hashlib
+    import re
+
+    base, api_log = server
+    workers.start("verify-1")
+    body = {"to": "13812345678", "length": 10}  # ten digits: six could turn up among stored digits by chance
+    r = requests.post(f"{base}/v1/verifications", json=body, headers=AUTH, timeout=10)
+    assert r.status_code == 201, r.text
+    vid = r.json()["id"]
+    wait_for(lambda: len(sim_submissions(simulator)) >= 1, what="the code at the provider")
+    [text] = sim_submissions(simulator)[0]["texts"]
+    code = re.search(r"\d{10}", text).group()  # type: ignore[union-attr]
+    check = {"to": "13812345678", "code": code}
+    assert requests.post(f"{base}/v1/verifications/check", json=check, headers=AUTH, timeout=10).json()["status"] == (
+        "approved"
+    )
+    assert requests.post(f"{base}/v1/verifications/check", json=check, headers=AUTH, timeout=10).status_code == 404
+    wait_for(lambda: redis_conn.hget(f"sg:v:{vid}", "st") == b"approved", what="approved")
+    metrics = requests.get(f"{base}/metrics", timeout=10).text
+    assert 'smsgw_verifications_total{account="default",outcome="approved"} 1.0' in metrics
+    time.sleep(1.5)  # appendfsync everysec
+    aof = b"".join(p.read_bytes() for p in redis_server.dir.rglob("*.aof*") if p.is_file())
+    assert b"sg:v:" in aof  # the AOF is the one this Redis writes
+    logs = api_log.read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("verify-1.log"))
+    dump = b"".join(redis_conn.dump(k) or b"" for k in redis_conn.scan_iter())
+    for secret in (
+        code.encode(),
+        hashlib.sha256(text.encode()).hexdigest().encode(),
+        hashlib.sha256(text.encode()).digest(),
+    ):
+        assert secret not in aof and secret not in logs and secret not in dump, secret

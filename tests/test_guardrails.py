@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from gateway import create_app
@@ -340,10 +342,39 @@ def test_a_high_code_is_dropped_from_redis_once_sent(api, runtime, simulator):
     mid = r.get_json()["id"]
     drain(runtime)
     view = api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()
-    assert view["text"] == "[redacted]" and view["text_length"] == 10 and len(view["text_sha256"]) == 64
+    assert view["text"] == "[redacted]" and view["text_length"] == 10 and "text_sha256" not in view
     dump = b"".join(repr(runtime.conn.dump(k)).encode() for k in runtime.conn.scan_iter(match=f"sg:*{mid}*"))
     assert b"482913" not in dump and "验证码".encode() not in dump
+    assert hashlib.sha256("验证码 482913".encode()).digest() not in dump  # no digest to reverse either
     assert sim_submissions(simulator)[0]["texts"] == ["验证码 482913"]  # it was sent first
+
+
+def test_a_high_text_never_sent_is_redacted_too(api, runtime, simulator):
+    """Suppressed by a cap, cancelled while scheduled, cancelled in its pool: final without a
+    send, and the code's text is gone all the same."""
+    from datetime import UTC, datetime, timedelta
+
+    def stored(mid: str) -> bytes:
+        return b"".join(repr(runtime.conn.dump(k)).encode() for k in runtime.conn.scan_iter(match=f"sg:*{mid}*"))
+
+    first = {"to": ["13800138000"], "text": "验证码 482913", "priority": "high"}
+    assert api.post("/v1/messages", json=first, headers=AUTH).status_code == 202
+    capped = api.post("/v1/messages", json={**first, "text": "验证码 771205"}, headers=AUTH).get_json()
+    assert capped["status"] == "suppressed" and b"771205" not in stored(capped["id"])
+    view = api.get(f"/v1/messages/{capped['id']}", headers=AUTH).get_json()
+    assert view["text"] == "[redacted]" and view["text_length"] == 10
+
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    scheduled = {"to": ["13900139000"], "text": "验证码 559301", "priority": "high", "send_at": later}
+    mid = api.post("/v1/messages", json=scheduled, headers=AUTH).get_json()["id"]
+    assert b"559301" in stored(mid)  # kept until it is sent or ends
+    assert api.delete(f"/v1/messages/{mid}", headers=AUTH).status_code == 200
+    assert b"559301" not in stored(mid)
+
+    pooled = {"to": ["13700137000"], "text": "验证码 640017", "priority": "high"}
+    mid = api.post("/v1/messages", json=pooled, headers=AUTH).get_json()["id"]
+    assert api.delete(f"/v1/messages/{mid}", headers=AUTH).status_code == 200
+    assert b"640017" not in stored(mid)
 
 
 def test_redact_drops_template_variables_and_normal_texts_stay(api, runtime, simulator):

@@ -58,6 +58,7 @@ def scrape(app, api, runtime, simulator) -> dict[str, set[str]]:
     drain(runtime)
     pull_all(runtime)
     api.get("/v1/balance", headers=AUTH)  # a known balance
+    api.post("/v1/verifications", json={"to": "13700137000"}, headers=AUTH)  # a verification started
     out: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(api.get("/metrics").get_data(as_text=True)):
         for sample in family.samples:
@@ -113,5 +114,6 @@ def test_the_rules_cover_what_operators_page_on():
         "SmsgwRedisMemoryHigh",
         "SmsgwPushRefused",
         "SmsgwRouteSwitched",
+        "SmsgwConversionDropped",
         "SmsgwBalanceRunwayShort",
     }

@@ -27,7 +27,8 @@ def test_redis_call_is_written_in_one_production_module():
 def test_every_script_is_tested_here():
     source = Path(__file__).read_text()
     assert set(scripts.ALL) == {"ACCEPT", "CLAIM_POOL", "CAPS", "LEASE", "MERGE_REPORT", "STORE_REPLY",
-                                "RECEIVE_PUSH", "CLAIM_CALLBACKS", "SETTLE_CALLBACKS", "SWITCH_ROUTE"}  # fmt: skip
+                                "RECEIVE_PUSH", "CLAIM_CALLBACKS", "SETTLE_CALLBACKS", "SWITCH_ROUTE",
+                                "SETTLE_VERIFICATION"}  # fmt: skip
     for name in scripts.ALL:
         assert f"def test_{name.lower()}_" in source, name
 
@@ -289,6 +290,42 @@ def test_settle_callbacks_keeps_a_message_with_events_and_drops_one_without(redi
     redis_conn.delete("q")
     assert scripts.SETTLE_CALLBACKS(redis_conn, due="due", queue="q", mid="a", next=12) == 0
     assert redis_conn.zcard("due") == 0
+
+
+def _settle_verification(conn, mode="check", match=0, now=100, max_checks=3):
+    fields = {"status": "st", "expires": "exp", "checks": "checks", "closed": "closed"}
+    return scripts.SETTLE_VERIFICATION(
+        conn,
+        record="v", index="i", due="due", counts="counts", usage="usage", conv="conv",
+        vid="v1", mode=mode, match=match, max_checks=max_checks, now=now, fields=json.dumps(fields),
+        account="a", usage_ttl=60, conv_ttl=60,
+        pending="pending", approved="approved", failed="failed", expired="expired",
+    )  # fmt: skip
+
+
+def test_settle_verification_approves_once_locks_after_wrong_codes_and_expires(redis_conn):
+    redis_conn.hset("v", mapping={"st": "pending", "exp": 200})
+    redis_conn.set("i", "v1")
+    redis_conn.zadd("due", {"v1": 200})
+    assert _settle_verification(redis_conn, match=0) == [b"pending", 2, 0]
+    assert _settle_verification(redis_conn, mode="expire") == [b"pending", 2, 0]  # not yet due
+    assert _settle_verification(redis_conn, match=1) == [b"approved", 2, 1]
+    assert _settle_verification(redis_conn, match=1) == [b"approved", 2, 0]  # once
+    assert redis_conn.get("i") is None and redis_conn.zcard("due") == 0
+    assert redis_conn.hget("conv", "u") == b"1" and redis_conn.hget("counts", "verify:a:approved") == b"1"
+    assert redis_conn.hget("usage", "verifications_approved") == b"1" and redis_conn.ttl("usage") > 0
+
+    redis_conn.hset("v", mapping={"st": "pending", "exp": 200, "checks": 0})
+    redis_conn.set("i", "v1")
+    assert [_settle_verification(redis_conn)[0] for _ in range(3)] == [b"pending", b"pending", b"failed"]
+    assert _settle_verification(redis_conn, match=1) == [b"failed", 0, 0]  # locked, the right code too
+    assert redis_conn.get("i") == b"v1"  # kept until it expires: no new one meanwhile
+
+    redis_conn.hset("v", mapping={"st": "pending", "exp": 200, "checks": 0})
+    assert _settle_verification(redis_conn, mode="expire", now=200) == [b"expired", 3, 1]
+    assert _settle_verification(redis_conn, mode="check", match=1, now=150) == [b"expired", 3, 0]
+    redis_conn.delete("v")
+    assert _settle_verification(redis_conn) == [b"missing", 0, 0]
 
 
 def test_a_script_runs_inside_a_pipeline_by_eval_with_the_batch(redis_conn):

@@ -41,7 +41,6 @@ sweeper plans, as it would a message whose plan job was lost.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -50,7 +49,7 @@ from collections.abc import Sequence
 
 import redis
 
-from workers import accounts, lifecycle
+from workers import accounts, lifecycle, verify
 from workers.runtime import Runtime
 from workers.settings import Settings
 from workers.storage import schema, scripts
@@ -96,8 +95,9 @@ def pool_for(
         mode, shared, item = "v", "", f"{item},{text}"
     else:
         mode, shared = "t", text
-    digest = hashlib.sha1(f"{mode}\x00{shared}".encode()).hexdigest()[:16]
-    return schema.pool_key(account, priority, mode + digest), item
+    # Keyed: a pool of a code's text must not name the text (``verify.digest``).
+    name = verify.digest(settings.verify_key, f"{mode}\x00{shared}")[:16]
+    return schema.pool_key(account, priority, mode + name), item
 
 
 def _fits_one_value(text: str) -> bool:

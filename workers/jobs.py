@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from workers import accounts, counters, lifecycle, notifications, quiet, routes
+from workers import accounts, counters, lifecycle, notifications, quiet, routes, verify
 from workers import provider as p
 from workers.alerts import alert
 from workers.chunks import new_linkid
@@ -119,7 +119,7 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
     spend, spent_at = 0, time.time()
     if not test and a.daily_limit:
         rule = (settings.part_chars, settings.long_part_chars)
-        spend = sum(item_parts(kind, text, item, *rule) for item in chunk.items.split(";"))
+        spend = sum(item_parts(kind, text, item, *rule) for item in _sendable(rt, kind, chunk.items))
         left = accounts.take_spend(conn, settings, account, spend, spent_at)
         if left < spend:
             return _over_daily_limit(rt, chunk, kind, text, left)
@@ -178,7 +178,7 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
     started = time.monotonic()
     try:
         if kind == "p":
-            result = client.send_personalized(text, chunk.items.split(";"), linkid=linkid)
+            result = client.send_personalized(text, _sendable(rt, kind, chunk.items), linkid=linkid)
         else:
             result = client.send(chunk.items.split(";"), text, linkid=linkid)
     except p.ProviderError as e:
@@ -202,6 +202,13 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
     return act(rt, chunk, action, error, result)
 
 
+def _sendable(rt: Runtime, kind: str, items: str) -> list[str]:
+    """A chunk's items as the provider gets them: a verification's token becomes its code here,
+    in memory, and nowhere else (``workers.verify``)."""
+    groups = items.split(";")
+    return verify.render(rt.settings.verify_key, groups) if kind == "p" else groups
+
+
 def _over_daily_limit(rt: Runtime, chunk: Chunk, kind: str, text: str, left: int) -> str:
     """The chunk would pass the account's daily limit: what fits goes now (a split at the
     limit, under new linkids), the rest waits with the account held (``daily_limit``) until
@@ -209,7 +216,7 @@ def _over_daily_limit(rt: Runtime, chunk: Chunk, kind: str, text: str, left: int
     conn, settings = rt.conn, rt.settings
     rule = (settings.part_chars, settings.long_part_chars)
     fits, total = 0, 0
-    for item in chunk.items.split(";"):
+    for item in _sendable(rt, kind, chunk.items):
         total += item_parts(kind, text, item, *rule)
         if total > left:
             break
@@ -276,6 +283,10 @@ def act(
             updates={"provider_text": result.text, "error": ""},
             attempt=attempt,
         )
+        if done and chunk.priority == "high":  # codes: the denominator of the route's conversion
+            with conn.pipeline(transaction=False) as pipe:
+                verify.count_submitted(pipe, settings, chunk.account, chunk.recipients, time.time())
+                pipe.execute()
         return "submitted" if done else "raced"
 
     if action is Action.RETRY:

@@ -20,7 +20,6 @@ calls the provider: that is ``workers.jobs``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -316,8 +315,8 @@ def transition(
 
 def redact_if_done(conn: redis.Redis, mid: str) -> bool:
     """Drop the message's text (a verification code) and its chunks' 点点通 variables once every
-    chunk is final, keeping the length and a hash: nothing can need them again (a redacted
-    failed chunk cannot be requeued)."""
+    chunk is final, keeping the length and no digest of it (a short text's hash gives the text
+    back): nothing can need them again (a redacted failed chunk cannot be requeued)."""
     msg = Message.load(conn, mid)
     if msg is None or not msg.text or sum(msg.chunks_final.values()) < msg.chunks:
         return False
@@ -325,16 +324,27 @@ def redact_if_done(conn: redis.Redis, mid: str) -> bool:
         for n in range(msg.chunk_seq):
             pipe.hget(schema.chunk_key(mid, n), Chunk.field_of("items"))
         items = pipe.execute()
-    digest = hashlib.sha256(msg.text.encode()).hexdigest()
     with conn.pipeline() as pipe:
-        pipe.hdel(schema.message_key(mid), Message.field_of("text"))
-        pipe.hset(schema.message_key(mid), mapping=Message.short(text_length=len(msg.text), text_sha256=digest))
+        redact(pipe, mid, msg.text, "")
         for n, raw in enumerate(items):
             if raw and b"," in raw:  # 点点通 groups "mobile,v0,v1": keep the mobiles only
-                mobiles = b";".join(group.split(b",", 1)[0] for group in raw.split(b";"))
-                pipe.hset(schema.chunk_key(mid, n), Chunk.field_of("items"), mobiles)
+                pipe.hset(schema.chunk_key(mid, n), Chunk.field_of("items"), _mobiles_only(raw.decode()))
         pipe.execute()
     return True
+
+
+def redact(pipe: Pipeline, mid: str, text: str, items: str) -> None:
+    """Queue the redaction of a message: its text goes (its length stays), and its 点点通 values
+    with it (``items``: the message's own, when it still holds them)."""
+    key = schema.message_key(mid)
+    pipe.hdel(key, Message.field_of("text"))
+    pipe.hset(key, mapping=Message.short(text_length=len(text)))
+    if "," in items:
+        pipe.hset(key, Message.field_of("items"), _mobiles_only(items))
+
+
+def _mobiles_only(items: str) -> str:
+    return ";".join(group.split(",", 1)[0] for group in items.split(";"))
 
 
 def _count_final(pipe: Pipeline, mid: str, chunk: Chunk, state: str, member_keys: dict[str, int]) -> None:
@@ -394,15 +404,9 @@ def _redact_members(conn: redis.Redis, chunk: Chunk) -> None:
             pipe.hmget(schema.message_key(member), *(Message.field_of(f) for f in ("text", "redact", "items")))
         found = pipe.execute()
     with conn.pipeline(transaction=False) as pipe:
-        for member, (text, redact, items) in zip(members, found, strict=True):
-            if text and redact == b"1":
-                digest = hashlib.sha256(text).hexdigest()
-                mobile = (items or b"").split(b",", 1)[0].decode()  # 点点通 values go with the text
-                pipe.hdel(schema.message_key(member), Message.field_of("text"))
-                pipe.hset(
-                    schema.message_key(member),
-                    mapping=Message.short(text_length=len(text.decode()), text_sha256=digest, items=mobile),
-                )
+        for member, (text, to_redact, items) in zip(members, found, strict=True):
+            if text and to_redact == b"1":
+                redact(pipe, member, text.decode(), (items or b"").decode())
         pipe.execute()
 
 
@@ -649,7 +653,7 @@ def requeue_failed(conn: redis.Redis, settings: Settings, mid: str, n: int, *, b
     fresh attempt budget. Safe to click twice: only a chunk still ``failed`` moves."""
     chunk = Chunk.load(conn, mid, n)
     msg = Message.load(conn, mid)
-    if chunk is None or msg is None or msg.text_sha256:
+    if chunk is None or msg is None or msg.redacted:
         return False  # gone, or redacted: the text to send again is no longer kept
 
     def uncount(pipe: Pipeline) -> None:
@@ -680,14 +684,15 @@ def cancel_message(conn: redis.Redis, mid: str) -> dict[str, int] | None:
         while True:
             try:
                 pipe.watch(key)
-                state, count = (
-                    v.decode() if v else ""
-                    for v in pipe.hmget(key, Message.field_of("state"), Message.field_of("recipients"))
+                state, count, to_redact, text, items = (
+                    v.decode() if v else "" for v in pipe.hmget(key, *(Message.field_of(f) for f in _UNPLANNED_READ))
                 )
                 if state in UNPLANNED:
                     pipe.multi()
                     pipe.hset(key, mapping=Message.short(state=CANCELLED, cancelled=time.time()))
                     pipe.zrem(schema.WATCH, schema.message_ref(mid))
+                    if to_redact == "1" and text:  # never sent: its text goes now all the same
+                        redact(pipe, mid, text, items)
                     pipe.execute()
                     return {"chunks": 0, "recipients": int(count or 0)}
                 pipe.reset()
@@ -742,6 +747,7 @@ def _cancel_member(conn: redis.Redis, mid: str, via: str) -> bool:
                 pipe.hincrby(schema.COUNTS, f"recipients_{CANCELLED}", 1)
                 append_history(pipe, via, chunk.n, "member_cancelled", message=mid)
                 pipe.execute()
+                _redact_members(conn, Chunk(mid=via, n=chunk.n, mids=mid))
                 return True
             except redis.WatchError:
                 return _cancel_member(conn, mid, via)
@@ -758,18 +764,27 @@ def member_chunks(conn: redis.Redis, mid: str, via: str) -> list[Chunk]:
     return [c for c in found if c.state != SPLIT and mid in c.mids.split(";")]
 
 
+#: What cancelling an unplanned message reads: its state, and what a redaction drops.
+_UNPLANNED_READ = ("state", "recipients", "redact", "text", "items")
+
+
 def cancel_unplanned(conn: redis.Redis, mid: str) -> bool:
     """Withdraw a message no worker has planned yet (accept found it was not replicated)."""
     key = schema.message_key(mid)
     with conn.pipeline() as pipe:
         try:
             pipe.watch(key)
-            if (pipe.hget(key, Message.field_of("state")) or b"").decode() not in UNPLANNED:
+            state, _, to_redact, text, items = (
+                v.decode() if v else "" for v in pipe.hmget(key, *(Message.field_of(f) for f in _UNPLANNED_READ))
+            )
+            if state not in UNPLANNED:
                 pipe.reset()
                 return False
             pipe.multi()
             pipe.hset(key, mapping=Message.short(state=CANCELLED, cancelled=time.time()))
             pipe.zrem(schema.WATCH, schema.message_ref(mid))
+            if to_redact == "1" and text:
+                redact(pipe, mid, text, items)
             pipe.execute()
             return True
         except redis.WatchError:

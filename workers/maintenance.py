@@ -15,7 +15,7 @@ import uuid
 
 import redis
 
-from workers import accounts, archive, counters, lifecycle, notifications, pullers, queues, reports, routes
+from workers import accounts, archive, counters, lifecycle, notifications, pullers, queues, reports, routes, verify
 from workers import provider as p
 from workers.alerts import alert
 from workers.runtime import Runtime
@@ -45,6 +45,7 @@ def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
     out["expired"] = lifecycle.expire_due(
         rt.conn, now, on_expired=functools.partial(notifications.recipient_expired, rt)
     )
+    out["verifications_expired"] = verify.expire_due(rt.conn, rt.settings, now)
     out["folded"] = archive.fold_due(rt.conn, now, budget=rt.settings.sweep_seconds / 2)
     counters.sample_depths(rt.conn, queues.depths(rt.conn), now)  # the dashboard's depth chart
     for name in rt.settings.accounts:
@@ -55,6 +56,7 @@ def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
             routes.check_speed(rt.conn, rt.settings, name, now)
             out["to_backup"] = out.get("to_backup", 0) + routes.release_movable(rt.conn, rt.settings, name)
         out["expired_holds"] += _expire_holds(rt, name, now)
+        verify.check_conversion(rt.conn, rt.settings, name, now)
     return out
 
 

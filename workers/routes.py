@@ -4,7 +4,8 @@ An account is *unhealthy* while it is held (answers 1, 2, 4, 8, its daily limit,
 hold), after ``SMSGW_FAILOVER_ERRORS`` calls in a row failed to connect, timed out or got a 5xx,
 or while its deliveries are slow: at least ``SMSGW_FAILOVER_SLOW_SHARE`` of the last
 ``SMSGW_FAILOVER_SLOW_WINDOW`` seconds of reports came more than ``SMSGW_FAILOVER_SLOW_SECONDS``
-after their submission (GOV.UK Notify's rule), over at least :data:`SLOW_MIN_REPORTS` reports.
+after their submission (GOV.UK Notify's rule), over at least :data:`SLOW_MIN_REPORTS` reports;
+and for ``high`` traffic only, while its codes are used far less than before (``workers.verify``).
 Health lives in the account's hash in Redis, so every worker on every host sees the same. While
 an account is unhealthy, the priorities in ``SMSGW_FAILOVER_PRIORITIES`` (``high,normal``) go to
 its first healthy backup (``SMSGW_FAILOVER``, ``SMSGW_ACCOUNT_<NAME>_FAILOVER``); ``bulk`` waits
@@ -43,7 +44,11 @@ COUNTED = (p.ConnectError, p.ReadTimeout, p.HTTPStatusError)
 SLOW_MIN_REPORTS = 20
 
 
-def healthy(settings: Settings, state: AccountState) -> bool:
+def healthy(settings: Settings, state: AccountState, priority: str = "") -> bool:
+    """Fit to carry ``priority`` traffic: not held, answering, reporting on time, and for
+    ``high``, its codes still used about as often as before (``workers.verify``)."""
+    if priority == "high" and state.conversion_low:
+        return False
     return state.state != accounts.HELD and state.fails < settings.failover_errors and not state.slow
 
 
@@ -91,10 +96,10 @@ def route(conn: redis.Redis, settings: Settings, account: str, priority: str, no
     if not backups or priority not in settings.failover_priorities:
         return account
     now = time.time() if now is None else now
-    if healthy(settings, own) and now - own.healthy_since >= settings.failback_seconds:
+    if healthy(settings, own, priority) and now - own.healthy_since >= settings.failback_seconds:
         return account
     for backup in backups:
-        if healthy(settings, accounts.state(conn, backup)):
+        if healthy(settings, accounts.state(conn, backup), priority):
             return backup
     return account  # no better place: it waits for its own
 

@@ -60,6 +60,9 @@ COALESCE_MS = {"high": 50, "normal": 200, "bulk": 500}
 #: A verification code is useless after ten minutes; other texts keep their value by default.
 VALID_FOR = {"high": 600, "normal": 0, "bulk": 0}
 VALID_FOR_MAX = 259_200
+#: Development only (``dev_defaults`` refuses an empty SMSGW_VERIFY_SECRET in production).
+DEV_VERIFY_SECRET = "smsgw-development-verify-secret"
+DEFAULT_VERIFY_TEMPLATE = "您的验证码是{code}，{minutes}分钟内有效，请勿告诉他人。"
 
 
 @dataclass(frozen=True)
@@ -174,10 +177,30 @@ class Settings:
     #: ``yes``: RQ's Worker forks a work horse per job; ``no``: RQ's SimpleWorker runs jobs in
     #: the worker process itself (README "Speed, measured" has the figures behind the default).
     worker_fork: Literal["yes", "no"] = "no"
+    #: Verification codes (workers.verify): the server secret codes are derived from, and the
+    #: defaults of ``POST /v1/verifications``.
+    verify_secret: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    verify_valid_for: int = 600
+    verify_template: str = DEFAULT_VERIFY_TEMPLATE
+    verify_max_sends: int = 5
+    verify_max_checks: int = 5
+    #: Conversion (workers.verify): an account whose share of codes used in the last
+    #: ``window`` seconds falls this far below its own share over ``baseline`` seconds, with at
+    #: least ``min`` codes sent in each, is unhealthy for ``high`` traffic.
+    verify_conversion_drop: float = 0.3
+    verify_conversion_window: int = 900
+    verify_conversion_baseline: int = 6 * 3600
+    verify_conversion_min: int = 20
 
     @property
     def account(self) -> AccountSettings:
         return self.accounts[self.default_account]
+
+    @property
+    def verify_key(self) -> bytes:
+        """The key codes and text digests are derived from. An empty secret (development only:
+        :func:`dev_defaults` refuses it elsewhere) falls back to a fixed one."""
+        return (self.verify_secret.reveal() or DEV_VERIFY_SECRET).encode()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -387,6 +410,8 @@ def dev_defaults(settings: Settings) -> list[str]:
         host = a.url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].lower()
         if host in ("simulator", "localhost", "127.0.0.1", "::1", "[::1]"):
             problems.append(f"{where}URL points at the simulator ({host})")
+    if not settings.verify_secret:
+        problems.append("SMSGW_VERIFY_SECRET is empty: verification codes would follow from a public default")
     if settings.callback_allow_loopback:
         problems.append("SMSGW_CALLBACK_ALLOW_LOOPBACK lets callers' callbacks reach this machine")
     return problems
@@ -520,4 +545,27 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         valid_for={
             p: min(_int(env, f"SMSGW_VALID_FOR_{p.upper()}", s, 0), VALID_FOR_MAX) for p, s in VALID_FOR.items()
         },
+        verify_secret=_verify_secret(env),
+        verify_valid_for=min(_int(env, "SMSGW_VERIFY_VALID_FOR", 600, 30), VALID_FOR_MAX),
+        verify_template=_verify_template(env),
+        verify_max_sends=_int(env, "SMSGW_VERIFY_MAX_SENDS", 5, 1),
+        verify_max_checks=_int(env, "SMSGW_VERIFY_MAX_CHECKS", 5, 1),
+        verify_conversion_drop=_float(env, "SMSGW_VERIFY_CONVERSION_DROP", 0.3),
+        verify_conversion_window=_int(env, "SMSGW_VERIFY_CONVERSION_WINDOW", 900, 60),
+        verify_conversion_baseline=_int(env, "SMSGW_VERIFY_CONVERSION_BASELINE", 6 * 3600, 600),
+        verify_conversion_min=_int(env, "SMSGW_VERIFY_CONVERSION_MIN", 20, 1),
     )
+
+
+def _verify_secret(env: Mapping[str, str]) -> Secret:
+    secret = env.get("SMSGW_VERIFY_SECRET", "")
+    if secret and len(secret) < 16:
+        raise SettingsError("SMSGW_VERIFY_SECRET must be at least 16 characters (it keys every code)")
+    return Secret(secret)
+
+
+def _verify_template(env: Mapping[str, str]) -> str:
+    template = env.get("SMSGW_VERIFY_TEMPLATE", "") or DEFAULT_VERIFY_TEMPLATE
+    if "{code}" not in template:
+        raise SettingsError("SMSGW_VERIFY_TEMPLATE must hold {code}")
+    return template

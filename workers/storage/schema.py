@@ -55,6 +55,11 @@ functions below and against a live Redis after a full run)::
     sg:fold                    FOLD              zset  submission refs to fold at rest, by when (``workers.archive``)
     sg:expiry                  EXPIRY            zset  chunk refs with a validity, by when it ends
     sg:probe                   WRITE_PROBE       str   a write that tells whether Redis takes writes
+    sg:v:<vid>                 verification_key  hash  one verification (:class:`Verification`); never its code
+    sg:vi:<key>:<mobile>       verification_index_key str the API key's open verification of a mobile
+    sg:vdue                    VERIFY_DUE        zset  pending verifications by when they expire
+    sg:conv:<acct>:<minute>    conv_key          hash  high recipients submitted (s) and codes used (u) that minute
+    sg:convd:<mid>             conversion_seen_key str a caller reported this message's code used (once)
 
 Records map readable attribute names to the short hash fields in one place (each class's
 ``FIELDS``); code reads and writes attributes, never the two-letter names. Counters that the
@@ -174,6 +179,25 @@ def route_key(account: str) -> str:
 
 def lag_key(account: str, minute: int) -> str:
     return f"sg:lag:{account}:{minute}"
+
+
+def verification_key(vid: str) -> str:
+    return f"sg:v:{vid}"
+
+
+def verification_index_key(api_key: str, mobile: str) -> str:
+    return f"sg:vi:{api_key}:{mobile}"
+
+
+VERIFY_DUE = "sg:vdue"
+
+
+def conv_key(account: str, minute: int) -> str:
+    return f"sg:conv:{account}:{minute}"
+
+
+def conversion_seen_key(mid: str) -> str:
+    return f"sg:convd:{mid}"
 
 
 def spend_key(account: str, day: str) -> str:
@@ -355,6 +379,15 @@ class ChunkState(StrEnum):
     EXPIRED = "expired"  # its validity ended before it could be sent: never sent, never billed
 
 
+class VerificationState(StrEnum):
+    """A verification's life (``workers.verify``): pending until a check closes it or it ends."""
+
+    PENDING = "pending"
+    APPROVED = "approved"  # the right code, once
+    FAILED = "failed"  # SMSGW_VERIFY_MAX_CHECKS wrong codes: locked until it expires
+    EXPIRED = "expired"
+
+
 class ReportState(StrEnum):
     """A recipient's final report, one letter in ``recipients_key`` values and ``r_<letter>``
     counters; :attr:`label` is what the API says."""
@@ -459,8 +492,7 @@ class Message(Record):
     test: int = _h("test", 0)  # 1: a test key's message, never sent to the provider
     redact: int = _h("rd", 0)  # 1: drop text and variables once no chunk needs them (high, or asked)
     valid_until: float = _h("vu", 0.0)  # never sent after this (0: no limit); a batch: its members' earliest
-    text_length: int = _h("tlen", 0)  # kept when the text is dropped
-    text_sha256: str = _h("tsha")
+    text_length: int = _h("tlen", 0)  # kept when the text is dropped (no digest: a code's would give it back)
     created: float = _h("created", 0.0)
     send_at: float = _h("send_at", 0.0)
     job: str = _h("job")  # the plan job that owns it until planned
@@ -486,6 +518,11 @@ class Message(Record):
                 self.chunks_final[k[len(CHUNKS_IN) :]] = int(v)
             elif k.startswith(RECIPIENTS_IN):
                 self.recipients_final[k[len(RECIPIENTS_IN) :]] = int(v)
+
+    @property
+    def redacted(self) -> bool:
+        """Its text was dropped (``workers.lifecycle.redact``)."""
+        return bool(self.text_length) and not self.text
 
     @staticmethod
     def final_field(counter: str, state: str) -> str:
@@ -517,7 +554,8 @@ class Message(Record):
         """This message at rest, as one bucket field (``folded_key``): about 110 bytes where its
         own hash and its share of the submission's records took 400 to 1,600.
 
-        ``1`` and the text's SHA-256 (or ``0`` when the text is kept), the linkid in 24 bytes, then
+        ``2`` when the text was redacted (``0`` when it is kept; ``1`` and a SHA-256, in records
+        written before digests were dropped), the linkid in 24 bytes, then
         ``key|account|p|kind|mobile|parts|length|test|redact|+sent|report|+at|tail``: the
         priority's letter, the times as whole seconds after the message's creation (which its
         id holds) and after the submission, the report as its state letter with the operator's
@@ -541,21 +579,18 @@ class Message(Record):
             str(int(sub.reported) - int(sub.submitted)),
         ]
         text = "|".join(head) + "|" + (json.dumps(tail, ensure_ascii=False, separators=(",", ":")) if tail else "")
-        if self.text_sha256:
-            return _FOLD_HASHED + bytes.fromhex(self.text_sha256) + linkid_bytes(sub.linkid) + text.encode()
-        return _FOLD_KEPT_TEXT + linkid_bytes(sub.linkid) + text.encode()
+        return (_FOLD_REDACTED if self.redacted else _FOLD_KEPT_TEXT) + linkid_bytes(sub.linkid) + text.encode()
 
     @classmethod
     def unfold(cls, mid: str, raw: bytes, callbacks: dict[str, str] | None = None) -> Message:
         """A folded message as a record: one chunk, submitted, its one recipient reported; so
         its state reads exactly as it did before it was folded. ``callbacks``: its callback
         fields as they are now, if they changed since."""
-        digest, rest = (raw[1:33], raw[33:]) if raw[:1] == _FOLD_HASHED else (b"", raw[1:])
+        rest = raw[33:] if raw[:1] == _FOLD_HASHED else raw[1:]  # an old record's digest is not read
         linkid = linkid_from_bytes(rest[:24])
         *head, sent, report, at, tail = rest[24:].decode().split("|", len(_FOLD_HEAD) + 3)
         values = dict(zip((cls.FIELDS[name] for name in _FOLD_HEAD), head, strict=True))
         values[cls.FIELDS["priority"]] = _PRIORITIES.get(values[cls.FIELDS["priority"]], "")
-        values[cls.FIELDS["text_sha256"]] = digest.hex()
         values.update(json.loads(tail) if tail else {})
         if callbacks is not None:
             for name in cls.CALLBACK_FIELDS:
@@ -584,7 +619,9 @@ class Folded:
     reported: float
 
 
-_FOLD_HASHED, _FOLD_KEPT_TEXT = b"1", b"0"  # the first byte: a SHA-256 follows, or not
+#: The first byte: the text is kept (in the tail), redacted, or redacted by an older smsgw that
+#: kept its SHA-256 in the 32 bytes after it.
+_FOLD_KEPT_TEXT, _FOLD_REDACTED, _FOLD_HASHED = b"0", b"2", b"1"
 _FOLD_CODE = "~rc"  # the tail's name for an operator code holding "|" (no record field has "~")
 _PRIORITIES = {p[0]: p for p in ("high", "normal", "bulk")}
 #: Message attributes a folded record holds by position, after its SHA-256 and linkid.
@@ -666,6 +703,9 @@ class AccountState(Record):
     pace_at: float = _h("pa", 0.0)
     runway_hours: float = _h("rw", 0.0)  # at that pace, hours until the balance runs out (0: not spending)
     runway_low: int = _h("rl", 0)  # 1 while that is under SMSGW_BALANCE_RUNWAY_HOURS
+    conversion_low: int = _h("cvl", 0)  # 1 while its codes are used far less than before (workers.verify)
+    conversion_recent: float = _h("cvr", 0.0)  # share of codes used, last window
+    conversion_base: float = _h("cvb", 0.0)  # the same over the trailing baseline
 
     @classmethod
     def load(cls, conn: redis.Redis, name: str) -> AccountState:
@@ -692,10 +732,37 @@ class Reply(Record):
         return cls.from_hash(raw, id=rid) if raw else None
 
 
-for _record in (Message, Chunk, AccountState, Reply):
+@dataclass
+class Verification(Record):
+    """``sg:v:<vid>``: a verification code's life. The code itself is never stored: it follows
+    from ``SMSGW_VERIFY_SECRET`` and ``nonce`` (``workers.verify.code_for``)."""
+
+    id: str = ""
+    api_key: str = _h("key")
+    mobile: str = _h("to")
+    account: str = _h("a")
+    status: str = _h("st")
+    nonce: str = _h("nc")
+    length: int = _h("len", 6)
+    template: str = _h("tpl")  # the text with {code} (and {minutes} rendered): what a resend sends
+    sends: int = _h("sends", 0)
+    checks: int = _h("checks", 0)  # wrong codes so far
+    created: float = _h("created", 0.0)
+    expires: float = _h("exp", 0.0)
+    closed: float = _h("closed", 0.0)
+    reference: str = _h("ref")
+    messages: str = _h("ms")  # the message of each send, joined by ';'
+
+    @classmethod
+    def load(cls, conn: redis.Redis, vid: str) -> Verification | None:
+        raw = conn.hgetall(verification_key(vid))
+        return cls.from_hash(raw, id=vid) if raw else None
+
+
+for _record in (Message, Chunk, AccountState, Reply, Verification):
     _record._setup()
 #: Short fields a folded record holds by position, or drops: its tail holds any other.
-_FOLD_KEPT = {Message.FIELDS[name] for name in (*_FOLD_HEAD, "text_sha256")} | {
+_FOLD_KEPT = {Message.FIELDS[name] for name in _FOLD_HEAD} | {
     Message.FIELDS[name]
     for name in (
         *("state", "job", "job_seq", "chunks", "chunk_seq", "planned", "created", "via", "mids", "recipients"),

@@ -367,5 +367,55 @@ return 1
 """,
 )
 
+SETTLE_VERIFICATION = Script(
+    keys="record index due counts usage conv",
+    args=("vid mode match max_checks now fields account usage_ttl conv_ttl pending approved failed expired"),
+    source="""
+-- A verification's verdict (workers.verify), at most once: mode 'check' with match 1 approves,
+-- with 0 counts a wrong code and locks it at max_checks; mode 'expire' only ends what is past
+-- its end. A closed verification changes no more. The outcome is counted (fleet, the key's day,
+-- and a use for the route's conversion); approval frees the mobile's index for a new one, a
+-- lock keeps it until it expires. Returns {status, checks_left, closed_now}.
+local record, index, due, counts, usage, conv = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local vid, mode, match, max_checks, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local f = cjson.decode(ARGV[6])
+local account, usage_ttl, conv_ttl = ARGV[7], ARGV[8], ARGV[9]
+local pending, approved, failed, expired = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local v = redis.call('HMGET', record, f.status, f.expires, f.checks)
+if not v[1] then
+  redis.call('ZREM', due, vid)
+  return {'missing', 0, 0}
+end
+local checks = tonumber(v[3] or '0')
+if v[1] ~= pending then
+  redis.call('ZREM', due, vid)
+  return {v[1], math.max(0, max_checks - checks), 0}
+end
+local outcome
+if tonumber(now) >= tonumber(v[2]) then
+  outcome = expired
+elseif mode == 'expire' then
+  return {pending, max_checks - checks, 0}
+elseif match == '1' then
+  outcome = approved
+else
+  checks = redis.call('HINCRBY', record, f.checks, 1)
+  if checks < max_checks then return {pending, max_checks - checks, 0} end
+  outcome = failed
+end
+redis.call('HSET', record, f.status, outcome, f.closed, now)
+redis.call('ZREM', due, vid)
+if outcome == approved and redis.call('GET', index) == vid then redis.call('DEL', index) end
+if outcome == approved then
+  redis.call('HINCRBY', conv, 'u', 1)
+  redis.call('EXPIRE', conv, conv_ttl)
+end
+redis.call('HINCRBY', counts, 'verify:' .. account .. ':' .. outcome, 1)
+redis.call('HINCRBY', usage, 'verifications_' .. outcome, 1)
+redis.call('EXPIRE', usage, usage_ttl)
+return {outcome, math.max(0, max_checks - checks), 1}
+""",
+)
+
 #: Every script, by name: what ``tests/test_scripts.py`` checks each of.
 ALL = {name: value for name, value in dict(globals()).items() if isinstance(value, Script) and name.isupper()}
