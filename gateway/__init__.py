@@ -1,19 +1,31 @@
-"""smsgw's HTTP facade: an app factory, one blueprint per concern."""
+"""smsgw's HTTP facade: an app factory, one blueprint per concern.
+
+This package's own import is light on purpose: gunicorn's arbiter imports ``gateway.access_log``
+(its logger class and request-id filter) before it forks gevent workers, and anything that pulls
+in ``ssl`` there (redis, requests, urllib3) makes every worker's monkey-patching warn and leaves
+those modules unpatched. Everything else is imported when the app is built, in the worker.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
+from typing import TYPE_CHECKING
 
-import redis
-from flask import Flask, Response, g, request
+if TYPE_CHECKING:
+    from flask import Flask
 
-from workers.runtime import Runtime
-from workers.settings import Settings, settings_from_env
+    from workers.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app. Without ``settings``, they come from ``SMSGW_*`` (gunicorn's entry)."""
+    import redis
+    from flask import Flask, Response, g, request
+
+    from workers.runtime import Runtime
+    from workers.settings import settings_from_env
+
     settings = settings or settings_from_env(os.environ)
     app = Flask(__name__)
     # Flask has no body limit by default; a problem+json 413 comes from gateway.problems.

@@ -347,10 +347,10 @@ def add_suppression() -> Response:
     return json_response({"account": name, "mobile": mobile, "reason": reason}, 201)
 
 
-@bp.delete("/suppressions/<raw_mobile>")
-def remove_suppression(raw_mobile: str) -> Response:
+@bp.delete("/suppressions/<mobile>")
+def remove_suppression(mobile: str) -> Response:
     rt = runtime()
-    mobile = normalise(raw_mobile) or raw_mobile
+    mobile = normalise(mobile) or mobile
     name = _account_arg(request.args.get("account"))
     if not guardrails.opt_in(rt.conn, rt.settings, name, mobile):
         raise Problem(404, "Not Found", f"{mobile} is not on the suppression list")

@@ -34,14 +34,46 @@ def refuse_dev_defaults(settings: Settings) -> None:
         )
 
 
+#: What ``make run`` writes while it runs: its stack's settings (``devkit.run``).
+RUN_ENV = os.path.join(".run", "env")
+
+
 def load_settings(redis_url: str | None = None) -> Settings:
+    """The settings from ``SMSGW_*``; with no ``SMSGW_REDIS_URL`` set, those of a ``make run``
+    running in this folder (``.run/env``), so the operator CLI works beside it as it is."""
+    env: dict[str, str] = dict(os.environ)
+    if not redis_url and not env.get("SMSGW_REDIS_URL") and os.path.exists(RUN_ENV):
+        with open(RUN_ENV, encoding="utf-8") as f:
+            found = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line and not line.startswith("#"))
+        env = {**found, **{k: v for k, v in env.items() if v}}
+        click.echo(f"smsgw: using the settings of the make run in this folder ({RUN_ENV})", err=True)
     try:
-        return settings_from_env(os.environ, redis_url=redis_url)
+        return settings_from_env(env, redis_url=redis_url)
     except SettingsError as e:
         raise click.ClickException(f"configuration: {e}") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """Every failure of a command is one line naming its cause, never a traceback: Redis
+    unreachable, the provider unreachable or refusing, the API unreachable."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import redis
+        import requests
+
+        from workers import provider as p
+
+        try:
+            return super().invoke(ctx)
+        except redis.RedisError as e:
+            raise redis_problem(e) from None
+        except p.ProviderError as e:
+            raise click.ClickException(f"the provider: {type(e).__name__}: {e.text or e}") from None
+        except requests.RequestException as e:
+            raise click.ClickException(f"HTTP: {type(e).__name__}: {e}") from None
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """smsgw: an outbound SMS gateway for the 通用短信平台 HTTP API."""
 
@@ -54,9 +86,12 @@ def run(api_port: int, simulator_port: int) -> None:
 
     Ctrl-C stops all of it. Nothing needs configuring; SMSGW_* variables still apply.
     """
-    from devkit.run import run_local
+    from devkit.run import RunError, run_local
 
-    run_local(api_port=api_port, simulator_port=simulator_port)
+    try:
+        run_local(api_port=api_port, simulator_port=simulator_port)
+    except RunError as e:
+        raise click.ClickException(f"make run: {e}") from None
 
 
 @cli.command()
@@ -94,8 +129,10 @@ def api(bind: str | None, workers: int | None) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc
     conf = os.path.join(os.path.dirname(__file__), "gunicorn_conf.py")
     args = [sys.executable, "-m", "gunicorn", "-c", conf]
-    if bind:
+    if bind:  # on the command line, gunicorn takes these binds instead of its config's
         args += ["--bind", bind]
+        if settings.metrics_bind and settings.metrics_bind != bind:
+            args += ["--bind", settings.metrics_bind]
     if workers:
         args += ["--workers", str(workers)]
     os.execv(sys.executable, [*args, "gateway:create_app()"])
@@ -366,12 +403,25 @@ def failed_list(limit: int) -> None:
 def failed_requeue(chunks: tuple[str, ...]) -> None:
     """Send failed chunks (MESSAGE_ID:N, from message and chunk as listed) again; others are left alone."""
     from workers.lifecycle import requeue_failed
+    from workers.storage.schema import MID_LENGTH
 
+    malformed = [ref for ref in chunks if not _chunk_ref(ref, MID_LENGTH)]
+    if malformed:
+        raise click.ClickException(
+            f"not a chunk (MESSAGE_ID:N, as `smsgw failed list` shows them): {', '.join(malformed)}"
+        )
     rt = _runtime()
-    for ref in chunks:
+    for ref in chunks:  # safe to repeat: a chunk that is no longer failed is left alone
         mid, _, n = ref.rpartition(":")
-        done = n.isdigit() and requeue_failed(rt.conn, rt.settings, mid, int(n), by="operator (CLI)")
-        click.echo(f"{ref}: {'requeued' if done else 'not failed (left alone)'}")
+        done = requeue_failed(rt.conn, rt.settings, mid, int(n), by="operator (CLI)")
+        click.echo(f"{ref}: {'requeued' if done else 'not failed, or gone (left alone)'}")
+
+
+def _chunk_ref(ref: str, mid_length: int) -> bool:
+    mid, sep, n = ref.rpartition(":")
+    hexdigits = set("0123456789abcdef")
+    body = mid[1:] if mid.startswith("b") else mid
+    return bool(sep) and n.isdigit() and len(body) == mid_length and set(body) <= hexdigits
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

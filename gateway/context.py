@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-
-from flask import current_app, g, has_request_context
+from flask import current_app
 
 from workers.runtime import Runtime
 
@@ -12,10 +10,3 @@ from workers.runtime import Runtime
 def runtime() -> Runtime:
     """The app's :class:`Runtime`, built once by ``create_app``: the one lookup every blueprint uses."""
     return current_app.extensions["smsgw"]  # type: ignore[no-any-return]
-
-
-class RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if has_request_context() and not hasattr(record, "request_id"):
-            record.request_id = g.get("request_id")
-        return True

@@ -12,6 +12,7 @@ refreshes itself.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,10 +63,21 @@ def init_app(app: Flask, redis_url: str) -> None:
     app.register_blueprint(bp)
 
 
+def _ago(buckets: list[dict[str, int]], prefixes: tuple[str, ...]) -> str:
+    """How long since the last minute with any of these counts ("this minute", "12 min ago"), or
+    "not in the last hour": whether traffic flows, and since when not, in one look."""
+    for back, bucket in enumerate(reversed(buckets)):
+        if any(v and k.startswith(prefixes) for k, v in bucket.items()):
+            return "this minute" if back == 0 else f"{back} min ago"
+    return "not in the last hour"
+
+
 def overview() -> dict[str, Any]:
     rt = runtime()
     conn = rt.conn
+    now = time.time()
     hour = last_hour(conn)
+    buckets = counters.minutes(conn, now)
     counts = {k.decode(): int(v) for k, v in conn.hgetall(schema.COUNTS).items()}
     delivered, undelivered = counts.get("reports_delivered", 0), counts.get("reports_undelivered", 0)
     failures = lifecycle.latest_failures(conn, 20)
@@ -83,10 +95,13 @@ def overview() -> dict[str, Any]:
             for key, row in zip(rt.settings.api_keys, pipe.execute(), strict=True)
         ]
     for failure in failures:
-        failure["at"] = datetime.fromtimestamp(failure["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        failure["at"] = (failure["at"] or "")[:19].replace("T", " ")
     for account in (accounts_ := account_list()):
         if account["since"]:
-            account["since"] = datetime.fromtimestamp(float(account["since"]), UTC).strftime("%Y-%m-%d %H:%M:%S")
+            account["since"] = account["since"][:19].replace("T", " ")
+        if account["balance_at"]:
+            age = now - datetime.fromisoformat(account["balance_at"]).timestamp()
+            account["balance_age"] = "just now" if age < 90 else f"{age / 60:.0f} min ago"
     return {
         "accounts": accounts_,
         "queues": list(queues.depths(conn).items()),
@@ -108,7 +123,13 @@ def overview() -> dict[str, Any]:
             for outcome in ("started", "approved", "failed", "expired", "reported")
         },
         "failures": failures,
-        "charts": hour_charts(counters.minutes(conn), queues.WORKER_QUEUES),
+        "charts": hour_charts(buckets, queues.WORKER_QUEUES, now),
+        "flow": {
+            "workers": queues.workers_alive(conn),
+            "last_accepted": _ago(buckets, ("accepted",)),
+            "last_call": _ago(buckets, ("code|",)),
+            "last_report": _ago(buckets, ("delivered", "undelivered")),
+        },
         "usage": usage,
         "usage_fields": quotas.USAGE_FIELDS,
         "now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),

@@ -6,7 +6,10 @@ own ``GUNICORN_CMD_ARGS``.
 
 import os
 
-bind = os.environ.get("SMSGW_BIND", "0.0.0.0:8080")
+# The API, and /metrics on a port of its own (SMSGW_METRICS_BIND; empty: on the API's port).
+bind = [os.environ.get("SMSGW_BIND", "0.0.0.0:8080")]
+if os.environ.get("SMSGW_METRICS_BIND", "0.0.0.0:9090"):
+    bind.append(os.environ.get("SMSGW_METRICS_BIND", "0.0.0.0:9090"))
 workers = int(os.environ.get("SMSGW_API_WORKERS", "2"))
 # gevent: a slow or idle client holds a greenlet, not one of a few sync workers or threads,
 # so slowloris sockets cannot take the API's capacity (tests/test_api_server.py measures it).
@@ -34,7 +37,7 @@ errorlog = "-"
 loglevel = "info"
 # JSON lines like the workers (SMSGW_LOG_FORMAT=text for humans).
 logconfig_dict = __import__("workers.logs", fromlist=["config_dict"]).config_dict(
-    "INFO", os.environ.get("SMSGW_LOG_FORMAT", "json"), {"request_id": {"()": "gateway.context.RequestIdFilter"}}
+    "INFO", os.environ.get("SMSGW_LOG_FORMAT", "json"), {"request_id": {"()": "gateway.access_log.RequestIdFilter"}}
 )
 
 

@@ -15,8 +15,8 @@ arrives, aborts (nothing was stored: 503). One WATCH is the whole cost on the ha
 from __future__ import annotations
 
 import json
+import re
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -31,6 +31,7 @@ from workers.settings import Settings
 from workers.storage import schema, scripts
 from workers.storage.schema import Chunk, Folded, Message, MessageState, Reply, ReportState
 from workers.text import mobile_of
+from workers.times import from_provider, rfc3339
 
 
 def accept(
@@ -74,7 +75,7 @@ def accept(
         },
         "billable_parts": msg.parts,
         "chunks_planned": chunk_count(len(msg.items), chunk_size),
-        "send_at": msg.send_at.isoformat() if msg.send_at else None,
+        "send_at": rfc3339(msg.send_at.timestamp()) if msg.send_at else None,
         "valid_until": _iso(valid_until) if valid_until else None,
         "test": test,
     }
@@ -85,6 +86,7 @@ def accept(
         priority=priority,
         kind=msg.kind,
         text=msg.text,
+        variables=",".join(msg.variables),
         items=";".join(msg.items),
         recipients=len(msg.items),
         parts=msg.parts,
@@ -203,8 +205,7 @@ def settle(conn: redis.Redis, mid: str, bound: float) -> bool:
             time.sleep(0.2)
 
 
-def _iso(ts: float | str) -> str | None:
-    return datetime.fromtimestamp(float(ts), UTC).isoformat() if ts and float(ts) else None
+_iso = rfc3339
 
 
 def chunk_view(chunk: Chunk, history: list[bytes]) -> dict[str, Any]:
@@ -221,8 +222,24 @@ def chunk_view(chunk: Chunk, history: list[bytes]) -> dict[str, Any]:
         "reason": chunk.reason or chunk.hold_reason or None,
         "updated_at": _iso(chunk.updated),
         "possible_duplicates": chunk.possible_duplicates,
-        "history": [json.loads(h) for h in history],
+        "history": [_timed(json.loads(h)) for h in history],
     }
+
+
+def caller_template(msg: Message) -> str:
+    """A personalised message's template as its caller wrote it (``{name}``), not as the provider
+    takes it (``{value0}``)."""
+    names = msg.variables.split(",") if msg.variables else []
+    return re.sub(
+        r"\{value(\d+)\}",
+        lambda m: "{" + names[int(m.group(1))] + "}" if int(m.group(1)) < len(names) else m.group(0),
+        msg.text,
+    )
+
+
+def _timed(entry: dict[str, Any]) -> dict[str, Any]:
+    """A history or attempt line as the API shows it: its ``at`` in RFC 3339."""
+    return {**entry, "at": rfc3339(entry.get("at"))} if "at" in entry else entry
 
 
 def folded_view(msg: Message, sub: Folded) -> dict[str, Any]:
@@ -304,7 +321,8 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
         "reference": msg.reference or None,
         "api_key": msg.api_key,
         "billable_parts": msg.parts,
-        "text": msg.text if msg.text else ("[redacted]" if msg.redacted else None),
+        "text": (msg.text if msg.kind != "p" else None) if msg.text else ("[redacted]" if msg.redacted else None),
+        "template": caller_template(msg) if msg.kind == "p" and msg.text else None,
         "text_length": len(msg.text) if msg.text else msg.text_length or None,
         "test": bool(msg.test),
         "flagged_words": msg.flagged.split(",") if msg.flagged else [],
@@ -323,7 +341,7 @@ def view(conn: redis.Redis, mid: str) -> dict[str, Any] | None:
             "events_sent": msg.callbacks_sent,
             "state": _callback_state(msg),
             "events_dropped": msg.callbacks_dropped,
-            "attempts": [json.loads(a) for a in conn.lrange(schema.callback_log_key(mid), 0, -1)],
+            "attempts": [_timed(json.loads(a)) for a in conn.lrange(schema.callback_log_key(mid), 0, -1)],
         },
     }
 
@@ -346,7 +364,7 @@ def _reply_view(reply: Reply) -> dict[str, Any]:
         "linkid": reply.linkid or None,
         "message_id": reply.message_id or None,
         "account": reply.account or None,
-        "replied_at": reply.time or None,
+        "replied_at": from_provider(reply.time),
         "received_at": _iso(reply.received),
     }
 

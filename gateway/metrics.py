@@ -25,6 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from gateway.problems import Problem
 from workers import accounts, queues, routes, verify
 from workers.counters import LATENCY_BUCKETS
 from workers.runtime import Runtime, check_durability
@@ -240,6 +241,23 @@ class RedisCollector(Collector):
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+#: What the metrics port answers besides /metrics: a probe can check it is up.
+METRICS_PORT_PATHS = frozenset({"/metrics", "/healthz"})
+
+
+def _port_gate(metrics_port: str) -> Response | None:
+    """With ``SMSGW_METRICS_BIND`` set, ``/metrics`` is answered on its port only, and that port
+    answers nothing else: the public API port does not hand out queue depths and balances."""
+    if not metrics_port:
+        return None
+    on_metrics_port = request.environ.get("SERVER_PORT") == metrics_port
+    if request.path == "/metrics" and not on_metrics_port:
+        return Problem(404, "Not Found", f"/metrics is served on port {metrics_port} (SMSGW_METRICS_BIND)").response()
+    if on_metrics_port and request.path not in METRICS_PORT_PATHS:
+        return Problem(404, "Not Found", f"port {metrics_port} serves /metrics only").response()
+    return None
+
+
 def init_app(app: Flask, rt: Runtime) -> None:
     registry = CollectorRegistry()
     multiproc = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -257,8 +275,9 @@ def init_app(app: Flask, rt: Runtime) -> None:
     )
 
     @app.before_request
-    def start_timer() -> None:
+    def start_timer() -> Response | None:
         g.metrics_start = time.perf_counter()
+        return _port_gate(rt.settings.metrics_port)
 
     @app.after_request
     def count_request(response: Response) -> Response:

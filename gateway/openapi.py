@@ -5,10 +5,12 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, render_template
 
+from gateway.api_schemas import RESPONSES
 from gateway.validation import MessageRequest, SensitiveWordsRequest
 from gateway.verifications import CheckRequest, VerificationRequest
+from workers.lifecycle import API_STATES
 from workers.storage.schema import VerificationState
 
 bp = Blueprint("openapi", __name__)
@@ -16,10 +18,25 @@ bp = Blueprint("openapi", __name__)
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 
 
+#: What each error status means across the API (the problem's detail says the particular).
+PROBLEM_MEANINGS = {
+    400: "malformed: JSON that does not parse, duplicate keys, a bad query",
+    401: "no API key, or not a known one",
+    404: "not found, or not this key's",
+    409: "conflict: an Idempotency-Key reused with another body, nothing left to cancel, a race",
+    413: "the body is over SMSGW_MAX_BODY_BYTES (the detail says the limit)",
+    415: "send Content-Type: application/json",
+    422: "invalid: one entry per problem, each with its JSON pointer",
+    429: "too many: the key's rate or quota, a mobile's cap, a verification's sends (Retry-After)",
+    502: "the provider did not answer or refused",
+    503: "storage is away or full: nothing was stored (or, when it says so, the outcome is unknown)",
+}
+
+
 def _problems(*codes: int) -> dict[str, Any]:
     return {
         str(c): {
-            "description": "a problem",
+            "description": PROBLEM_MEANINGS.get(c, "a problem"),
             "content": {"application/problem+json": {"schema": PROBLEM}},
         }
         for c in codes
@@ -92,21 +109,17 @@ def document() -> dict[str, Any]:
             },
         },
     }
-    schemas["Accepted"] = {
+    schemas.update(RESPONSES)
+    schemas["SuppressionRequest"] = {
         "type": "object",
-        "required": ["id", "status", "recipients", "chunks_planned"],
+        "required": ["mobile"],
         "properties": {
-            "id": {"type": "string"},
-            "status": {"type": "string", "enum": ["accepted", "scheduled"]},
-            "account": {"type": "string"},
-            "priority": {"type": "string"},
-            "reference": {"type": ["string", "null"]},
-            "recipients": {"type": "object"},
-            "chunks_planned": {"type": "integer"},
-            "send_at": {"type": ["string", "null"]},
+            "mobile": {"type": "string", "description": "a mainland mobile"},
+            "reason": {"type": "string", "description": "why (kept with it, at most 200 characters)"},
+            "account": {"type": "string", "description": "a named provider account (default: the default one)"},
         },
+        "example": {"mobile": "13800138000", "reason": "asked by phone"},
     }
-    schemas["Message"] = {"type": "object", "required": ["id", "status", "chunks"]}
     schemas["Verification"] = {
         "type": "object",
         "description": "A verification: never its code",
@@ -161,7 +174,11 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "smsgw",
             "version": "1",
-            "description": "Outbound SMS for mainland China",
+            "description": (
+                "Outbound SMS for mainland China. Every error is application/problem+json (RFC 9457); "
+                "every time is RFC 3339 in UTC. Message states: "
+                + "; ".join(f"{state}: {meaning}" for state, meaning in API_STATES.items())
+            ),
         },
         "components": {
             "schemas": schemas,
@@ -177,7 +194,11 @@ def document() -> dict[str, Any]:
                         for n in ("reference", "mobile", "status", "since", "until", "cursor")
                     ]
                     + [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}}],
-                    "responses": {**_ok({"type": "object"}), **auth_problems, **_problems(400)},
+                    "responses": {
+                        **_ok({"$ref": "#/components/schemas/MessagePage"}),
+                        **auth_problems,
+                        **_problems(400),
+                    },
                 },
                 "post": {
                     "summary": "Send a plain or personalised message",
@@ -210,7 +231,7 @@ def document() -> dict[str, Any]:
                 "delete": {
                     "summary": "Cancel what is not yet submitted",
                     "responses": {
-                        **_ok({"type": "object"}),
+                        **_ok({"$ref": "#/components/schemas/Cancelled"}),
                         **auth_problems,
                         **_problems(404, 409),
                     },
@@ -219,7 +240,7 @@ def document() -> dict[str, Any]:
             "/v1/messages/{mid}/recipients": {
                 "parameters": [MID],
                 "get": {
-                    "summary": "Recipients, paged",
+                    "summary": "Recipients, paged, each with its own state and report",
                     "parameters": [
                         {
                             "name": "cursor",
@@ -233,7 +254,7 @@ def document() -> dict[str, Any]:
                         },
                     ],
                     "responses": {
-                        **_ok({"type": "object"}),
+                        **_ok({"$ref": "#/components/schemas/RecipientPage"}),
                         **auth_problems,
                         **_problems(400, 404),
                     },
@@ -249,7 +270,11 @@ def document() -> dict[str, Any]:
                         {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                     ],
-                    "responses": {**_ok({"type": "object"}), **auth_problems, **_problems(400, 404)},
+                    "responses": {
+                        **_ok({"$ref": "#/components/schemas/ReplyPage"}),
+                        **auth_problems,
+                        **_problems(400, 404),
+                    },
                 }
             },
             "/v1/usage": {
@@ -259,7 +284,7 @@ def document() -> dict[str, Any]:
                         {"name": "from", "in": "query", "schema": {"type": "string", "format": "date"}},
                         {"name": "to", "in": "query", "schema": {"type": "string", "format": "date"}},
                     ],
-                    "responses": {**_ok({"type": "object"}), **auth_problems, **_problems(400)},
+                    "responses": {**_ok({"$ref": "#/components/schemas/Usage"}), **auth_problems, **_problems(400)},
                 }
             },
             "/v1/suppressions": {
@@ -270,28 +295,17 @@ def document() -> dict[str, Any]:
                         {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                     ],
-                    "responses": {**_ok({"type": "object"}), **auth_problems, **_problems(400, 404)},
+                    "responses": {
+                        **_ok({"$ref": "#/components/schemas/SuppressionPage"}),
+                        **auth_problems,
+                        **_problems(400, 404),
+                    },
                 },
                 "post": {
                     "summary": "Add a mobile to the account's opt-out list",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["mobile"],
-                                    "properties": {
-                                        "mobile": {"type": "string"},
-                                        "reason": {"type": "string"},
-                                        "account": {"type": "string"},
-                                    },
-                                }
-                            }
-                        },
-                    },
+                    "requestBody": _body("SuppressionRequest"),
                     "responses": {
-                        **_ok({"type": "object"}, "201", "added"),
+                        **_ok({"$ref": "#/components/schemas/Suppression"}, "201", "added"),
                         **auth_problems,
                         **_problems(400, 404, 415, 422),
                     },
@@ -304,7 +318,21 @@ def document() -> dict[str, Any]:
                         {"name": "mobile", "in": "path", "required": True, "schema": {"type": "string"}},
                         {"name": "account", "in": "query", "schema": {"type": "string"}},
                     ],
-                    "responses": {**_ok({"type": "object"}), **auth_problems, **_problems(404)},
+                    "responses": {
+                        **_ok(
+                            {
+                                "type": "object",
+                                "required": ["account", "mobile", "removed"],
+                                "properties": {
+                                    "account": {"type": "string"},
+                                    "mobile": {"type": "string"},
+                                    "removed": {"type": "boolean"},
+                                },
+                            }
+                        ),
+                        **auth_problems,
+                        **_problems(404),
+                    },
                 }
             },
             "/v1/balance": {
@@ -312,7 +340,7 @@ def document() -> dict[str, Any]:
                     "summary": "The provider account's balance (cached 30 s)",
                     "parameters": [{"name": "account", "in": "query", "schema": {"type": "string"}}],
                     "responses": {
-                        **_ok({"type": "object"}),
+                        **_ok({"$ref": "#/components/schemas/Balance"}),
                         **auth_problems,
                         **_problems(404, 502),
                     },
@@ -323,7 +351,7 @@ def document() -> dict[str, Any]:
                     "summary": "Words the provider would refuse (cached 5 min)",
                     "requestBody": words_body,
                     "responses": {
-                        **_ok({"type": "object"}),
+                        **_ok({"$ref": "#/components/schemas/SensitiveWords"}),
                         **auth_problems,
                         **_problems(400, 404, 415, 422, 502),
                     },
@@ -380,15 +408,34 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
-            "/healthz": {"get": {"security": [], "responses": _ok({"type": "object"})}},
+            "/healthz": {
+                "get": {
+                    "summary": "The process answers",
+                    "security": [],
+                    "responses": _ok({"type": "object", "example": {"status": "ok"}}),
+                }
+            },
             "/readyz": {
                 "get": {
                     "security": [],
-                    "responses": {**_ok({"type": "object"}), "503": {"description": "Redis down"}},
+                    "summary": "Redis takes writes (a load balancer's readiness check)",
+                    "responses": {
+                        **_ok({"type": "object", "example": {"status": "ok", "redis": "ok"}}),
+                        "503": {"description": "Redis is away or refuses writes (full, read-only)"},
+                    },
                 }
             },
         },
     }
+
+
+@bp.get("/docs")
+def api_docs() -> str:
+    """The API reference, rendered here from :func:`document` (no CDN, no script: it works
+    offline and behind a firewall)."""
+    doc = document()
+    intro = doc["info"]["description"].split(" Message states:")[0]
+    return render_template("api_docs.html", doc=doc, intro=intro, states=API_STATES)
 
 
 @bp.get("/openapi.json")

@@ -19,6 +19,7 @@ from gateway.problems import Problem
 from workers import accounts, lifecycle, routes
 from workers.runtime import Runtime
 from workers.storage import schema
+from workers.times import rfc3339
 
 bp = Blueprint("operators", __name__, url_prefix="/admin")
 
@@ -44,10 +45,10 @@ def account_row(rt: Runtime, name: str) -> dict[str, Any]:
         "state": state.state,
         "code": state.code or None,
         "reason": state.reason or None,
-        "since": f"{state.since:.0f}" if state.since else None,
+        "since": rfc3339(state.since),
         "held_chunks": rt.conn.zcard(schema.held_key(name)),
-        "balance": state.balance or None,
-        "balance_at": f"{state.balance_at:.0f}" if state.balance_at else None,
+        "balance": _number(state.balance),
+        "balance_at": rfc3339(state.balance_at),
         "balance_low": bool(state.balance_low),
         "chunk_size": accounts.chunk_size(rt.conn, rt.settings, name),
         "parts_today": accounts.spent_today(rt.conn, name, time.time()),
@@ -57,6 +58,15 @@ def account_row(rt: Runtime, name: str) -> dict[str, Any]:
         if name in rt.settings.failover_accounts
         else None,
     }
+
+
+def _number(raw: str) -> float | int | None:
+    """The provider's balance as a number (it answers text); ``None`` when unknown."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else value
 
 
 def account_list() -> list[dict[str, Any]]:

@@ -110,6 +110,7 @@ class Accepted:
     item_parts: list[int] = field(default_factory=list)  # billable parts of each item
     suppressed: list[dict[str, str]] = field(default_factory=list)
     flagged: list[str] = field(default_factory=list)  # SMSGW_CONTENT_CHECK=flag
+    variables: tuple[str, ...] = ()  # a template's variable names, in {valueN} order
 
     @property
     def parts(self) -> int:
@@ -168,7 +169,8 @@ def model_errors(error: ValidationError) -> list[dict[str, str]]:
     errors = []
     for item in error.errors(include_url=False):
         loc = tuple(item["loc"])
-        detail = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
+        # pydantic prefixes the validators' own sentences with "Value error, ": not for callers.
+        detail = "unknown field" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
         errors.append({"pointer": pointer(loc), "detail": detail})
     return errors
 
@@ -401,6 +403,7 @@ def _check_personal(
         errors.append({"pointer": "/recipients", "detail": "no valid recipient left"})
     accepted = Accepted("p", "", template.provider_text, groups, duplicates, invalid)
     accepted.item_parts = parts
+    accepted.variables = template.names
     if req.priority == "bulk" and hint and hint not in template.source:
         errors.append({"pointer": "/template", "detail": f"a bulk text must carry the opt-out hint {hint}"})
     return accepted

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import re
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, g, request
@@ -33,6 +32,7 @@ from workers.mobiles import normalise
 from workers.settings import VALID_FOR_MAX
 from workers.storage import schema
 from workers.storage.schema import Message, Verification, VerificationState
+from workers.times import rfc3339
 
 _PLACEHOLDER = re.compile(r"\{(\w*)\}")
 
@@ -270,4 +270,4 @@ def _locked(v: Verification, now: float) -> Problem:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    return rfc3339(ts) or ""

@@ -78,6 +78,9 @@ TEST_ENV = {
     "SMSGW_AMBIGUOUS_WAIT_SECONDS": "1",
     # The simulator on loopback is a development default: smsgw api/worker refuse it otherwise.
     "SMSGW_ALLOW_DEV_DEFAULTS": "1",
+    # /metrics on the API's port: the test client has one port (tests/test_metrics.py checks the
+    # production default, a port of its own).
+    "SMSGW_METRICS_BIND": "",
 }
 
 

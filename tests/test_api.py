@@ -96,6 +96,12 @@ def test_invalid_requests(api, redis_conn, body, status, pointer, contains):
     assert nothing_queued(redis_conn)
 
 
+def test_a_422_speaks_to_the_caller_not_in_pydantics_words(api):
+    r = post(api, {"to": ["13800138000"], "text": "hi", "template": "{a}"})
+    [error] = r.get_json()["errors"]
+    assert error["detail"] == "send either to+text or template+recipients, not both"
+
+
 @pytest.mark.parametrize(
     ("raw", "contains"),
     [

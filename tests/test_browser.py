@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         not (CHROMIUM and CHROMEDRIVER),
-        reason="needs Debian's chromium and chromium-driver: run `sudo make browser-deps` once",
+        reason="needs Debian's chromium and chromium-driver: run `sudo make system-deps` once",
     ),
 ]
 
@@ -138,3 +138,16 @@ def test_the_hour_is_drawn_as_charts_with_traffic_flowing(live, browser, runtime
     assert len(heights) > 1  # the line rises at this minute: 5 accepted
     delivered = browser.find_element(By.CSS_SELECTOR, '#chart-outcomes polyline[data-series="delivered"]')
     assert len({p.split(",")[1] for p in delivered.get_attribute("points").split()}) > 1
+    # Issue 23 §5: a time axis ending at "now", marked; good is green and bad is not; whether
+    # traffic flows and since when, and how many workers are alive, in one look.
+    for chart in ("chart-accepted", "chart-calls", "chart-depth", "chart-outcomes"):
+        ticks = [t.text for t in browser.find_elements(By.CSS_SELECTOR, f"#{chart} text.tick")]
+        assert len(ticks) == 3 and ticks[-1].endswith(" now") and all(":" in t for t in ticks), ticks
+        assert browser.find_elements(By.CSS_SELECTOR, f"#{chart} line.now"), chart
+    colour = {
+        s: browser.find_element(By.CSS_SELECTOR, f'#chart-outcomes polyline[data-series="{s}"]').get_attribute("stroke")
+        for s in ("delivered", "undelivered", "failed")
+    }
+    assert colour["delivered"] == "#2f855a" and colour["undelivered"] != colour["delivered"] != colour["failed"]
+    assert text(browser, "last-accepted") == "this minute" and text(browser, "last-call") == "this minute"
+    assert text(browser, "workers-alive").isdigit()

@@ -33,3 +33,21 @@ def test_failed_list_requeue_status_and_accounts(api, runtime, simulator, settin
     assert json.loads(run(settings_env, "accounts", "list"))[0]["state"] == "held"
     assert "active" in run(settings_env, "accounts", "resume", "default")
     assert run(settings_env, "balance").strip() == "default: 999999"  # one recipient sent
+
+
+def test_a_malformed_chunk_is_an_error_not_a_success(runtime, settings_env):
+    for garbage in ("garbage", "1a2b:x", "zzzzzzzzzzzzzzzzzzzzzzz:0", ":0"):
+        result = CliRunner().invoke(cli, ["failed", "requeue", garbage], env=settings_env)
+        assert result.exit_code == 1 and "not a chunk" in result.output, (garbage, result.output)
+
+
+def test_every_cli_error_is_one_line_naming_its_cause(settings_env, simulator, runtime):
+    """The provider unreachable, Redis unreachable: one line, exit 1, never a traceback."""
+    down = {**settings_env, "SMSGW_PROVIDER_URL": "http://127.0.0.1:9/api/", "SMSGW_PROVIDER_CONNECT_TIMEOUT": "1"}
+    result = CliRunner().invoke(cli, ["balance"], env=down)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0 and "the provider: ConnectError" in result.output
+    gone = {**settings_env, "SMSGW_REDIS_URL": "redis://127.0.0.1:9/0"}
+    result = CliRunner().invoke(cli, ["accounts", "list"], env=gone)
+    assert result.exit_code == 1 and "SMSGW_REDIS_URL: Redis is unreachable" in result.output
+    assert result.output.strip().count("\n") == 0

@@ -34,22 +34,24 @@ def crd_schema() -> dict:
     return version["schema"]["openAPIV3Schema"]
 
 
-@pytest.mark.parametrize("target", ["base", "overlays/dev"])
+BASE_KINDS = [
+    "ConfigMap",
+    "Deployment",
+    "Deployment",
+    "Service",
+    "PodDisruptionBudget",
+    "PodDisruptionBudget",
+    "ScaledObject",
+    "HorizontalPodAutoscaler",
+]
+
+
+@pytest.mark.parametrize("target", ["base", "overlays/dev", "overlays/production"])
 def test_every_rendered_object_validates(target):
     objects = render(target)
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == sorted(
-        [
-            "ConfigMap",
-            "Deployment",
-            "Deployment",
-            "Service",
-            "PodDisruptionBudget",
-            "PodDisruptionBudget",
-            "ScaledObject",
-            "HorizontalPodAutoscaler",
-        ]
-    )
+    extra = ["Ingress", "NetworkPolicy", "NetworkPolicy"] if target == "overlays/production" else []
+    assert kinds == sorted(BASE_KINDS + extra)
     version = kubernetes_validate.latest_version()
     for obj in objects:
         if obj["kind"] == "ScaledObject":
@@ -109,3 +111,30 @@ def test_the_secret_sample_holds_every_key_the_manifests_need():
     scaled = next(o for o in render("base") if o["kind"] == "ScaledObject")
     needed = {v for t in scaled["spec"]["triggers"] for k, v in t["metadata"].items() if k.endswith("FromEnv")}
     assert needed <= set(sample) and "SMSGW_REDIS_URL" in sample and "SMSGW_PROVIDER_PASSWORD" in sample
+
+
+def test_production_pins_its_image_leaves_counts_to_the_autoscalers_and_fences_its_pods():
+    objects = render("overlays/production")
+    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    for deployment in deployments:
+        assert "replicas" not in deployment["spec"], deployment["metadata"]["name"]  # HPA and KEDA own them
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        image = container["image"]
+        assert (
+            "/" in image and (":" in image.rsplit("/", 1)[1] or "@sha256:" in image) and not image.endswith(":latest")
+        )
+    assert {o["metadata"]["namespace"] for o in objects} == {"smsgw"}
+    api = next(d for d in deployments if d["metadata"]["name"] == "smsgw-api")
+    annotations = api["spec"]["template"]["metadata"]["annotations"]
+    ports = {p["name"]: p["containerPort"] for p in api["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    assert annotations["prometheus.io/port"] == str(ports["metrics"]) == config["SMSGW_METRICS_BIND"].rsplit(":")[1]
+    policies = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "NetworkPolicy"}
+    assert policies["smsgw-worker"]["ingress"] == []
+    api_ports = {p["ports"][0]["port"] for p in policies["smsgw-api"]["ingress"]}
+    assert api_ports == {ports["http"], ports["metrics"]}
+    scaled = next(o for o in objects if o["kind"] == "ScaledObject")
+    sample = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "secret.sample.yaml").read_text())["stringData"]
+    needed = {v for t in scaled["spec"]["triggers"] for k, v in t["metadata"].items() if k.endswith("FromEnv")}
+    assert needed <= set(sample) and "SMSGW_REDIS_SENTINELS" in needed
+    assert "smsgw-redis:26379" in sample["SMSGW_REDIS_URL"]  # named as in docs/operations.md's Redis example

@@ -100,6 +100,44 @@ def test_metrics_add_up_across_gunicorn_workers(settings_env, tmp_path):
         api.wait(timeout=30)
 
 
+def test_metrics_are_served_on_their_own_port_only(settings_env, runtime):
+    """The production default (SMSGW_METRICS_BIND=0.0.0.0:9090): the API's port answers
+    /metrics with 404, and the metrics port answers nothing but /metrics and /healthz."""
+    from gateway import create_app
+
+    env = {k: v for k, v in settings_env.items() if k != "SMSGW_METRICS_BIND"}
+    client = create_app(settings_from_env(env)).test_client()
+    metrics_port = {"SERVER_PORT": "9090"}
+    public = client.get("/metrics", environ_overrides={"SERVER_PORT": "8080"})
+    assert public.status_code == 404 and "9090" in public.get_json()["detail"]
+    assert client.get("/metrics", environ_overrides=metrics_port).status_code == 200
+    assert client.get("/healthz", environ_overrides=metrics_port).status_code == 200
+    assert client.get("/v1/messages", headers=AUTH, environ_overrides=metrics_port).status_code == 404
+    assert client.get("/v1/messages", headers=AUTH, environ_overrides={"SERVER_PORT": "8080"}).status_code == 200
+
+
+@pytest.mark.slow
+def test_smsgw_api_binds_the_metrics_port_beside_the_api(settings_env, tmp_path):
+    port, metrics = free_port(), free_port()
+    env = {
+        **os.environ,
+        **settings_env,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "SMSGW_METRICS_BIND": f"127.0.0.1:{metrics}",
+    }
+    command = [sys.executable, "-m", "gateway.cli", "api", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+    api = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=30)
+        wait_http(f"http://127.0.0.1:{metrics}/healthz", timeout=30)
+        assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 404
+        scraped = requests.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5)
+        assert scraped.status_code == 200 and "smsgw_workers" in scraped.text
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
+
+
 def test_request_series_stay_bounded_whatever_methods_clients_invent(api, runtime):
     import random
     import string

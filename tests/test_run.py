@@ -34,7 +34,7 @@ def test_run_sends_end_to_end_and_ctrl_c_stops_everything(tmp_path):
     try:
         banner = ""
         deadline = time.monotonic() + 60
-        while "look it up" not in banner and time.monotonic() < deadline:
+        while "smsgw failed list" not in banner and time.monotonic() < deadline:
             banner += run.stdout.readline()
         curl = re.search(r"curl -s -X POST .*?\}'", banner.replace("\\\n", " "), re.S)
         assert curl, banner
@@ -51,6 +51,18 @@ def test_run_sends_end_to_end_and_ctrl_c_stops_everything(tmp_path):
                 break
             time.sleep(0.2)
         assert subs and subs[0]["texts"] == ["您好，验证码 123456"]
+        # The operator CLI beside it, as the banner says: no settings, it finds .run/env itself.
+        assert ".venv/bin/smsgw status <id>" in banner and (tmp_path / ".run" / "env").exists()
+        status = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "status", r.json()["id"]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert status.returncode == 0 and '"status"' in status.stdout, status.stderr
+        assert "using the settings of the make run in this folder" in status.stderr
         children = psutil.Process(run.pid).children(recursive=True)
         assert len(children) >= 4  # simulator, API (gunicorn and its workers), worker, Redis
     finally:
@@ -59,3 +71,40 @@ def test_run_sends_end_to_end_and_ctrl_c_stops_everything(tmp_path):
         run.stdout.close()
     time.sleep(1)
     assert [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE] == []
+    assert not (tmp_path / ".run" / "env").exists()  # the CLI does not find a stack that stopped
+
+
+def test_run_with_its_port_taken_fails_at_once_naming_the_port(tmp_path):
+    """Another server on the API's port: no "smsgw is running", a non-zero exit, the port named
+    and the way out (other ports); nothing is left running."""
+    import http.server
+    import threading
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    taken = other.server_address[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSGW_")}
+    try:
+        started = time.monotonic()
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "run",
+                "--api-port",
+                str(taken),
+                "--simulator-port",
+                str(free_port()),
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert out.returncode != 0 and time.monotonic() - started < 10
+    assert f"port {taken}" in out.stderr and "API_PORT=" in out.stderr and "smsgw is running" not in out.stdout

@@ -46,9 +46,11 @@ def test_every_queue_smsgw_enqueues_to_is_served_by_the_worker(api, runtime, sim
     assert "queues: tuple[str, ...] = WORKER_QUEUES" in source  # smsgw worker serves them all by default
 
 
-def compose_config() -> dict:
-    command = [COMPOSE, "-f", str(ROOT / "docker-compose.yml"), "--profile", "dev", "config", "--format", "json"]
-    out = subprocess.run(command, capture_output=True, text=True, check=True)
+def compose_config(*files: str, cwd: Path = ROOT) -> dict:
+    """``docker compose config`` of production (``docker-compose.yml``), or with the dev override."""
+    names = files or ("docker-compose.yml", "docker-compose.dev.yml")
+    command = [COMPOSE, *(a for f in names for a in ("-f", str(cwd / f))), "config", "--format", "json"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=cwd)
     return json.loads(out.stdout)
 
 
@@ -57,7 +59,7 @@ def test_compose_file_is_valid_and_wired():
     services = config["services"]
     assert set(services) == {"redis", "api", "worker", "simulator"}
     assert services["worker"]["command"] == ["worker"]  # all queues, no subset
-    assert services["simulator"]["profiles"] == ["dev"]
+    assert set(compose_config("docker-compose.yml")["services"]) == {"redis", "api", "worker"}
     assert "--appendonly" in services["redis"]["command"] and "everysec" in services["redis"]["command"]
     assert "redis-data" in config["volumes"]
     assert services["api"]["image"] == services["worker"]["image"] == services["simulator"]["image"]
@@ -152,8 +154,29 @@ def test_env_example_lists_every_setting_and_compose_passes_them_through():
     missing = [n for n in names if n not in example]
     missing += [f for f in fields if f"SMSGW_ACCOUNT_MARKETING_{f}" not in example and f"_{f}=" not in example]
     assert not missing, missing
-    config = compose_config()
-    for role in ("api", "worker"):
-        assert config["services"][role]["environment"]["SMSGW_ALLOW_DEV_DEFAULTS"] in ("", None)
     compose_text = (ROOT / "docker-compose.yml").read_text()
     assert "path: .env" in compose_text and "required: false" in compose_text
+
+
+def test_production_compose_takes_every_setting_from_env_and_supplies_no_credential(tmp_path):
+    """Nothing under ``environment:`` beats .env (a Sentinel URL in .env is the one used), no
+    ``${…:-default}`` turns a forgotten password into the simulator's, and the API started on
+    such a .env refuses to run, naming what is missing."""
+    import shutil
+
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
+    sentinel = "redis+sentinel://:pw@s1:26379,s2:26379/smsgw/0"
+    (tmp_path / ".env").write_text(
+        f"SMSGW_REDIS_URL={sentinel}\nSMSGW_REDIS_DURABILITY=warn\nSMSGW_API_WORKERS=6\n"
+        "SMSGW_PROVIDER_UID=acme\nSMSGW_API_KEYS=svc:0123456789abcdef0123\n"
+    )
+    config = compose_config("docker-compose.yml", cwd=tmp_path)
+    for role in ("api", "worker"):
+        env = config["services"][role]["environment"]
+        assert env["SMSGW_REDIS_URL"] == sentinel and env["SMSGW_REDIS_DURABILITY"] == "warn"
+        assert "SMSGW_PROVIDER_PASSWORD" not in env and "SMSGW_ALLOW_DEV_DEFAULTS" not in env
+    assert config["services"]["api"]["command"] == ["api"]  # gunicorn reads SMSGW_API_WORKERS itself
+    assert "${" not in (ROOT / "docker-compose.yml").read_text()  # no interpolated defaults at all
+    env = {"PATH": os.environ["PATH"], **config["services"]["api"]["environment"]}
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "api"], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "SMSGW_PROVIDER_PASSWORD is empty" in out.stderr

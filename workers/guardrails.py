@@ -27,6 +27,7 @@ import redis
 
 from workers.settings import Settings
 from workers.storage import schema, scripts
+from workers.times import rfc3339
 
 OPTED_OUT = "opted_out"
 FREQUENCY_CAP = "frequency_cap"
@@ -152,4 +153,6 @@ def suppressions(
     """One page of the suppression list; a returned cursor of 0 means the end."""
     nxt, page = conn.hscan(schema.suppression_key(optout_scope(settings, account)), cursor, count=limit)
     items = [{"mobile": m.decode(), **json.loads(v)} for m, v in page.items()]
+    for item in items:
+        item["at"] = rfc3339(item.get("at"))
     return items, int(nxt)

@@ -39,6 +39,7 @@ from workers.settings import Settings
 from workers.storage import schema
 from workers.storage.schema import Chunk, ChunkState, Message, MessageState, ReportState
 from workers.text import mobile_of
+from workers.times import rfc3339
 
 log = logging.getLogger("smsgw.lifecycle")
 
@@ -337,7 +338,7 @@ def redact(pipe: Pipeline, mid: str, text: str, items: str) -> None:
     """Queue the redaction of a message: its text goes (its length stays), and its 点点通 values
     with it (``items``: the message's own, when it still holds them)."""
     key = schema.message_key(mid)
-    pipe.hdel(key, Message.field_of("text"))
+    pipe.hdel(key, Message.field_of("text"), Message.field_of("variables"))
     pipe.hset(key, mapping=Message.short(text_length=len(text)))
     if "," in items:
         pipe.hset(key, Message.field_of("items"), _mobiles_only(items))
@@ -794,6 +795,25 @@ def cancel_unplanned(conn: redis.Redis, mid: str) -> bool:
 # -- reading ----------------------------------------------------------------------------------
 
 
+#: Every state the API reports for a message (:func:`message_state`), in the order of its life,
+#: and what it means: the one list the OpenAPI document, ``/docs`` and the README follow.
+API_STATES: dict[str, str] = {
+    MessageState.ACCEPTED: "stored; waiting for a worker to plan it (or in a coalescing pool)",
+    MessageState.SCHEDULED: "waiting for send_at (or for the end of its priority's quiet hours)",
+    MessageState.SENDING: "planned: its submissions are on their way to the provider",
+    "partially_submitted": "some submissions reached the provider; the rest are still on their way",
+    "submitted": "every submission was accepted by the provider; no report yet",
+    "delivered": "final: every recipient's report says delivered",
+    "partially_delivered": "final once every recipient reported: some delivered, some not",
+    "undelivered": "final: the operator reported every recipient undelivered",
+    "unknown": "final: no report came within SMSGW_REPORT_WINDOW_SECONDS",
+    FAILED: "final: the provider refused it, or every attempt failed (the chunks say why)",
+    EXPIRED: "final: its valid_for ended before it could be sent; never sent, never billed",
+    CANCELLED: "final: cancelled before it was submitted",
+    MessageState.SUPPRESSED: "final: every recipient was suppressed (a frequency cap, an opt-out)",
+}
+
+
 def message_state(msg: Message) -> str:
     """A message's state follows its chunks once they are planned, then its recipients' reports."""
     if msg.state != MessageState.SENDING:
@@ -825,7 +845,7 @@ def latest_failures(conn: redis.Redis, limit: int) -> list[dict[str, Any]]:
         state = conn.hget(schema.chunk_key(mid, int(n or 0)), Chunk.field_of("state"))
         rows.append(
             {
-                "at": float(at),
+                "at": rfc3339(float(at)),
                 "message": mid,
                 "chunk": n,
                 "account": account,

@@ -28,7 +28,7 @@ MAINTENANCE_LEASE = "maintenance"
 INGEST_LEASE = "ingest"
 TICK = 1.0
 OVERDUE_LAG = 10.0
-BALANCE_REFRESH_SECONDS = 300
+BALANCE_REFRESH_SECONDS = 60
 #: With a low-balance threshold set, the balance is asked once a minute (one call per account).
 LOW_BALANCE_REFRESH_SECONDS = 60
 

@@ -42,7 +42,6 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,6 +54,7 @@ from workers.queues import take_legacy_callbacks
 from workers.runtime import Runtime
 from workers.storage import schema, scripts
 from workers.storage.schema import Message, callback_log_key, callback_queue_key
+from workers.times import rfc3339
 
 log = logging.getLogger("smsgw.notifications")
 PENDING_MAX = 10_000
@@ -168,7 +168,7 @@ def recipient_expired(rt: Runtime, mid: str, mobile: str) -> None:
         "mobile": mobile,
         "state": "expired",
         "operator_code": None,
-        "reported_at": datetime.now(UTC).isoformat(),
+        "reported_at": rfc3339(time.time()),
         "linkid": None,
     }
     queue_event(rt, mid, event)

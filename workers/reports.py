@@ -19,7 +19,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import redis
@@ -45,13 +44,13 @@ from workers.storage.schema import (
     recipients_key,
 )
 from workers.text import mobile_of
+from workers.times import epoch, from_provider, rfc3339
 
 log = logging.getLogger("smsgw.reports")
 
 DEAD_MAX = 10_000
 ORPHANS_MAX = 100_000
 BATCH = 500
-CST = timezone(timedelta(hours=8))
 
 
 def item_id(item: dict[str, str]) -> str:
@@ -123,14 +122,6 @@ def _dead(conn: redis.Redis, line: str, reason: str, entry: dict[str, Any]) -> N
         pipe.hincrby(COUNTS, "dead_lettered", 1)
         pipe.execute()
     log.warning("dead-lettered a %s line: %s", entry.get("kind"), reason)
-
-
-def epoch(provider_time: str) -> float:
-    """``YYYY-MM-DD HH:MM:SS`` in China Standard Time → epoch seconds (0 if unreadable)."""
-    try:
-        return datetime.strptime(provider_time.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=CST).timestamp()
-    except ValueError:
-        return 0.0
 
 
 @dataclass(frozen=True)
@@ -291,7 +282,7 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
                 "mobile": mobile,
                 "state": state.label,
                 "operator_code": status,
-                "reported_at": datetime.fromtimestamp(ts, CST).isoformat(),
+                "reported_at": rfc3339(ts),
                 "linkid": linkid,
             },
         )
@@ -341,7 +332,7 @@ def _apply_reply(rt: Runtime, item: dict[str, str]) -> int:
                 "type": "reply",
                 "mobile": reply.mobile,
                 "text": reply.content,
-                "replied_at": reply.time,
+                "replied_at": from_provider(reply.time),
                 "linkid": linkid,
             }
             queue_event(rt, mid, event)

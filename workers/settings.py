@@ -177,6 +177,9 @@ class Settings:
     #: ``yes``: RQ's Worker forks a work horse per job; ``no``: RQ's SimpleWorker runs jobs in
     #: the worker process itself (README "Speed, measured" has the figures behind the default).
     worker_fork: Literal["yes", "no"] = "no"
+    #: ``host:port`` where ``smsgw api`` serves ``/metrics`` (and only there); empty: on the API's
+    #: own port, as in development and tests.
+    metrics_bind: str = "0.0.0.0:9090"
     #: Verification codes (workers.verify): the server secret codes are derived from, and the
     #: defaults of ``POST /v1/verifications``.
     verify_secret: Secret = field(default_factory=lambda: Secret(""), repr=False)
@@ -195,6 +198,11 @@ class Settings:
     @property
     def account(self) -> AccountSettings:
         return self.accounts[self.default_account]
+
+    @property
+    def metrics_port(self) -> str:
+        """The port ``/metrics`` is served on, or ``""`` for the API's own."""
+        return self.metrics_bind.rpartition(":")[2] if self.metrics_bind else ""
 
     @property
     def verify_key(self) -> bytes:
@@ -545,6 +553,7 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         valid_for={
             p: min(_int(env, f"SMSGW_VALID_FOR_{p.upper()}", s, 0), VALID_FOR_MAX) for p, s in VALID_FOR.items()
         },
+        metrics_bind=_bind(env, "SMSGW_METRICS_BIND", "0.0.0.0:9090"),
         verify_secret=_verify_secret(env),
         verify_valid_for=min(_int(env, "SMSGW_VERIFY_VALID_FOR", 600, 30), VALID_FOR_MAX),
         verify_template=_verify_template(env),
@@ -555,6 +564,14 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         verify_conversion_baseline=_int(env, "SMSGW_VERIFY_CONVERSION_BASELINE", 6 * 3600, 600),
         verify_conversion_min=_int(env, "SMSGW_VERIFY_CONVERSION_MIN", 20, 1),
     )
+
+
+def _bind(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default)
+    host, sep, port = value.rpartition(":")
+    if value and (not sep or not host or not port.isdigit()):
+        raise SettingsError(f"{name}={value!r} is not host:port (or empty)")
+    return value
 
 
 def _verify_secret(env: Mapping[str, str]) -> Secret:

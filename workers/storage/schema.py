@@ -479,6 +479,7 @@ class Message(Record):
     priority: str = _h("pr")
     kind: str = _h("k", "t")  # t: plain text, p: 点点通 template
     text: str = _h("text")
+    variables: str = _h("vars")  # a template's variable names, joined by ',': {value0} is the first
     items: str = _h("to")  # mobiles (or 点点通 groups) joined by ';'
     recipients: int = _h("n", 0)
     parts: int = _h("parts", 0)  # billable parts, all recipients together
