@@ -142,6 +142,7 @@ class Stack:
             "SMSGW_LOG_LEVEL": "WARNING",
             "SMSGW_LEASE_SECONDS": "2",
             "SMSGW_CALLBACK_SECRET": PUSH_SECRET,
+            "SMSGW_METRICS_BIND": "",  # /metrics on each API's own port: several APIs run at once
             "PLAIN_REDIS_URL": self.redis.url,
             "PLAIN_PROVIDER_URL": f"{self.sim}/smsmarketing/wwwroot/api/",
         }
@@ -326,22 +327,40 @@ def campaign(s: Stack, port: int) -> Campaign:
         time.sleep(0.5)
 
 
-def redis_bytes_per_recipient(s: Stack, recipients: int, label: str = "") -> float:
+def redis_bytes_per_recipient(s: Stack, recipients: int, label: str = "", weighted: bool = False) -> float:
     """smsgw's keys at rest (RQ's own job records, kept minutes, are not counted): after the
     maintenance round has folded what it folds ``archive.AFTER`` seconds after the last report.
-    With a ``label``, prints where the bytes are, by key family."""
+    ``weighted``: each key by the share of the retention it lives (a key kept a day costs a
+    seventh of one kept seven: what a steady state holds). With a ``label``, prints where the
+    bytes are, by key family."""
     archive.fold_due(s.conn, float("inf"), budget=600)
-    families: dict[str, int] = {}
+    retention = 7 * 86400
+    families: dict[str, float] = {}
     for key in s.conn.scan_iter(match=schema.PREFIX + "*", count=1000):
         family = key.decode().split(":")[1]
-        families[family] = families.get(family, 0) + (s.conn.memory_usage(key, samples=0) or 0)
+        size = s.conn.memory_usage(key, samples=0) or 0
+        if weighted:
+            ttl = s.conn.ttl(key)
+            size *= min(1.0, ttl / retention) if ttl > 0 else 1.0
+        families[family] = families.get(family, 0) + size
     if label:
-        top = sorted(families.items(), key=lambda kv: -kv[1])[:4]
+        top = sorted(families.items(), key=lambda kv: -kv[1])[:6]
         print(
-            f"{label} at rest, bytes a recipient by key family: "
+            f"{label} at rest, bytes a recipient by key family{' (weighted by lifetime)' if weighted else ''}: "
             + ", ".join(f"{f} {b / recipients:.1f}" for f, b in top)
         )
     return sum(families.values()) / recipients
+
+
+def pushed_reports(s: Stack, port: int, expected: int, timeout: float = 300) -> None:
+    """Wait until the simulator has pushed every report to smsgw's receiver and the workers
+    have applied them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if int(s.conn.hget(schema.COUNTS, "reports") or 0) >= expected:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("pushed reports did not all arrive")
 
 
 def settle_reports(s: Stack, expected: int, timeout: float = 300) -> None:
@@ -482,6 +501,16 @@ def main() -> None:
         s.stop(procs)
         settle_reports(s, OTP)
         single_bytes = redis_bytes_per_recipient(s, OTP, f"OTP burst ({len(s.submissions())} submissions)")
+        s.conn.flushdb()
+        # As a user deploys: the provider pushes its reports, the default caps on.
+        caps = {"SMSGW_MOBILE_CAPS_HIGH": "1/60,5/3600,10/86400"}
+        port, procs = s.smsgw(SMSGW_PROVIDER_COALESCE_PLAIN="1", SMSGW_PROVIDER_RATE="100000", **caps)
+        s.sim_admin("config", push_url=f"http://127.0.0.1:{port}/callbacks/provider/{PUSH_SECRET}")
+        burst(s, port, otp_bodies("plain", OTP, 950_000))
+        pushed_reports(s, port, OTP)
+        s.stop(procs)
+        s.sim_admin("config", push_url="")
+        pushed_bytes = redis_bytes_per_recipient(s, OTP, "OTP burst, reports pushed, caps on", weighted=True)
 
     ideal = math.ceil(CAMPAIGN / 1000) * LATENCY / WORKERS
     rows = [
@@ -552,7 +581,7 @@ def main() -> None:
             f"{CAMPAIGN:,} recipients in one request: s until all are with the provider",
             f"{seconds:.2f}",
             f"ideal {ideal:.2f}",
-            f"{ideal / seconds:.2f} of ideal (>= 0.85)",
+            f"{ideal / seconds:.2f} of ideal (>= 0.9)",
         ),
         (
             "the same request: s to its 202 / to the first provider call / sending after that",
@@ -565,6 +594,12 @@ def main() -> None:
             f"{single_bytes:.0f}",
             "",
             "<= 200",
+        ),
+        (
+            "the same with reports pushed and the default caps on, each key weighted by its lifetime",
+            f"{pushed_bytes:.0f}",
+            "",
+            "<= 150",
         ),
         (
             f"Redis bytes per recipient at rest: one {CAMPAIGN:,} campaign, reported",

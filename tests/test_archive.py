@@ -271,3 +271,26 @@ def test_a_round_folds_every_due_submission_page_after_page(api, runtime, simula
     pull_all(runtime)
     assert archive.fold_due(runtime.conn, time.time() + archive.AFTER + 1, page=1) == 3
     assert not any(runtime.conn.exists(schema.message_key(mid)) for mid in lone)
+
+
+def test_two_workers_fold_different_submissions_and_a_dead_ones_claim_comes_back(api, runtime, simulator):
+    """Folding is shared (issue 24): each worker claims its own page of due submissions; one
+    that claims and dies leaves them due again once its claim ends."""
+    import threading
+
+    lone = [send(api, {"to": [f"1390013900{i}"], "text": f"您的订单 {i} 已发货"}) for i in range(6)]
+    drain(runtime)
+    pull_all(runtime)
+    conn, due = runtime.conn, time.time() + archive.AFTER + 1
+    # A worker that claimed two and died: they are not folded by others until the claim ends.
+    claimed = archive.scripts.CLAIM_DUE(conn, due=schema.FOLD, now=f"{due:.3f}", until=f"{due + 30:.3f}", count=2)
+    assert len(claimed) == 2
+    folds: list[int] = []
+    threads = [threading.Thread(target=lambda: folds.append(archive.fold_due(conn, due, page=1))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(folds) == 4 and conn.zcard(schema.FOLD) == 2  # four folded once each, the claimed two wait
+    assert archive.fold_due(conn, due + 31) == 2  # the claim ended: folded by whoever comes
+    assert not any(conn.exists(schema.message_key(mid)) for mid in lone)

@@ -44,9 +44,25 @@ def test_create_chunks_writes_chunk_linkid_watch_history_and_job(conn):
     assert chunk is not None and chunk.state == PENDING and chunk.recipients == 1
     assert conn.get(schema.linkid_key(chunk.linkid)) == b"m1:1"
     assert conn.zscore(schema.WATCH, schema.chunk_ref("m1", 1)) is not None
-    assert chunk.job == lifecycle.job_id(lifecycle.SEND, "m1", 1, 1) == "s-m1-1-1"
-    assert Queue(QUEUE_NAMES["normal"], connection=conn).job_ids == ["s-m1-0-1", "s-m1-1-1"]
+    # Consecutive chunks share one send job (SMSGW_SENDS_IN_FLIGHT, 4), and each names it.
+    assert chunk.job == Chunk.load(conn, "m1", 0).job == lifecycle.job_id(lifecycle.SEND_MANY, "m1", 0, 1) == "g-m1-0-1"
+    assert Queue(QUEUE_NAMES["normal"], connection=conn).job_ids == ["g-m1-0-1"]
     assert conn.llen(schema.history_key("m1", 1)) == 1
+
+
+def test_chunks_are_grouped_by_sends_in_flight_and_a_lone_one_keeps_its_own_job(conn):
+    conn.hset(schema.message_key("m2"), mapping=Message(id="m2", state="sending", chunks=6, chunk_seq=6).to_hash())
+    parts = [(n, [f"1380013800{n}"]) for n in range(6)]
+    with conn.pipeline() as pipe:
+        settings = make_settings(SMSGW_SENDS_IN_FLIGHT="4")
+        lifecycle.create_chunks(pipe, conn, settings, "m2", parts, account="default", priority="normal", ttl=60)
+        pipe.execute()
+    queue = Queue(QUEUE_NAMES["normal"], connection=conn)
+    assert queue.job_ids == ["g-m2-0-1", "g-m2-4-1"]
+    assert [queue.fetch_job(j).args for j in queue.job_ids] == [("m2", [0, 1, 2, 3]), ("m2", [4, 5])]
+    assert [Chunk.load(conn, "m2", n).job for n in range(6)] == ["g-m2-0-1"] * 4 + ["g-m2-4-1"] * 2
+    make_message(conn, "m3", mobiles=1)
+    assert Chunk.load(conn, "m3", 0).job == "s-m3-0-1"
 
 
 def test_transition_moves_only_from_allowed_states_and_with_the_right_linkid(conn):

@@ -27,7 +27,7 @@ def test_redis_call_is_written_in_one_production_module():
 def test_every_script_is_tested_here():
     source = Path(__file__).read_text()
     assert set(scripts.ALL) == {"ACCEPT", "CLAIM_POOL", "CAPS", "LEASE", "MERGE_REPORT", "STORE_REPLY",
-                                "RECEIVE_PUSH", "CLAIM_CALLBACKS", "SETTLE_CALLBACKS", "SWITCH_ROUTE",
+                                "RECEIVE_PUSH", "CLAIM_DUE", "SETTLE_CALLBACKS", "SWITCH_ROUTE",
                                 "SETTLE_VERIFICATION"}  # fmt: skip
     for name in scripts.ALL:
         assert f"def test_{name.lower()}_" in source, name
@@ -272,14 +272,14 @@ def test_receive_push_stores_an_item_once_and_counts_replays(redis_conn):
     assert redis_conn.hgetall("counts") == {b"pushed": b"1", b"push_replayed": b"1"}
 
 
-# -- CLAIM_CALLBACKS and SETTLE_CALLBACKS ------------------------------------------------------
+# -- CLAIM_DUE and SETTLE_CALLBACKS ------------------------------------------------------
 
 
-def test_claim_callbacks_takes_what_is_due_and_hides_it_until_the_claim_ends(redis_conn):
+def test_claim_due_takes_what_is_due_and_hides_it_until_the_claim_ends(redis_conn):
     redis_conn.zadd("due", {"a": 1, "b": 2, "later": 50})
-    assert scripts.CLAIM_CALLBACKS(redis_conn, due="due", now=10, until=30, count=5) == [b"a", b"b"]
+    assert scripts.CLAIM_DUE(redis_conn, due="due", now=10, until=30, count=5) == [b"a", b"b"]
     assert redis_conn.zscore("due", "a") == 30
-    assert scripts.CLAIM_CALLBACKS(redis_conn, due="due", now=20, until=40, count=5) == []
+    assert scripts.CLAIM_DUE(redis_conn, due="due", now=20, until=40, count=5) == []
 
 
 def test_settle_callbacks_keeps_a_message_with_events_and_drops_one_without(redis_conn):

@@ -197,6 +197,14 @@ def test_an_expired_code_is_refused_and_counted_without_a_check(vapi, runtime, s
     assert verify.expire_due(runtime.conn, runtime.settings, w.expires + 1) == 1
     assert Verification.load(runtime.conn, other).status == "expired"
     assert runtime.conn.hget(schema.COUNTS, "verify:default:expired") == b"2"
+    # Through the API: a verification past its end refuses even its right code.
+    third = api.post("/v1/verifications", json={"to": "13700137000"}, headers=AUTH).get_json()["id"]
+    drain(runtime)
+    code3 = _codes(simulator)[-1]
+    runtime.conn.hset(schema.verification_key(third), Verification.field_of("expires"), time.time() - 1)
+    r = api.post("/v1/verifications/check", json={"to": "13700137000", "code": code3}, headers=AUTH)
+    assert r.status_code == 200 and r.get_json()["status"] == "expired"
+    assert api.get(f"/v1/verifications/{third}", headers=AUTH).get_json()["status"] == "expired"
     # An ended verification is replaced by a new one on the next request.
     assert api.post("/v1/verifications", json={"to": MOBILE}, headers=AUTH).get_json()["id"] != vid
 

@@ -26,7 +26,7 @@ import time
 import redis
 
 from workers.chunks import linkid_owner
-from workers.storage import schema
+from workers.storage import schema, scripts
 from workers.storage.codecs import ReportValue
 from workers.storage.schema import FOLD, Chunk, Folded, Message, MessageState, decode
 from workers.text import mobile_of
@@ -42,26 +42,35 @@ def schedule(pipe: redis.Redis | redis.client.Pipeline, mid: str, n: int, at: fl
     pipe.zadd(FOLD, {schema.chunk_ref(mid, n): at})
 
 
+#: A worker's claim on a page of due submissions: no other worker folds them meanwhile, and if it
+#: dies they are due again after this.
+CLAIM = 60.0
+
+
 def fold_due(conn: redis.Redis, now: float, budget: float = 5.0, page: int = 100) -> int:
     """Fold the submissions due by ``now``, a page at a time, until none is due or ``budget``
-    seconds are spent (the maintenance round runs every ``SMSGW_SWEEP_SECONDS`` under a lease
-    a little shorter than that); returns how many messages were folded."""
-    folded, until, later = 0, time.monotonic() + budget, set[bytes]()
+    seconds are spent; returns how many messages were folded.
+
+    Every worker runs it (``workers.maintenance``), so folding grows with the fleet: each takes
+    a page by a claim (``scripts.CLAIM_DUE``, as callbacks are taken), so two workers fold
+    different submissions; a worker that dies leaves its page to be claimed again. A fold
+    itself is one WATCH/MULTI, so even two runs on one submission fold it once."""
+    folded, until, seen = 0, time.monotonic() + budget, set[bytes]()
+    upto = f"{now:.3f}" if math.isfinite(now) else "+inf"
     while True:
-        # One more than a page: whether another page follows.
-        due = [
-            raw for raw in conn.zrangebyscore(FOLD, "-inf", now, start=0, num=page + 1 + len(later)) if raw not in later
-        ]
-        for raw in due[:page]:
+        claim = max(now if math.isfinite(now) else 0, time.time()) + CLAIM  # past ``now``: not due to others
+        taken = scripts.CLAIM_DUE(conn, due=FOLD, now=upto, until=f"{claim:.3f}", count=page)
+        fresh = [raw for raw in taken if raw not in seen]
+        for raw in fresh:
             _, mid, n = schema.parse_ref(raw.decode())
             done = fold(conn, mid, n)
             if done == LATER:
                 conn.zadd(FOLD, {raw: max(now if math.isfinite(now) else 0, time.time()) + AFTER})
-                later.add(raw)  # not again in this round, whatever ``now`` says
             else:
                 folded += done
                 conn.zrem(FOLD, raw)
-        if len(due) <= page or time.monotonic() >= until:
+        seen.update(fresh)  # not again in this call, whatever ``now`` says
+        if len(taken) < page or not fresh or time.monotonic() >= until:
             return folded
 
 

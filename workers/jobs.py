@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -45,12 +46,28 @@ def plan_message(mid: str) -> str:
     return lifecycle.plan(rt.conn, rt.settings, mid)
 
 
-def send_chunk(mid: str, n: int) -> str:
+def send_chunk(mid: str, n: int, worker: str | None = None, wait_for_rate: bool = True) -> str:
     rt = current()
     call: dict[str, Any] = {}
-    outcome = send_attempt(rt, mid, n, call)
+    outcome = send_attempt(rt, mid, n, call, worker=worker, wait_for_rate=wait_for_rate)
     counters.job_outcome(rt.conn, "send", outcome, call)
     return outcome
+
+
+def send_chunks(mid: str, ns: list[int]) -> str:
+    """Several chunks of one message with their provider calls in flight at once, one thread
+    each (``SMSGW_SENDS_IN_FLIGHT``): a campaign is bound by the provider's latency, not by one
+    call at a time per worker. Each chunk is exactly :func:`send_chunk`: its own state
+    machine, linkid, rate slot and outcome; a worker that dies leaves each in ``submitting``
+    for the sweeper, as one call would."""
+    job = get_current_job()
+    worker = job.worker_name if job is not None else ""
+    # Only the first waits for a slot of the account's rate, as a lone send would; the others
+    # go now if the rate allows, else each as a job of its own next second. A group that
+    # waited for four slots would keep its worker from verification codes four times as long.
+    with ThreadPoolExecutor(max_workers=len(ns), thread_name_prefix="smsgw-send") as pool:
+        outcomes = list(pool.map(lambda n: send_chunk(mid, n, worker, n == ns[0]), ns))
+    return ",".join(outcomes)
 
 
 def check_unconfirmed(mid: str, n: int) -> str:
@@ -61,9 +78,19 @@ def check_unconfirmed(mid: str, n: int) -> str:
 # -- sending -----------------------------------------------------------------------------------
 
 
-def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = None) -> str:
+def send_attempt(
+    rt: Runtime,
+    mid: str,
+    n: int,
+    call: dict[str, Any] | None = None,
+    *,
+    worker: str | None = None,
+    wait_for_rate: bool = True,
+) -> str:
     """One attempt at a chunk. ``call`` (if given) receives the provider call's figures, which
-    the caller records together with the job's outcome in one round trip."""
+    the caller records together with the job's outcome in one round trip. ``worker``: the
+    worker's name for the history (default: the current RQ job's). ``wait_for_rate``: with the
+    account's rate spent this second, wait for a slot (else: a job of its own next second)."""
     conn, settings = rt.conn, rt.settings
     # One round trip for the chunk and its message, one for the account's hold and rate slot.
     with conn.pipeline(transaction=False) as pipe:
@@ -108,7 +135,7 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
     rate = accounts.rate_limit(chunk.priority, settings.accounts[account].rate_per_second)
     if not test and slot > rate:
         accounts.give_back(conn, account, taken)
-    if not test and slot > rate and not accounts.acquire_rate(conn, account, rate):
+    if not test and slot > rate and not (wait_for_rate and accounts.acquire_rate(conn, account, rate)):
         lifecycle.enqueue_next(
             conn, settings, mid, n, from_states={chunk.state}, to_state=chunk.state, delay=1.0, event="rate_limited"
         )
@@ -132,8 +159,9 @@ def send_attempt(rt: Runtime, mid: str, n: int, call: dict[str, Any] | None = No
     linkid = chunk.linkid
     attempt = chunk.attempts + 1
     deadline = time.time() + a.connect_timeout + a.read_timeout + 2
-    job = get_current_job()
-    worker = job.worker_name if job is not None else ""
+    if worker is None:
+        job = get_current_job()
+        worker = job.worker_name if job is not None else ""
 
     def watch(pipe: redis.client.Pipeline, before: Chunk) -> None:
         pipe.zadd(schema.WATCH, {schema.chunk_ref(mid, n): deadline + settings.job_grace_seconds})

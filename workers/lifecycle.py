@@ -69,8 +69,9 @@ FAILURES_MAX = 200
 # The RQ entry points (``workers.jobs``), by dotted path so that this module never imports them.
 PLAN = "workers.jobs.plan_message"
 SEND = "workers.jobs.send_chunk"
+SEND_MANY = "workers.jobs.send_chunks"
 CHECK = "workers.jobs.check_unconfirmed"
-_JOB_LETTER = {PLAN: "p", SEND: "s", CHECK: "k"}
+_JOB_LETTER = {PLAN: "p", SEND: "s", SEND_MANY: "g", CHECK: "k"}
 PLAN_TIMEOUT = 600
 RESULT_TTL = 300
 FAILURE_TTL = 7 * 24 * 3600
@@ -223,12 +224,20 @@ def create_chunks(
     """Add to ``pipe`` each chunk ``(n, items)``: its hash with a fresh linkid, the linkid's
     mapping back to it, its sweeper entry, its history and its first send job. The plan job and
     a split both make chunks this way. A batch's chunks also carry ``members``: the message
-    each item belongs to, part by part."""
+    each item belongs to, part by part.
+
+    Consecutive chunks share a send job, ``SMSGW_SENDS_IN_FLIGHT`` at most: a worker keeps that
+    many provider calls in flight at once (``workers.jobs.send_chunks``), each chunk still on its
+    own state machine, and each chunk names the shared job, so the sweeper finds it lost (and
+    gives that chunk a job of its own) exactly as before."""
     now = time.time()
     datas = []
+    group = max(1, settings.sends_in_flight)
     for i, (n, items) in enumerate(parts):
         linkid = new_linkid(mid)
-        jid = job_id(SEND, mid, n, 1)
+        first = parts[i - i % group][0]
+        together = [m for m, _ in parts[i - i % group : i - i % group + group]]
+        jid = job_id(SEND, mid, n, 1) if len(together) == 1 else job_id(SEND_MANY, mid, first, 1)
         chunk = Chunk(
             mid=mid,
             n=n,
@@ -257,7 +266,10 @@ def create_chunks(
         extra = {"split_from": split_from} if split_from >= 0 else {}
         append_history(pipe, mid, n, "planned", linkid=linkid, **extra)
         pipe.expire(schema.history_key(mid, n), ttl)
-        datas.append(_job_data(settings, account, SEND, (mid, n), jid))
+        if len(together) == 1:
+            datas.append(_job_data(settings, account, SEND, (mid, n), jid))
+        elif n == first:
+            datas.append(_job_data(settings, account, SEND_MANY, (mid, together), jid))
     _enqueue(pipe, conn, priority, datas)
     return [n for n, _ in parts]
 

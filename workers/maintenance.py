@@ -27,6 +27,8 @@ log = logging.getLogger("smsgw.maintenance")
 MAINTENANCE_LEASE = "maintenance"
 INGEST_LEASE = "ingest"
 TICK = 1.0
+#: Seconds of folding a worker does each tick, at most (it stops sooner when nothing is due).
+FOLD_BUDGET = 0.5
 OVERDUE_LAG = 10.0
 BALANCE_REFRESH_SECONDS = 60
 #: With a low-balance threshold set, the balance is asked once a minute (one call per account).
@@ -191,6 +193,8 @@ def loop(rt: Runtime, stop: threading.Event) -> None:
                     result = run_once(rt)
                     if any(result.values()):
                         log.info("maintenance: %s", result)
+            # Every worker folds (under claims, workers.archive): folding grows with the fleet.
+            archive.fold_due(rt.conn, time.time(), budget=FOLD_BUDGET)
             if pullers.hold_lease(rt.conn, INGEST_LEASE, me, rt.settings.lease_seconds):
                 while reports.ingest(rt) and not stop.is_set():
                     pass

@@ -19,7 +19,7 @@ depend on any receiver.
 
 **Nothing lost to a dead delivery.** Which messages have events to deliver, and when, is one
 sorted set (``schema.CALLBACKS_DUE``). A delivery claims a message by moving its time past the
-delivery's deadline (``scripts.CLAIM_CALLBACKS``); finishing moves it to the next attempt or
+delivery's deadline (``scripts.CLAIM_DUE``); finishing moves it to the next attempt or
 removes it (``scripts.SETTLE_CALLBACKS``, which looks at the queue in the same step, so an event
 queued meanwhile is never stranded). A worker killed mid-delivery leaves the claim to run out,
 and any worker delivers the events again: at least once, never silently lost.
@@ -176,7 +176,7 @@ def recipient_expired(rt: Runtime, mid: str, mobile: str) -> None:
 
 def claim(conn: redis.Redis, now: float, until: float, count: int) -> list[str]:
     """Up to ``count`` messages whose callbacks are due, each now held until ``until``."""
-    due = scripts.CLAIM_CALLBACKS(conn, due=schema.CALLBACKS_DUE, now=f"{now:.3f}", until=f"{until:.3f}", count=count)
+    due = scripts.CLAIM_DUE(conn, due=schema.CALLBACKS_DUE, now=f"{now:.3f}", until=f"{until:.3f}", count=count)
     return [m.decode() for m in due]
 
 

@@ -59,15 +59,21 @@ def item_id(item: dict[str, str]) -> str:
     return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()
 
 
-def receive(conn: redis.Redis, items: list[dict[str, str]], ttl: int) -> int:
-    """Store pushed items in the inbox, each once (a replayed push is acknowledged, not stored
-    and counted). Returns how many were new."""
+def receive(conn: redis.Redis, items: list[dict[str, str]], ttl: int = schema.PUSH_SEEN_TTL) -> int:
+    """Store pushed items in the inbox, each once (a replay within ``ttl`` is acknowledged, not
+    stored, and counted). Returns how many were new."""
     new = 0
     for item in items:
         entry = json.dumps({"src": "push", **item}, ensure_ascii=False)
         new += int(
             scripts.RECEIVE_PUSH(
-                conn, seen=schema.push_seen_key(item_id(item)), inbox=INBOX, counts=COUNTS, ttl=ttl, entry=entry
+                # 64 bits of the identity: a marker lives an hour, too short for a collision to matter.
+                conn,
+                seen=schema.push_seen_key(item_id(item)[:16]),
+                inbox=INBOX,
+                counts=COUNTS,
+                ttl=ttl,
+                entry=entry,
             )
         )
     return new

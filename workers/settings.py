@@ -177,6 +177,8 @@ class Settings:
     #: ``yes``: RQ's Worker forks a work horse per job; ``no``: RQ's SimpleWorker runs jobs in
     #: the worker process itself (README "Speed, measured" has the figures behind the default).
     worker_fork: Literal["yes", "no"] = "no"
+    #: Provider calls a worker keeps in flight at once for one message's chunks (``jobs.send_chunks``).
+    sends_in_flight: int = 4
     #: ``host:port`` where ``smsgw api`` serves ``/metrics`` (and only there); empty: on the API's
     #: own port, as in development and tests.
     metrics_bind: str = "0.0.0.0:9090"
@@ -554,6 +556,7 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
             p: min(_int(env, f"SMSGW_VALID_FOR_{p.upper()}", s, 0), VALID_FOR_MAX) for p, s in VALID_FOR.items()
         },
         metrics_bind=_bind(env, "SMSGW_METRICS_BIND", "0.0.0.0:9090"),
+        sends_in_flight=min(_int(env, "SMSGW_SENDS_IN_FLIGHT", 4, 1), 16),
         verify_secret=_verify_secret(env),
         verify_valid_for=min(_int(env, "SMSGW_VERIFY_VALID_FOR", 600, 30), VALID_FOR_MAX),
         verify_template=_verify_template(env),

@@ -325,13 +325,14 @@ return 0
 """,
 )
 
-CLAIM_CALLBACKS = Script(
+CLAIM_DUE = Script(
     keys="due",
     args="now until count",
     source="""
--- Claim up to `count` messages whose callbacks are due (score <= now): each is moved to `until`,
--- past its delivery's deadline, so no other worker takes it meanwhile and any worker takes it
--- again if the delivery dies. Returns the ids claimed.
+-- Claim up to `count` members that are due (score <= now) in a schedule: each is moved to
+-- `until`, past the work's deadline, so no other worker takes it meanwhile and any worker takes
+-- it again if the work dies. Callbacks due (workers.notifications) and submissions to fold
+-- (workers.archive) are claimed so. Returns the members claimed.
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, mid in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], mid) end
 return due
