@@ -1,0 +1,55 @@
+"""``python -m bench.soak``: a long run on the load stack, to see that nothing grows.
+
+``SOAK_MESSAGES`` (200,000) one-recipient verification codes go through the API in ten deciles,
+as a user deploys: 4 workers, the provider pushing every report to the push receiver, the default
+caps on. After each decile (once all its reports are in) it prints Redis's memory per message
+(``used_memory`` over the messages so far, and smsgw's keys by ``MEMORY USAGE``), the accept p99
+and the POST → provider p99 of that decile. Flat is the goal: the last decile within 1.2x of the
+first on all three.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from bench.load import OTP, PUSH_SECRET, burst, otp_bodies, pushed_reports, redis_bytes_per_recipient, stack
+
+
+def main() -> None:
+    total = int(os.environ.get("SOAK_MESSAGES", "200000"))
+    decile = max(OTP, total // 10)
+    rows = []
+    with stack() as s:
+        caps = {"SMSGW_MOBILE_CAPS_HIGH": "1/60,5/3600,10/86400"}
+        # gunicorn recycles a worker after 10,000 requests (gunicorn_conf.py), resetting its
+        # keep-alive connections; this client does not reconnect, so recycling is off here.
+        port, procs = s.smsgw(SMSGW_PROVIDER_RATE="100000", GUNICORN_CMD_ARGS="--max-requests 0", **caps)
+        s.sim_admin("config", push_url=f"http://127.0.0.1:{port}/callbacks/provider/{PUSH_SECRET}")
+        base = int(s.conn.info("memory")["used_memory"])
+        started = time.monotonic()
+        for d in range(10):
+            run = burst(s, port, otp_bodies("template", decile, 3_000_000 + d * decile), timeout=1800)
+            pushed_reports(s, port, (d + 1) * decile, timeout=1800)
+            used = int(s.conn.info("memory")["used_memory"]) - base
+            smsgw = redis_bytes_per_recipient(s, (d + 1) * decile)
+            rows.append((d + 1, used / ((d + 1) * decile), smsgw, run.p99_ms, run.e2e_p99_s))
+            print(
+                f"decile {d + 1:2d} ({(d + 1) * decile:,} messages, {time.monotonic() - started:5.0f} s): "
+                f"Redis {rows[-1][1]:6.1f} bytes a message (smsgw keys {smsgw:6.1f}), "
+                f"accept p99 {run.p99_ms:6.1f} ms, POST → provider p99 {run.e2e_p99_s:5.2f} s",
+                flush=True,
+            )
+        s.stop(procs)
+    first, last = rows[0], rows[-1]
+    print("| decile | messages | Redis bytes a message | smsgw keys' bytes | accept p99 ms | POST → provider p99 s |")
+    print("|---|---|---|---|---|---|")
+    for d, per, smsgw, p99, e2e in rows:
+        print(f"| {d} | {d * decile:,} | {per:.1f} | {smsgw:.1f} | {p99:.1f} | {e2e:.2f} |")
+    for name, i in (("memory a message", 1), ("accept p99", 3), ("POST → provider p99", 4)):
+        ratio = last[i] / first[i] if first[i] else float("inf")
+        print(f"last decile / first, {name}: {ratio:.2f}x (<= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()
