@@ -181,22 +181,8 @@ def bench_memory_single(env: dict[str, str], rt: Runtime, sim: SimulatorServer) 
     usage counters and all), sent and reported, then Redis bytes per message at rest."""
     conn = rt.conn
     conn.flushall()
-    requests.post(f"{sim.url}/_sim/reset", timeout=5)
-    app = create_app(settings_from_env({**env, "SMSGW_MOBILE_CAPS_HIGH": ""}))
-    client = app.test_client()
     n = 2000
-    for i in range(n):
-        body = {"to": [f"13{i:09d}"], "text": f"您的验证码 {i:06d}", "priority": "normal"}
-        assert client.post("/v1/messages", json=body, headers={"Authorization": f"Bearer {KEY}"}).status_code == 202
-    while coalesce.flush_due(rt, now=float("inf")):  # what the workers' coalescers do (100 pools a call)
-        pass
-    SimpleWorker([Queue(q, connection=conn) for q in WORKER_QUEUES], connection=conn).work(
-        burst=True, logging_level="ERROR"
-    )
-    while sim.state.reports:
-        pullers.tick(rt, "bench", now=time.time() + 3600)
-        while reports.ingest(rt):
-            pass
+    _reported_backlog(env, rt, sim, n, 0)
     archive.fold_due(conn, float("inf"), budget=600)  # what maintenance does once they are at rest
     families: dict[str, int] = {}
     for key in conn.scan_iter(match=schema.PREFIX + "*", count=1000):
@@ -219,7 +205,7 @@ def _reported_backlog(env: dict[str, str], rt: Runtime, sim: SimulatorServer, n:
     for i in range(n):
         body = {"to": [f"13{offset + i:09d}"], "text": f"您的验证码 {i:06d}", "priority": "normal"}
         assert client.post("/v1/messages", json=body, headers={"Authorization": f"Bearer {KEY}"}).status_code == 202
-    while coalesce.flush_due(rt, now=float("inf")):
+    while coalesce.flush_due(rt, now=float("inf")):  # what the workers' coalescers do (100 pools a call)
         pass
     SimpleWorker([Queue(q, connection=conn) for q in WORKER_QUEUES], connection=conn).work(
         burst=True, logging_level="ERROR"
