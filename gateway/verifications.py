@@ -26,7 +26,7 @@ import gateway.messages as messages
 from gateway.api import bp, guard, json_response, request_json
 from gateway.context import runtime
 from gateway.problems import Problem, validation_problem
-from gateway.validation import MessageRequest, Recipient, check_message, parse_model
+from gateway.validation import Accepted, MessageRequest, Recipient, check_message, parse_model
 from workers import verify
 from workers.mobiles import normalise
 from workers.settings import VALID_FOR_MAX
@@ -79,6 +79,7 @@ def start_verification() -> Response:
     template = _template(req.template or settings.verify_template, valid_for, "/template" if req.template else "")
     account = req.account or settings.default_account
     message = _message_request(template, mobile, req.length, account, req.reference, valid_for)
+    accepted = check_message(message, settings)  # a 422 before anything is stored
     new = verify.create(
         conn,
         settings,
@@ -97,7 +98,7 @@ def start_verification() -> Response:
         if current is None or verify.status_of(current, now) != VerificationState.PENDING:
             raise Problem(409, "Verification in progress", f"another request for {mobile} is starting one: retry")
         return _resend(current, now)
-    _send(new, message)
+    _send(new, message, accepted)
     return json_response(view(new, now), 201, {"Location": f"{request.script_root}/v1/verifications/{new.id}"})
 
 
@@ -159,16 +160,15 @@ def _resend(v: Verification, now: float) -> Response:
     """The same code again, under the same verification, for what is left of its validity."""
     left = math.floor(v.expires - now)
     message = _message_request(v.template, v.mobile, v.length, v.account, v.reference or None, max(1, left))
-    _send(v, message)
+    _send(v, message, check_message(message, runtime().settings))
     return json_response(view(v, now), 200, {"Location": f"{request.script_root}/v1/verifications/{v.id}"})
 
 
-def _send(v: Verification, req: MessageRequest) -> None:
+def _send(v: Verification, req: MessageRequest, accepted: Accepted) -> None:
     """One send of the verification's code: a message through the usual door whose value is the
     code's token (``workers.verify.token``), never the code."""
     rt = runtime()
     conn, settings = rt.conn, rt.settings
-    accepted = check_message(req, settings)
     sends = verify.take_send(conn, settings, v.id)
     if not sends:
         raise Problem(

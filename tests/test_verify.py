@@ -176,6 +176,17 @@ def test_a_template_must_hold_the_code_once(api):
     assert r.status_code == 422
 
 
+def test_a_refused_template_stores_nothing_so_the_next_request_starts_clean(settings_env, runtime, simulator):
+    """A 422 (here: the account's signature missing) comes before the verification is stored:
+    the mobile is not left with a pending verification that every later request would resend."""
+    api = create_app(settings_from_env({**settings_env, "SMSGW_SIGNATURE": "【测试】"})).test_client()
+    r = api.post("/v1/verifications", json={"to": MOBILE, "template": "码{code}"}, headers=AUTH)
+    assert r.status_code == 422 and "【测试】" in r.get_data(as_text=True)
+    assert runtime.conn.get(schema.verification_index_key("tester", MOBILE)) is None
+    r = api.post("/v1/verifications", json={"to": MOBILE, "template": "【测试】码{code}"}, headers=AUTH)
+    assert r.status_code == 201 and r.get_json()["sends"] == 1
+
+
 def test_a_custom_template_length_and_validity(api, runtime, simulator):
     body = {"to": MOBILE, "template": "【测试】登录码{code}，{minutes}分钟有效", "length": 8, "valid_for": 120}
     assert api.post("/v1/verifications", json=body, headers=AUTH).status_code == 201

@@ -309,12 +309,9 @@ def act(
             linkid=linkid,
             event="submitted",
             updates={"provider_text": result.text, "error": ""},
+            then=functools.partial(verify.count_submitted, settings=settings, now=time.time()),
             attempt=attempt,
         )
-        if done and chunk.priority == "high":  # codes: the denominator of the route's conversion
-            with conn.pipeline(transaction=False) as pipe:
-                verify.count_submitted(pipe, settings, chunk.account, chunk.recipients, time.time())
-                pipe.execute()
         return "submitted" if done else "raced"
 
     if action is Action.RETRY:

@@ -232,12 +232,12 @@ def create_chunks(
     gives that chunk a job of its own) exactly as before."""
     now = time.time()
     datas = []
-    group = max(1, settings.sends_in_flight)
+    size = max(1, settings.sends_in_flight)
+    groups = [[n for n, _ in parts[i : i + size]] for i in range(0, len(parts), size)]
+    job_of = {n: job_id(SEND, mid, n, 1) if len(g) == 1 else job_id(SEND_MANY, mid, g[0], 1) for g in groups for n in g}
     for i, (n, items) in enumerate(parts):
         linkid = new_linkid(mid)
-        first = parts[i - i % group][0]
-        together = [m for m, _ in parts[i - i % group : i - i % group + group]]
-        jid = job_id(SEND, mid, n, 1) if len(together) == 1 else job_id(SEND_MANY, mid, first, 1)
+        jid = job_of[n]
         chunk = Chunk(
             mid=mid,
             n=n,
@@ -266,10 +266,9 @@ def create_chunks(
         extra = {"split_from": split_from} if split_from >= 0 else {}
         append_history(pipe, mid, n, "planned", linkid=linkid, **extra)
         pipe.expire(schema.history_key(mid, n), ttl)
-        if len(together) == 1:
-            datas.append(_job_data(settings, account, SEND, (mid, n), jid))
-        elif n == first:
-            datas.append(_job_data(settings, account, SEND_MANY, (mid, together), jid))
+    for g in groups:
+        func, args = (SEND, (mid, g[0])) if len(g) == 1 else (SEND_MANY, (mid, g))
+        datas.append(_job_data(settings, account, func, args, job_of[g[0]]))
     _enqueue(pipe, conn, priority, datas)
     return [n for n, _ in parts]
 
@@ -465,14 +464,18 @@ def mark_submitted(
     linkid: str,
     event: str,
     updates: dict[str, Any] | None = None,
+    then: Callable[[Pipeline, Chunk], None] | None = None,
     **event_fields: Any,
 ) -> bool:
-    """The provider has the chunk: it is final, and its recipients now await reports."""
+    """The provider has the chunk: it is final, and its recipients now await reports. ``then``
+    adds the caller's writes to the same transaction."""
     now = time.time()
 
     def also(pipe: Pipeline, before: Chunk) -> None:
         pipe.zadd(schema.awaiting_key(before.account), {schema.chunk_ref(mid, n): now})
         append_history(pipe, mid, n, event, linkid=linkid, **event_fields)
+        if then is not None:
+            then(pipe, before)
 
     fields = {"code": "0", "submitted_at": now, **(updates or {})}
     return transition(conn, mid, n, from_states, SUBMITTED, fields, linkid=linkid, also=also) is not None

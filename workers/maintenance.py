@@ -48,7 +48,6 @@ def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
         rt.conn, now, on_expired=functools.partial(notifications.recipient_expired, rt)
     )
     out["verifications_expired"] = verify.expire_due(rt.conn, rt.settings, now)
-    out["folded"] = archive.fold_due(rt.conn, now, budget=rt.settings.sweep_seconds / 2)
     counters.sample_depths(rt.conn, queues.depths(rt.conn), now)  # the dashboard's depth chart
     for name in rt.settings.accounts:
         out["resumed"] += _balance_check(rt, name, now)
@@ -60,6 +59,12 @@ def run_once(rt: Runtime, now: float | None = None) -> dict[str, int]:
         out["expired_holds"] += _expire_holds(rt, name, now)
         verify.check_conversion(rt.conn, rt.settings, name, now)
     return out
+
+
+def fold(rt: Runtime, now: float) -> int:
+    """Every worker's share of folding, each tick, outside the maintenance lease: each folds
+    what it claims (``workers.archive``), so folding grows with the fleet."""
+    return archive.fold_due(rt.conn, now, budget=FOLD_BUDGET)
 
 
 def rescue_overdue(rt: Runtime, now: float, lag: float = OVERDUE_LAG) -> int:
@@ -193,8 +198,7 @@ def loop(rt: Runtime, stop: threading.Event) -> None:
                     result = run_once(rt)
                     if any(result.values()):
                         log.info("maintenance: %s", result)
-            # Every worker folds (under claims, workers.archive): folding grows with the fleet.
-            archive.fold_due(rt.conn, time.time(), budget=FOLD_BUDGET)
+            fold(rt, time.time())
             if pullers.hold_lease(rt.conn, INGEST_LEASE, me, rt.settings.lease_seconds):
                 while reports.ingest(rt) and not stop.is_set():
                     pass

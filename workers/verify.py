@@ -39,7 +39,7 @@ from redis.client import Pipeline
 from workers.alerts import alert
 from workers.settings import Settings
 from workers.storage import schema, scripts
-from workers.storage.schema import AccountState, Verification, VerificationState
+from workers.storage.schema import AccountState, Chunk, Verification, VerificationState
 
 log = logging.getLogger("smsgw.verify")
 
@@ -145,7 +145,7 @@ def create(
             pipe.hset(schema.verification_key(v.id), mapping=v.to_hash())
             pipe.expire(schema.verification_key(v.id), settings.retention_seconds)
             pipe.zadd(schema.VERIFY_DUE, {v.id: v.expires})
-            _count(pipe, settings, v, "started", now)
+            _count(pipe, v, "started", now)
             pipe.execute()
         except redis.WatchError:
             return None
@@ -167,8 +167,20 @@ def give_back_send(conn: redis.Redis, vid: str) -> None:
 
 
 def note_message(conn: redis.Redis, v: Verification, mid: str) -> None:
-    messages = ";".join(filter(None, (v.messages, mid)))
-    conn.hset(schema.verification_key(v.id), Verification.field_of("messages"), messages)
+    """Add a send's message to the verification's list (WATCH: two resends at once keep both)."""
+    key, field = schema.verification_key(v.id), Verification.field_of("messages")
+    with conn.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                current = (pipe.hget(key, field) or b"").decode()
+                messages = ";".join(filter(None, (current, mid)))
+                pipe.multi()
+                pipe.hset(key, field, messages)
+                pipe.execute()
+                break
+            except redis.WatchError:
+                continue
     v.messages = messages
 
 
@@ -227,7 +239,7 @@ def _settle(conn: redis.Redis, settings: Settings, v: Verification, mode: str, m
     return Verdict(status.decode(), int(left), bool(closed))
 
 
-def _count(pipe: Pipeline, settings: Settings, v: Verification, outcome: str, now: float) -> None:
+def _count(pipe: Pipeline, v: Verification, outcome: str, now: float) -> None:
     pipe.hincrby(schema.COUNTS, f"verify:{v.account}:{outcome}", 1)
     usage = schema.usage_key(v.api_key, schema.usage_day(now))
     pipe.hincrby(usage, f"verifications_{outcome}", 1)
@@ -265,10 +277,13 @@ def used_route(conn: redis.Redis, account: str) -> str:
     return (conn.hget(schema.route_key(account), "high") or account.encode()).decode()
 
 
-def count_submitted(pipe: Pipeline, settings: Settings, account: str, recipients: int, now: float) -> None:
-    """``high`` recipients an account just submitted: the rate's denominator."""
-    key = schema.conv_key(account, int(now // 60))
-    pipe.hincrby(key, "s", recipients)
+def count_submitted(pipe: Pipeline, chunk: Chunk, *, settings: Settings, now: float) -> None:
+    """A submission the provider took, in its transaction (``lifecycle.mark_submitted``): a
+    ``high`` one's recipients are the denominator of its account's conversion."""
+    if chunk.priority != "high":
+        return
+    key = schema.conv_key(chunk.account, int(now // 60))
+    pipe.hincrby(key, "s", chunk.recipients)
     pipe.expire(key, conv_ttl(settings))
 
 
