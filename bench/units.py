@@ -8,14 +8,17 @@ Run: ``.venv/bin/python -m bench.units`` (about 3 minutes).
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from dataclasses import dataclass
 
 import psutil
-import requests
 
 from bench import load
 from bench.load import Stack
 from workers import archive
+from workers.settings import DEFAULT_CAPS, settings_from_env
 from workers.storage import schema
 
 SINGLES = 4000
@@ -40,45 +43,122 @@ def redis_cpu(s: Stack) -> float:
     return float(info["used_cpu_sys"] + info["used_cpu_user"])
 
 
+def commandstats(s: Stack) -> dict[str, int]:
+    return {k: int(v["calls"]) for k, v in s.conn.info("commandstats").items()}
+
+
 def redis_commands(s: Stack) -> int:
     return sum(int(v["calls"]) for v in s.conn.info("commandstats").values())
 
 
-def reports_applied(s: Stack) -> None:
-    """Until the workers have pulled and applied every report the simulator holds."""
-    while True:
-        time.sleep(1.5)
-        state = requests.get(f"{s.sim}/_sim/state", timeout=5).json()
-        if not state["pending_reports"] and not s.conn.llen(schema.INBOX):
-            return
+@dataclass
+class Stage:
+    """Redis's work for one stage of a message's life, the fleet's idle ticks taken out."""
+
+    name: str
+    commands: float  # a message
+    redis_us: float  # Redis CPU a message, microseconds
+    top: list[tuple[str, float]]
+
+
+class Meter:
+    """Redis commands and CPU between two readings, less what the idle fleet does meanwhile
+    (maintenance and lease ticks: a rate measured while nothing else runs)."""
+
+    def __init__(self, s: Stack) -> None:
+        self.s = s
+        self.idle_commands = 0.0  # a second
+        self.idle_cpu = 0.0
+        self.mark()
+
+    def mark(self) -> None:
+        self.t0, self.c0, self.cpu0 = time.monotonic(), commandstats(self.s), redis_cpu(self.s)
+
+    def idle(self, seconds: float = 5.0) -> None:
+        self.mark()
+        time.sleep(seconds)
+        cmds, cpu, elapsed = self._delta()
+        self.idle_commands, self.idle_cpu = sum(cmds.values()) / elapsed, cpu / elapsed
+
+    def _delta(self) -> tuple[dict[str, int], float, float]:
+        now = commandstats(self.s)
+        cmds = {k: v - self.c0.get(k, 0) for k, v in now.items() if v - self.c0.get(k, 0)}
+        return cmds, redis_cpu(self.s) - self.cpu0, time.monotonic() - self.t0
+
+    def stage(self, name: str, messages: int, fleet: bool) -> Stage:
+        cmds, cpu, elapsed = self._delta()
+        if fleet:
+            cpu = max(0.0, cpu - self.idle_cpu * elapsed)
+        total = sum(cmds.values()) - (self.idle_commands * elapsed if fleet else 0)
+        top = sorted(((k.removeprefix("cmdstat_"), v / messages) for k, v in cmds.items()), key=lambda kv: -kv[1])
+        self.mark()
+        return Stage(name, max(0.0, total) / messages, cpu / messages * 1e6, top[:6])
+
+
+def stages(s: Stack, n: int, offset: int, port: int, env: dict[str, str]) -> tuple[list[Stage], float]:
+    """One OTP burst of ``n`` messages, stage by stage: the API alone takes every POST; then
+    the workers start and submit; then the provider pushes every report to the receiver and
+    the workers apply them; then the backlog is folded (what the workers' ticks do a minute
+    later, done here at once)."""
+    s.reset()
+    meter = Meter(s)
+    bodies = load.otp_bodies("template", n, offset)
+    posted = load.drive(port, bodies)
+    assert all(p.status == 202 for p in posted), {p.status for p in posted}
+    out = [meter.stage("accept (API)", n, fleet=False)]
+    workers = [
+        s.start([sys.executable, "-m", "gateway.cli", "worker", "--name", f"u{i}-{offset}"], **env)
+        for i in range(load.WORKERS)
+    ]
+    wanted = {m for m, _ in bodies}
+    while not wanted <= {m for sub in s.submissions() for m in sub["mobiles"]}:
+        time.sleep(0.2)
+    sent = meter.stage("submit (workers)", n, fleet=True)
+    meter.idle()  # the fleet's own ticks, taken out of the stages it runs through
+    meter.mark()
+    reports = int(s.conn.hget(schema.COUNTS, "reports") or 0)
+    s.sim_admin("config", push_url=f"http://127.0.0.1:{port}/callbacks/provider/{load.PUSH_SECRET}")
+    load.pushed_reports(s, port, reports + n)
+    pushed = meter.stage("report pushed (receiver and workers)", n, fleet=True)
+    s.sim_admin("config", push_url="")
+    worker_cpu = cpu_of([w.pid for w in workers])
+    s.stop(workers)
+    meter.mark()
+    fold0 = time.process_time()
+    archive.fold_due(s.conn, float("inf"), budget=600)
+    worker_cpu += time.process_time() - fold0  # the workers' ticks fold; done here, counted as theirs
+    return [*out, sent, pushed, meter.stage("fold", n, fleet=False)], worker_cpu
 
 
 def singles(s: Stack) -> None:
-    port, procs = s.smsgw(SMSGW_PROVIDER_RATE="100000")
-    load.burst(s, port, load.otp_bodies("template", WARM_UP, 1_000_000))  # warm up (in Redis at rest too)
-    reports_applied(s)  # before the next burst resets the simulator and its pending reports
-    api, workers = [procs[0].pid], [p.pid for p in procs[1:]]
-    s.conn.config_resetstat()
-    api0, workers0, redis0 = cpu_of(api), cpu_of(workers), redis_cpu(s)
-    run = load.burst(s, port, load.otp_bodies("template", SINGLES, 2_000_000))
-    reports_applied(s)
-    api1, workers1 = cpu_of(api), cpu_of(workers)
+    """One-recipient verification codes as a user deploys them: the default caps on, reports
+    pushed. Commands and Redis CPU a message by stage, then the totals."""
+    account = settings_from_env(s.env).accounts
+    env = {
+        "SMSGW_PROVIDER_RATE": "100000",
+        "SMSGW_MOBILE_CAPS_HIGH": DEFAULT_CAPS,
+        "SMSGW_PULL_INTERVAL_SECONDS": "3600",
+    }
+    port, procs = s.smsgw(workers=0, **env)
+    for name in account:  # no pulls: every report comes by push, as measured
+        s.conn.hset(schema.pull_schedule_key(name), mapping={"rpt": 1e12, "mo": 1e12})
+    stages(s, WARM_UP, 1_000_000, port, env)  # imports, connections, and something at rest already
+    api0 = cpu_of([procs[0].pid])
+    measured, worker_cpu = stages(s, SINGLES, 2_000_000, port, env)
+    api1 = cpu_of([procs[0].pid])
     s.stop(procs)
-    # What the workers' maintenance round does a minute later, done here and timed here.
-    fold0 = time.process_time()
-    archive.fold_due(s.conn, float("inf"), budget=600)
-    fold = time.process_time() - fold0
-    workers1 += fold
-    redis1 = redis_cpu(s)
-    at_rest = load.redis_bytes_per_recipient(s, SINGLES + WARM_UP, "one-recipient")
+    at_rest = load.redis_bytes_per_recipient(s, SINGLES + WARM_UP, "one-recipient", weighted=True)
+    for st in measured:
+        top = ", ".join(f"{k} {v:.1f}" for k, v in st.top)
+        print(f"  {st.name:40s} {st.commands:5.1f} commands  {st.redis_us:6.1f} us Redis CPU   ({top})")
+    commands = sum(st.commands for st in measured)
+    cpu = sum(st.redis_us for st in measured)
     print(
-        f"one-recipient: {SINGLES} messages in {run.calls} submissions; "
-        f"API CPU {(api1 - api0) / SINGLES * 1000:.2f} ms a request; "
-        f"worker CPU {(workers1 - workers0) / run.calls * 1000:.1f} ms a submission "
-        f"({(workers1 - workers0) / SINGLES * 1000:.3f} ms a message); "
-        f"Redis CPU {(redis1 - redis0) / SINGLES * 1e6:.0f} us and "
-        f"{redis_commands(s) / SINGLES:.1f} commands a message (folding at rest included: "
-        f"{fold / SINGLES * 1000:.3f} ms of CPU a message); {at_rest:.0f} bytes a message at rest"
+        f"one-recipient, caps on, reports pushed: {commands:.1f} commands a message (target <= 25: "
+        f"{commands / 25:.2f} of it), Redis CPU {cpu:.0f} us a message (target <= 120: {cpu / 120:.2f} of it); "
+        f"API CPU {(api1 - api0) / SINGLES * 1000:.2f} ms a message (its POST and its report's push); "
+        f"worker CPU {worker_cpu / SINGLES * 1000:.3f} ms a message (folding included); "
+        f"{at_rest:.0f} bytes a message at rest (weighted by lifetime)"
     )
 
 
@@ -104,6 +184,8 @@ def campaign(s: Stack) -> None:
 def main() -> None:
     with load.stack() as s:
         singles(s)
+        if os.environ.get("UNITS_SINGLES_ONLY"):
+            return
         s.conn.flushdb()
         campaign(s)
 

@@ -89,7 +89,7 @@ def overview() -> dict[str, Any]:
             {
                 "key": key.name,
                 "test": key.test,
-                **{f: int(row.get(f.encode(), 0)) for f in quotas.USAGE_FIELDS},
+                **quotas.usage_row(row),
                 "limits": quotas.quotas().remaining(key),
             }
             for key, row in zip(rt.settings.api_keys, pipe.execute(), strict=True)

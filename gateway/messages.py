@@ -127,7 +127,10 @@ def accept(
         "ttl": ttl,
         "mid": mid,
         "index_min_ms": int((now - settings.retention_seconds) * 1000),  # the index forgets what expired
-        "index_ttl": settings.retention_seconds + int(delay),
+        # Renewed on the key's first request of a day (and by a scheduled message), so it
+        # covers that whole day's messages: a day longer than they live, and one for the clock.
+        "index_ttl": settings.retention_seconds + 2 * 86400 + int(delay),
+        "scheduled": int(delay > 0),
         "recipients": len(msg.items),
         "parts": msg.parts,
         "suppressed": len(msg.suppressed),
@@ -140,6 +143,7 @@ def accept(
         "pool_due": f"{coalesce.due_at(settings, priority, now):.3f}",
         "fields": fields,  # a JSON object: one argument packs faster than sixty
         "id_ms": str(int(mid[:11], 16)),
+        "id_random": str(int(mid[11:], 16)),  # decimal: Redis keeps it as an integer
         "minute_ttl": schema.MINUTE_TTL,
     }
     try:
@@ -445,7 +449,7 @@ def list_messages(
         for raw_id, entry in page:
             at = raw_id.decode()
             high = "(" + at
-            mid = _indexed(at, entry[b"m"].decode())
+            mid = _indexed(at, entry)
             if not first <= mid[: len(first)] < past:
                 continue
             msg = Message.read(conn, mid)
@@ -473,10 +477,15 @@ def list_messages(
     return out, high.lstrip("(")
 
 
-def _indexed(at: str, value: str) -> str:
-    """A message id from its index entry: the entry's milliseconds and the id's random part,
-    or the whole id (an entry dated later than its id, or written before this format)."""
-    return value if len(value) == schema.MID_LENGTH else f"{int(at.split('-')[0]):011x}{value}"
+def _indexed(at: str, entry: dict[bytes, bytes]) -> str:
+    """A message id from its index entry: the entry's milliseconds and the id's random part
+    (``n``, an integer; ``m``, 12 hex digits, before), or the whole id (``m``: an entry dated
+    later than its id, or written before either)."""
+    ms = int(at.split("-")[0])
+    if b"n" in entry:
+        return f"{ms:011x}{int(entry[b'n']):012x}"
+    value = entry[b"m"].decode()
+    return value if len(value) == schema.MID_LENGTH else f"{ms:011x}{value}"
 
 
 def _mobiles(conn: redis.Redis, msg: Message) -> set[str]:

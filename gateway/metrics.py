@@ -104,7 +104,8 @@ class RedisCollector(Collector):
             "smsgw_accepted", "Accepted recipients and their billable parts (recipients x parts)", labels=["unit"]
         )
         for unit in ("recipients", "parts"):
-            accepted.add_metric([unit], counts.get(f"accepted_{unit}", 0))
+            # A one-recipient, one-part request is counted once, as ``accepted_single``.
+            accepted.add_metric([unit], counts.get(f"accepted_{unit}", 0) + counts.get("accepted_single", 0))
         yield accepted
         yield CounterMetricFamily(
             "smsgw_suppressed_recipients",

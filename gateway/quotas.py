@@ -104,10 +104,17 @@ def usage_rows(conn: redis.Redis, key_of: Callable[[str], str], start: date, end
         for day in days:
             pipe.hgetall(key_of(day.strftime("%Y%m%d")))
         rows = pipe.execute()
-    return [
-        {"day": day.isoformat(), **{f: int(row.get(f.encode(), 0)) for f in USAGE_FIELDS}}
-        for day, row in zip(days, rows, strict=True)
-    ]
+    return [{"day": day.isoformat(), **usage_row(row)} for day, row in zip(days, rows, strict=True)]
+
+
+def usage_row(raw: dict[bytes, bytes]) -> dict[str, int]:
+    """A day's usage hash as counters. The door counts a one-recipient, one-part request as one
+    ``single`` (one increment, not three): it is a request, a recipient and a part."""
+    row = {f: int(raw.get(f.encode(), 0)) for f in USAGE_FIELDS}
+    single = int(raw.get(b"single", 0))
+    for f in ("requests", "recipients", "parts"):
+        row[f] += single
+    return row
 
 
 def init_app(app: Flask, rt: Runtime) -> None:

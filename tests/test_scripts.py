@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import messages, quotas
 from workers.storage import scripts
 from workers.storage.schema import ChunkState, Message, MessageState, ReportState
 
@@ -71,7 +72,9 @@ def accept_args(**over):
         "pool_due": "5.000",
         "fields": json.dumps({"st": "accepted"}),
         "id_ms": str(int("19a00000000", 16)),
+        "id_random": str(int("0123456789ab", 16)),
         "minute_ttl": 7200,
+        "scheduled": 0,
     }
     return {**args, **over}
 
@@ -80,7 +83,9 @@ def test_accept_writes_the_message_its_index_counts_and_usage_once(redis_conn):
     assert scripts.ACCEPT(redis_conn, **accept_args(idempotency="idem", idem_value="answer")) == 0
     assert redis_conn.hgetall("m") == {b"st": b"accepted"} and 0 < redis_conn.ttl("m") <= 100
     [(_, [(_, entry)])] = redis_conn.xread({"idx": 0})
-    assert entry == {b"m": b"0123456789ab"}  # the id's random part, dated by its milliseconds
+    assert entry == {b"n": str(0x0123456789AB).encode()}  # the id's random part, dated by its milliseconds
+    assert messages._indexed(f"{0x19A00000000}-0", entry) == "19a000000000123456789ab"
+    assert messages._indexed(f"{0x19A00000000}-0", {b"m": b"0123456789ab"}) == "19a000000000123456789ab"  # older
     assert redis_conn.hgetall("counts") == {b"accepted_recipients": b"2", b"accepted_parts": b"3",
                                             b"suppressed_recipients": b"1"}  # fmt: skip
     assert redis_conn.hgetall("usage") == {b"requests": b"1", b"recipients": b"2", b"parts": b"3",
@@ -88,6 +93,26 @@ def test_accept_writes_the_message_its_index_counts_and_usage_once(redis_conn):
     assert redis_conn.hget("minute", "accepted") == b"1" and redis_conn.get("idem") == b"answer"
     assert scripts.ACCEPT(redis_conn, **accept_args()) == 0  # a second run writes nothing again
     assert redis_conn.hget("usage", "requests") == b"1"
+
+
+def test_accept_counts_a_one_recipient_request_once_and_dates_counters_when_made(redis_conn):
+    one = {"recipients": 1, "parts": 1, "suppressed": 0}
+    assert scripts.ACCEPT(redis_conn, **accept_args(**one)) == 0
+    assert redis_conn.hgetall("usage") == {b"single": b"1"}  # a request, a recipient, a part
+    assert redis_conn.hgetall("counts") == {b"accepted_single": b"1"}
+    assert 0 < redis_conn.ttl("usage") <= 1000 and 0 < redis_conn.ttl("idx") <= 100
+    assert 0 < redis_conn.ttl("minute") <= 7200
+    redis_conn.expire("usage", 5000)
+    redis_conn.expire("idx", 50)  # as if the day's first request had been a while ago
+    assert scripts.ACCEPT(redis_conn, **accept_args(message="m2", **one)) == 0
+    assert redis_conn.hgetall("usage") == {b"single": b"2"}
+    assert redis_conn.ttl("usage") > 1000 and redis_conn.ttl("idx") <= 50  # not written again
+    # A message scheduled past the index's end pushes it out; the usage rows read it all.
+    assert scripts.ACCEPT(redis_conn, **accept_args(message="m3", index_ttl=900, scheduled=1, **one)) == 0
+    assert 800 < redis_conn.ttl("idx") <= 900
+    assert scripts.ACCEPT(redis_conn, **accept_args(message="m4")) == 0  # 2 recipients, 3 parts
+    row = quotas.usage_row(redis_conn.hgetall("usage"))
+    assert (row["requests"], row["recipients"], row["parts"], row["suppressed"]) == (4, 5, 6, 1)
 
 
 def test_accept_stores_nothing_behind_a_fence(redis_conn):

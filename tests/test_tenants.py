@@ -87,7 +87,7 @@ def test_the_listing_honours_since_and_until_and_its_index_is_small(two_keys, ru
     index = schema.key_messages_key("tester")
     assert redis_conn.xlen(index) == 300
     per_message = (redis_conn.memory_usage(index, samples=0) or 0) / 300
-    assert per_message < 40, per_message  # the whole id in each entry took 45
+    assert per_message < 36.5, per_message  # 300 entries: the whole id in each took 45, its random part in hex 38.7
 
     # Another API process's clock ran ahead: the entry after it is dated by Redis, holds the
     # whole id, and is listed all the same.

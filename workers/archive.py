@@ -127,12 +127,17 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
         linkids = {chunk.linkid} | _linkids(history)
         now = time.time()
         pipe.multi()
+        buckets: dict[str, dict[str, bytes]] = {}
+        until: dict[str, int] = {}
         for m, value in values.items():
             bucket = schema.folded_key(m)
-            pipe.hset(bucket, schema.folded_field(m), value)
-            until = int(now) + max(ttls[m], 60)  # the bucket lives as long as its longest-lived message
-            pipe.expireat(bucket, until, nx=True)
-            pipe.expireat(bucket, until, gt=True)
+            buckets.setdefault(bucket, {})[schema.folded_field(m)] = value
+            # The bucket lives as long as its longest-lived message.
+            until[bucket] = max(until.get(bucket, 0), int(now) + max(ttls[m], 60))
+        for bucket, fields in buckets.items():  # a batch's members were made together: a bucket or two
+            pipe.hset(bucket, mapping=fields)  # type: ignore[arg-type]
+            pipe.expireat(bucket, until[bucket], nx=True)
+            pipe.expireat(bucket, until[bucket], gt=True)
         pipe.delete(
             *keys,
             owner_k,

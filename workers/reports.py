@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -156,30 +156,33 @@ class _Sent:
     n: int
     submitted: float
     owner: _Owner | None
-    members: dict[str, _Owner]
+    members: dict[str, str]  # a batch's: mobile → member id
     account: str = ""
     recipients: int = 0
     folded: bool = False  # the submission is folded (``workers.archive``): its reports are in
+    #: A batch's members looked up so far: one at a time, as their reports come (one report a
+    #: push: looking up all of a batch's members for each would cost Redis members² reads).
+    owners: dict[str, _Owner] = field(default_factory=dict)
 
-    def owner_of(self, mobile: str) -> _Owner | None:
-        return self.owner if self.owner is not None else self.members.get(mobile)
+    def owner_of(self, rt: Runtime, mobile: str) -> _Owner | None:
+        if self.owner is not None:
+            return self.owner
+        mid = self.members.get(mobile)
+        if mid is None:
+            return None
+        if mid not in self.owners:
+            self.owners[mid] = _owner(rt.conn, rt.settings, mid)
+        return self.owners[mid]
 
 
-def _owners(conn: redis.Redis, settings: Settings, mids: list[str]) -> list[_Owner]:
-    """One round trip for the owners of up to a chunk of messages."""
+def _owner(conn: redis.Redis, settings: Settings, mid: str) -> _Owner:
+    """A message's lifetime and where its counters and events go: one round trip."""
     with conn.pipeline(transaction=False) as pipe:
-        for mid in mids:
-            pipe.ttl(schema.message_key(mid))
-            pipe.hmget(schema.message_key(mid), *(Message.field_of(f) for f in ("callback_url", "api_key", "account")))
-        raw = pipe.execute()
-    out = []
-    for i, mid in enumerate(mids):
-        ttl, (callback, api_key, account) = raw[2 * i], raw[2 * i + 1]
-        ttl = int(ttl) if ttl and int(ttl) > 0 else settings.retention_seconds
-        out.append(
-            _Owner(mid, ttl, bool(callback), api_key.decode() if api_key else "", account.decode() if account else "")
-        )
-    return out
+        pipe.ttl(schema.message_key(mid))
+        pipe.hmget(schema.message_key(mid), *(Message.field_of(f) for f in ("callback_url", "api_key", "account")))
+        ttl, (callback, api_key, account) = pipe.execute()
+    ttl = int(ttl) if ttl and int(ttl) > 0 else settings.retention_seconds
+    return _Owner(mid, ttl, bool(callback), api_key.decode() if api_key else "", account.decode() if account else "")
 
 
 def linkid_ref(conn: redis.Redis, linkid: str) -> str | None:
@@ -222,11 +225,9 @@ def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | N
     members = chunk.members
     at, size, name = float(submitted or 0), len(chunk.mobiles), (account or b"").decode()
     if members:
-        owners = _owners(conn, rt.settings, list(members.values()))
-        by_mid = {o.mid: o for o in owners}
-        cache[linkid] = _Sent(mid, n, at, None, {m: by_mid[i] for m, i in members.items()}, name, size)
+        cache[linkid] = _Sent(mid, n, at, None, members, name, size)
     else:
-        cache[linkid] = _Sent(mid, n, at, _owners(conn, rt.settings, [mid])[0], {}, name, size)
+        cache[linkid] = _Sent(mid, n, at, _owner(conn, rt.settings, mid), {}, name, size)
     return cache[linkid]
 
 
@@ -246,7 +247,7 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
         conn.hincrby(COUNTS, "reports", 1)
         conn.hincrby(COUNTS, "reports_after_fold", 1)
         return 0
-    owner = sent.owner_of(mobile) if sent is not None else None
+    owner = sent.owner_of(rt, mobile) if sent is not None else None
     if sent is None or owner is None:
         with conn.pipeline(transaction=False) as pipe:
             pipe.lpush(ORPHANS, json.dumps(item, ensure_ascii=False))

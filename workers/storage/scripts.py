@@ -61,7 +61,7 @@ ACCEPT = Script(
     keys="fence message index counts minute usage account_usage idempotency pool pools",
     args=(
         "ttl mid index_min_ms index_ttl recipients parts suppressed usage_ttl idem_value idem_ttl"
-        " pool_entry pool_size now pool_due fields id_ms minute_ttl"
+        " pool_entry pool_size now pool_due fields id_ms minute_ttl scheduled id_random"
     ),
     source="""
 -- Accept a message: its hash, the key's index, counters and usage, the idempotency answer, and
@@ -75,8 +75,10 @@ local idempotency, pool, pools = KEYS[8], KEYS[9], KEYS[10]
 local ttl, mid, index_min_ms, index_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local idem_value, idem_ttl, pool_entry, pool_size = ARGV[9], ARGV[10], ARGV[11], tonumber(ARGV[12])
 local pool_due, fields_json, id_ms, minute_ttl = ARGV[14], ARGV[15], ARGV[16], ARGV[17]
-if redis.call('EXISTS', fence) == 1 then return -1 end
-if redis.call('EXISTS', message) == 1 then return 0 end
+if redis.call('EXISTS', fence, message) > 0 then
+  if redis.call('EXISTS', fence) == 1 then return -1 end
+  return 0
+end
 local fields = {}
 for name, value in pairs(cjson.decode(fields_json)) do
   fields[#fields + 1] = name
@@ -84,24 +86,42 @@ for name, value in pairs(cjson.decode(fields_json)) do
 end
 redis.call('HSET', message, unpack(fields))
 redis.call('EXPIRE', message, ttl)
--- The index entry is dated by the id's own milliseconds and holds only its random part: 12
--- bytes, not 23. If another process's clock ran ahead (that date is past), Redis dates it.
-local added = redis.pcall('XADD', index, 'MINID', '~', index_min_ms, id_ms .. '-*', 'm', string.sub(mid, 12))
+-- The index entry is dated by the id's own milliseconds and holds only its random part, as an
+-- integer (`n`: 26 bytes an entry where its 12 hex digits took 32 and the whole id more). If
+-- another process's clock ran ahead (that date is past), Redis dates it and it holds the id.
+local added = redis.pcall('XADD', index, 'MINID', '~', index_min_ms, id_ms .. '-*', 'n', ARGV[19])
 if type(added) == 'table' and added.err then
   redis.call('XADD', index, 'MINID', '~', index_min_ms, '*', 'm', mid)
 end
-redis.call('EXPIRE', index, index_ttl)
-local counts = {requests = 1, recipients = tonumber(ARGV[5]), parts = tonumber(ARGV[6]), suppressed = tonumber(ARGV[7])}
-redis.call('HINCRBY', counts_key, 'accepted_recipients', counts.recipients)
-redis.call('HINCRBY', counts_key, 'accepted_parts', counts.parts)
-if counts.suppressed > 0 then redis.call('HINCRBY', counts_key, 'suppressed_recipients', counts.suppressed) end
-redis.call('HINCRBY', minute, 'accepted', 1)
-redis.call('EXPIRE', minute, minute_ttl)
+local recipients, parts, suppressed = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local single = recipients == 1 and parts == 1 and suppressed == 0
+if single then
+  redis.call('HINCRBY', counts_key, 'accepted_single', 1)  -- a recipient and a part, one increment
+else
+  redis.call('HINCRBY', counts_key, 'accepted_recipients', recipients)
+  redis.call('HINCRBY', counts_key, 'accepted_parts', parts)
+  if suppressed > 0 then redis.call('HINCRBY', counts_key, 'suppressed_recipients', suppressed) end
+end
+-- A dated counter gets its lifetime when it is made (its first field's first increment), not on
+-- every write. The usage counters say whether this is the key's first request of the day; the
+-- index's lifetime is pushed out then, far enough to cover the whole day's messages, and by a
+-- message scheduled past it.
+if redis.call('HINCRBY', minute, 'accepted', 1) == 1 then redis.call('EXPIRE', minute, minute_ttl) end
+local counts = {requests = 1, recipients = recipients, parts = parts, suppressed = suppressed}
+if single then counts = {single = 1} end
+local first_today = false
 for i = 6, 7 do
+  local fresh = false
   for name, value in pairs(counts) do
-    if value > 0 then redis.call('HINCRBY', KEYS[i], name, value) end
+    if value > 0 and redis.call('HINCRBY', KEYS[i], name, value) == value then fresh = true end
   end
-  redis.call('EXPIRE', KEYS[i], ARGV[8])
+  if fresh then
+    redis.call('EXPIRE', KEYS[i], ARGV[8])
+    if i == 6 then first_today = true end
+  end
+end
+if first_today or ARGV[18] == '1' then
+  if redis.call('TTL', index) < tonumber(index_ttl) then redis.call('EXPIRE', index, index_ttl) end
 end
 if idempotency ~= '' then redis.call('SET', idempotency, idem_value, 'EX', idem_ttl) end
 if pool == '' then return 0 end
@@ -109,7 +129,9 @@ redis.call('ZADD', pool, pool_due, pool_entry)  -- scored by when it must leave
 local size = redis.call('ZCARD', pool)
 if size >= pool_size then
   redis.call('ZADD', pools, 0, pool)  -- full: it leaves now
-else
+elseif size == 1 then
+  -- A new pool. One that holds more is in `pools` already: a claim that leaves entries behind
+  -- re-dates it there, and only an emptied pool leaves.
   redis.call('ZADD', pools, 'NX', pool_due, pool)
 end
 return size
@@ -270,13 +292,10 @@ redis.call('HSET', recipients, mobile, value)
 if not cur then redis.call('EXPIRE', recipients, ttl) end
 redis.call('HINCRBY', message, 'r_' .. state, 1)
 redis.call('HINCRBY', counts, 'reports_' .. name, 1)
-if minute ~= '' then
-  redis.call('HINCRBY', minute, name, 1)
-  redis.call('EXPIRE', minute, minute_ttl)
-end
+-- Dated counters get their lifetime when a field is made (so when the key is), not every time.
+if minute ~= '' and redis.call('HINCRBY', minute, name, 1) == 1 then redis.call('EXPIRE', minute, minute_ttl) end
 for i = 5, #KEYS do
-  redis.call('HINCRBY', KEYS[i], name, 1)
-  redis.call('EXPIRE', KEYS[i], usage_ttl)
+  if redis.call('HINCRBY', KEYS[i], name, 1) == 1 then redis.call('EXPIRE', KEYS[i], usage_ttl) end
 end
 if submitted > 0 and not cur then
   redis.call('HINCRBY', counts, 'report_lag_seconds_sum', math.max(0, tonumber(at) - submitted))
