@@ -15,7 +15,7 @@ import pytest
 from gateway import create_app
 from tests.conftest import AUTH, carrier, drain, sim_admin, sim_submissions, wait_for
 from tests.test_reports import pull_all
-from workers import accounts, coalesce, maintenance
+from workers import accounts, coalesce, maintenance, reports
 from workers.runtime import Runtime
 from workers.settings import settings_from_env
 from workers.storage import schema
@@ -57,6 +57,30 @@ def test_one_text_to_many_phones_is_one_submission_and_each_message_gets_its_own
     assert set(states) == {"delivered", "undelivered"} and sum(states.values()) == 50
     assert runtime.conn.hget(schema.COUNTS, "reports") == b"50"
     no_linkid_twice(simulator)
+
+
+def test_a_pushed_report_costs_the_same_in_a_batch_of_any_size(api, runtime, simulator):
+    """Reports pushed one at a time are applied one ingest each: each looks up the member it
+    names, not every member of its batch (which cost Redis members² reads a batch; issue 24)."""
+    from tests.test_reports import push
+
+    def commands_a_report(size: int) -> float:
+        mobiles = [f"13{size:03d}00{i:04d}" for i in range(size)]
+        for m in mobiles:
+            send(api, {"to": [m], "text": f"批次 {size}"})
+        drain(runtime)
+        [sub] = [s for s in sim_submissions(simulator) if set(s["texts"]) == {f"批次 {size}"}]
+        runtime.conn.config_resetstat()
+        for m in mobiles:
+            form = {"Class": "rpt", "SmsName": "test", "Mobile": m, "LinkId": sub["linkid"]}
+            assert push(api, {**form, "Report": "DELIVRD", "ReportTime": "2026-12-05 10:00:00"}).status_code == 200
+            while reports.ingest(runtime):
+                pass
+        stats = runtime.conn.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_config|resetstat") / size
+
+    small, large = commands_a_report(5), commands_a_report(60)
+    assert large <= small * 1.2 and large < 30, (small, large)  # members² made it 120+ at 60
 
 
 def test_a_phone_is_at_most_once_in_a_submission(api, runtime, simulator):
