@@ -27,7 +27,7 @@ def test_redis_call_is_written_in_one_production_module():
 
 def test_every_script_is_tested_here():
     source = Path(__file__).read_text()
-    assert set(scripts.ALL) == {"ACCEPT", "CLAIM_POOL", "CAPS", "LEASE", "MERGE_REPORT", "STORE_REPLY",
+    assert set(scripts.ALL) == {"ACCEPT", "CLAIM_POOL", "CAPS", "UNCAP", "LEASE", "MERGE_REPORT", "STORE_REPLY",
                                 "RECEIVE_PUSH", "CLAIM_DUE", "SETTLE_CALLBACKS", "SWITCH_ROUTE",
                                 "SETTLE_VERIFICATION"}  # fmt: skip
     for name in scripts.ALL:
@@ -199,17 +199,33 @@ def test_claim_pool_returns_a_lone_send_as_itself_and_drops_an_empty_pool(redis_
 
 def test_caps_record_a_send_and_refuse_within_a_window_either_side(redis_conn):
     caps = {"longest": 60, "windows": [1, 60]}
-    assert scripts.CAPS(redis_conn, caps=["c1", "c2"], now=1000, at=1300, ref="r1", **caps) == [0, 0]
-    assert redis_conn.zscore("c1", "r1") == 1300 and redis_conn.ttl("c1") >= 360
-    assert scripts.CAPS(redis_conn, caps=["c1"], now=1001, at=1250, ref="r2", **caps) == [1]  # 50 s before
-    assert scripts.CAPS(redis_conn, caps=["c1"], now=1002, at=1002, ref="r3", **caps) == [0]  # 298 s before
-    assert redis_conn.zcard("c1") == 2
+    assert scripts.CAPS(redis_conn, caps=["c1", "c2"], now=1000, at=1300, tag="ab1", **caps) == [0, 0]
+    assert redis_conn.get("c1") == b"ab11300" and 355 <= redis_conn.ttl("c1") <= 360
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1001, at=1250, tag="ab2", **caps) == [1]  # 50 s before
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1002, at=1002, tag="ab3", **caps) == [0]  # 298 s before
+    assert redis_conn.get("c1") == b"ab11300,ab31002" and redis_conn.ttl("c1") >= 355  # the latest send's
 
 
 def test_caps_forget_what_is_older_than_the_longest_window(redis_conn):
-    redis_conn.zadd("c1", {"old": 100})
-    assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, ref="r", longest=60, windows=[1, 60]) == [0]
-    assert redis_conn.zscore("c1", "old") is None
+    redis_conn.set("c1", "old100,new990")
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, tag="r", longest=60, windows=[2, 60]) == [0]
+    assert redis_conn.get("c1") == b"new990,r1000"
+
+
+def test_caps_read_an_older_sorted_set_and_replace_it(redis_conn):
+    redis_conn.zadd("c1", {"19a0000000012345678901a": 990, "19a0000000012345678901b": 10})
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, tag="r", longest=60, windows=[1, 60]) == [1]
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1100, at=1100, tag="r", longest=60, windows=[1, 60]) == [0]
+    assert redis_conn.get("c1") == b"r1100"
+
+
+def test_uncap_gives_one_send_back_by_its_tag(redis_conn):
+    redis_conn.set("c1", "ab11300,ab21400,ab11500", ex=100)
+    redis_conn.set("c2", "ab11300")
+    redis_conn.zadd("c3", {"x": 1})  # an older smsgw's: left as it is
+    scripts.UNCAP(redis_conn, caps=["c1", "c2", "c3", "c4"], tag="ab1")
+    assert redis_conn.get("c1") == b"ab21400,ab11500" and 0 < redis_conn.ttl("c1") <= 100
+    assert not redis_conn.exists("c2") and redis_conn.zcard("c3") == 1
 
 
 # -- LEASE -------------------------------------------------------------------------------------

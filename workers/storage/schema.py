@@ -30,7 +30,7 @@ functions below and against a live Redis after a full run)::
     sg:route:<account>         route_key         hash  priority -> the account its traffic goes to now (failover)
     sg:lag:<account>:<minute>  lag_key           hash  reports of the account that minute: n, and slow (failover)
     sg:spend:<acct>:<day>      spend_key         str   billable parts an account sent that China day (daily limit)
-    sg:cap:<acct>:<pr>:<mobile> cap_key          zset  send times to a mobile, for its frequency caps
+    sg:cap:<acct>:<pr>:<mobile> cap_key          str   send times to a mobile, for its frequency caps
     sg:lim:<limit>             LIMITS            str   an API key's request rate (keys built by ``limits``)
     sg:quota:<key>:<day>       quota_key         str   billable parts an API key took that China day (its daily quota)
     sg:usage:<key>:<day>       usage_key         hash  an API key's requests, recipients, parts, suppressed that day

@@ -214,31 +214,73 @@ return batch_id
 
 CAPS = Script(
     keys="caps*",
-    args="now at ref longest windows*",
+    args="now at tag longest windows*",
     source="""
--- Per-mobile frequency caps (workers.guardrails): for each cap set, drop what is older than the
--- longest window, count the sends within each window either side of `at` (the time this send
--- goes), and record `ref` at `at` when no window is full. `windows` are (count, seconds) pairs.
--- Returns, per cap set, 1 when over a cap (nothing recorded) or 0 (recorded).
-local now, at, ref, longest = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+-- Per-mobile frequency caps (workers.guardrails). A mobile's sends are one string,
+-- "<tag><second>,<tag><second>…" (`tag`: 3 characters of the request's id, for give_back), which
+-- lives as long as its latest send matters: about 90 bytes for the day a code's mobile is kept,
+-- where a sorted set took 152. For each: drop the sends older than the longest window, count
+-- those within each window either side of `at` (when this one goes), and record it when no
+-- window is full. `windows` are (count, seconds) pairs. Returns, per mobile, 1 when over a cap
+-- (nothing recorded) or 0 (recorded).
+local now, at, tag, longest = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local out = {}
 for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - longest)
+  local kept, times, last = {}, {}, at
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'table' and raw.err then
+    -- A sorted set an older smsgw wrote (send times as scores): read once; the SET replaces it.
+    local old, parts = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'), {}
+    for j = 2, #old, 2 do parts[#parts + 1] = '___' .. math.floor(tonumber(old[j])) end
+    raw = table.concat(parts, ',')
+  end
+  for entry in string.gmatch(raw or '', '[^,]+') do
+    local t = tonumber(string.sub(entry, 4))
+    if t and t > now - longest then
+      kept[#kept + 1], times[#times + 1] = entry, t
+      if t > last then last = t end
+    end
+  end
   local over = 0
   for w = 5, #ARGV, 2 do
-    local window = tonumber(ARGV[w + 1])
-    if redis.call('ZCOUNT', key, at - window, at + window) >= tonumber(ARGV[w]) then
+    local count, window = 0, tonumber(ARGV[w + 1])
+    for _, t in ipairs(times) do
+      if t >= at - window and t <= at + window then count = count + 1 end
+    end
+    if count >= tonumber(ARGV[w]) then
       over = 1
       break
     end
   end
   if over == 0 then
-    redis.call('ZADD', key, at, ref)
-    if redis.call('TTL', key) < at - now + longest then redis.call('EXPIRE', key, math.ceil(at - now + longest)) end
+    kept[#kept + 1] = tag .. at
+    redis.call('SET', key, table.concat(kept, ','), 'EX', math.ceil(last - now + longest))
   end
   out[i] = over
 end
 return out
+""",
+)
+
+UNCAP = Script(
+    keys="caps*",
+    args="tag",
+    source="""
+-- Give one recorded send back (workers.guardrails.give_back): the first whose tag is `tag`, in
+-- each mobile's caps. Another request's send with the same tag counts the same.
+for _, key in ipairs(KEYS) do
+  local kept, found, raw = {}, false, redis.pcall('GET', key)
+  if type(raw) ~= 'string' then raw = '' end  -- none, or an older smsgw's sorted set: kept as it is
+  for entry in string.gmatch(raw, '[^,]+') do
+    if not found and string.sub(entry, 1, 3) == ARGV[1] then found = true else kept[#kept + 1] = entry end
+  end
+  if found and #kept == 0 then
+    redis.call('DEL', key)
+  elseif found then
+    redis.call('SET', key, table.concat(kept, ','), 'KEEPTTL')
+  end
+end
+return 1
 """,
 )
 
