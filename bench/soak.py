@@ -10,10 +10,24 @@ first on all three.
 
 from __future__ import annotations
 
+import _thread
 import os
+import subprocess
+import threading
 import time
 
 from bench.load import OTP, PUSH_SECRET, burst, otp_bodies, pushed_reports, redis_bytes_per_recipient, stack
+
+
+def watch(procs: list[subprocess.Popen[bytes]], stop: threading.Event) -> None:
+    """A process of the stack that exits ends the soak at once, saying which and how (else the
+    run would wait out its timeouts for reports that can no longer come)."""
+    while not stop.wait(2.0):
+        for proc in procs:
+            if proc.poll() is not None:
+                print(f"soak: {' '.join(map(str, proc.args[2:5]))} exited with {proc.returncode}", flush=True)  # type: ignore[index]
+                _thread.interrupt_main()
+                return
 
 
 def main() -> None:
@@ -26,6 +40,8 @@ def main() -> None:
         # keep-alive connections; this client does not reconnect, so recycling is off here.
         port, procs = s.smsgw(SMSGW_PROVIDER_RATE="100000", GUNICORN_CMD_ARGS="--max-requests 0", **caps)
         s.sim_admin("config", push_url=f"http://127.0.0.1:{port}/callbacks/provider/{PUSH_SECRET}")
+        stop = threading.Event()
+        threading.Thread(target=watch, args=(procs, stop), daemon=True).start()
         base = int(s.conn.info("memory")["used_memory"])
         started = time.monotonic()
         for d in range(10):
@@ -40,6 +56,7 @@ def main() -> None:
                 f"accept p99 {run.p99_ms:6.1f} ms, POST → provider p99 {run.e2e_p99_s:5.2f} s",
                 flush=True,
             )
+        stop.set()
         s.stop(procs)
     first, last = rows[0], rows[-1]
     print("| decile | messages | Redis bytes a message | smsgw keys' bytes | accept p99 ms | POST → provider p99 s |")

@@ -478,11 +478,13 @@ def list_messages(
 
 
 def _indexed(at: str, entry: dict[bytes, bytes]) -> str:
-    """A message id from its index entry: the entry's milliseconds and the id's random part
-    (``n``, an integer; ``m``, 12 hex digits, before), or the whole id (``m``: an entry dated
-    later than its id, or written before either)."""
+    """A message id from its index entry (``scripts.ACCEPT``): its milliseconds are those nearest
+    the entry's date that agree with ``t`` (them modulo 2^20), then its random part ``n``. Entries
+    written before: ``m``, the random part in hex (the entry dated by the id), or the whole id."""
     ms = int(at.split("-")[0])
     if b"n" in entry:
+        half = 1 << 19
+        ms += (int(entry[b"t"]) - ms + half) % (2 * half) - half
         return f"{ms:011x}{int(entry[b'n']):012x}"
     value = entry[b"m"].decode()
     return value if len(value) == schema.MID_LENGTH else f"{ms:011x}{value}"

@@ -87,13 +87,13 @@ def test_the_listing_honours_since_and_until_and_its_index_is_small(two_keys, ru
     index = schema.key_messages_key("tester")
     assert redis_conn.xlen(index) == 300
     per_message = (redis_conn.memory_usage(index, samples=0) or 0) / 300
-    assert per_message < 36.5, per_message  # 300 entries: the whole id in each took 45, its random part in hex 38.7
+    assert per_message < 40, per_message  # 300 entries: the whole id in each took 45
 
-    # Another API process's clock ran ahead: the entry after it is dated by Redis, holds the
-    # whole id, and is listed all the same.
+    # An entry dated ahead (an older release dated entries by the id, whose process's clock may
+    # have run ahead): the next is dated after it, seconds from its id's time, and listed all the same.
     ahead = int(time.time() * 1000) + 5000
     redis_conn.xadd(index, {"m": "0" * 23}, id=f"{ahead}-0")
     [late] = send(1)
-    [(at, entry)] = redis_conn.xrevrange(index, count=1)
-    assert int(at.split(b"-")[0]) >= ahead and entry[b"m"] == late.encode()
+    [(at, _)] = redis_conn.xrevrange(index, count=1)
+    assert int(at.split(b"-")[0]) >= ahead
     assert listed("")[0] == late
