@@ -32,7 +32,7 @@ import requests
 from flask import Flask
 from rq import Queue, SimpleWorker
 
-from bench import load
+from bench import load, units
 from devkit.redis_server import RedisServer
 from devkit.simulator import SimState, SimulatorServer
 from gateway import create_app
@@ -340,6 +340,8 @@ def main() -> None:
         server.stop()
     print()
     load.main()  # the real processes under load, with their own Redis and simulator
+    print()
+    units.singles_run()  # Redis's work per message by stage, against the targets
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
-"""Unit costs for the README's capacity table, on ``bench.load``'s stack: API, worker and Redis
-CPU and Redis commands per one-recipient message and per campaign recipient.
+"""Unit costs for the capacity table (docs/benchmarks.md), on ``bench.load``'s stack: API,
+worker and Redis CPU and Redis commands per one-recipient message and per campaign recipient.
 
-CPU comes from psutil (each process and its children) and Redis's ``INFO cpu`` around the run;
-commands from ``INFO commandstats`` (a script's inner commands included).
-Run: ``.venv/bin/python -m bench.units`` (about 3 minutes).
+One-recipient verification codes are measured as a user deploys them, the default caps on and
+every report pushed, stage by stage: the API alone takes the POSTs; the workers start and submit;
+the provider pushes the reports and the workers apply them; the backlog is folded. What the idle
+fleet does meanwhile (leases, maintenance ticks) is measured apart and taken out. CPU comes from
+psutil (each process and its children) and Redis's ``INFO cpu``; commands from ``INFO
+commandstats`` (a script's inner commands included).
+Run: ``.venv/bin/python -m bench.units`` (about 4 minutes); ``make bench`` ends with the
+one-recipient part.
 """
 
 from __future__ import annotations
@@ -179,6 +184,12 @@ def campaign(s: Stack) -> None:
         f"Redis CPU {(redis1 - redis0) / load.CAMPAIGN * 1e6:.1f} us and "
         f"{redis_commands(s) / load.CAMPAIGN:.2f} commands a recipient"
     )
+
+
+def singles_run() -> None:
+    """The one-recipient units on a stack of their own (``make bench`` ends with it)."""
+    with load.stack() as s:
+        singles(s)
 
 
 def main() -> None:

@@ -6,8 +6,10 @@ then the maintenance round folds, and every reader must answer as it did before.
 
 from __future__ import annotations
 
+import secrets
 import time
 
+import pytest
 import redis
 
 from tests.conftest import AUTH, MINE, THEIRS, Receiver, drain, sim_admin, sim_submissions
@@ -312,3 +314,34 @@ def test_a_redacted_record_keeps_no_digest_and_an_older_record_with_one_still_re
         back = schema.Message.unfold(mid, raw)
         assert back.redacted and back.text == "" and back.text_length == 11 and back.folded.linkid == sub.linkid
         assert back.items == "13800138000" and back.priority == "high"
+
+
+def test_a_record_an_older_release_folded_under_its_text_field_still_reads(redis_conn):
+    """A folded message's field is 7 raw bytes now (the id's 14 hex digits the bucket does not
+    name); one an older release wrote under the id's last 15 hex digits as text still reads."""
+    mid = schema.new_message_id()
+    msg = schema.Message(
+        id=mid, state="sending", account="default", priority="high", kind="t", items="13800138000",
+        recipients=1, parts=1, api_key="tester", redact=1, text_length=11, created=schema.time_of(mid),
+    )  # fmt: skip
+    record = msg.fold(schema.Folded("0123456789abcdef0123456789abcdef", schema.time_of(mid), "D", "DELIVRD", 1e10))
+    assert len(schema.folded_field(mid)) == 7
+    for field in schema.folded_fields(mid):
+        redis_conn.delete(schema.folded_key(mid))
+        redis_conn.hset(schema.folded_key(mid), field, record)
+        back = schema.Message.read(redis_conn, mid)
+        assert back is not None and back.folded is not None and back.items == "13800138000"
+        assert archive.is_folded(redis_conn, mid)
+
+
+@pytest.mark.parametrize("shared", [8, 9])
+def test_a_folded_linkid_record_packs_its_members_and_an_older_one_still_reads(shared):
+    """Members as raw bytes after their common prefix (odd and even widths); the older record,
+    spelled out in hex with separators, reads the same."""
+    base = schema.new_message_id()
+    mids = sorted({base[:shared] + secrets.token_hex(8)[: schema.MID_LENGTH - shared] for _ in range(30)})
+    ref = archive._members_ref(mids)
+    assert ref.startswith(archive.PACKED) and archive.members(ref) == mids
+    assert len(ref) < 12 * len(mids) + 20
+    older = archive.FOLDED + ";".join([base[:shared], *(m[shared:] for m in mids)])
+    assert archive.members(older) == mids and archive.members("x:1") is None

@@ -19,6 +19,7 @@ one, except a reply's callback, whose counters go to a live hash laid over the r
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import time
@@ -34,7 +35,10 @@ from workers.text import mobile_of
 #: A finished submission stays as it is this long (its history readable) before it is folded.
 AFTER = 60.0
 LATER = -1  # a callback is still on its way, or something wrote meanwhile: fold it later
-FOLDED = "a:"  # a folded submission's linkid record: "a:<prefix>;<rest>;<rest>…" (:func:`members`)
+#: A folded submission's linkid record (:func:`members`): "b:<prefix>;<the rests, packed>" (the
+#: rests of the ids as raw bytes in URL-safe base64: 11 characters a member where hex and a
+#: separator took 16), or an older release's "a:<prefix>;<rest>;<rest>…".
+PACKED, FOLDED = "b:", "a:"
 
 
 def schedule(pipe: redis.Redis | redis.client.Pipeline, mid: str, n: int, at: float) -> None:
@@ -127,7 +131,7 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
         linkids = {chunk.linkid} | _linkids(history)
         now = time.time()
         pipe.multi()
-        buckets: dict[str, dict[str, bytes]] = {}
+        buckets: dict[str, dict[bytes, bytes]] = {}
         until: dict[str, int] = {}
         for m, value in values.items():
             bucket = schema.folded_key(m)
@@ -177,15 +181,29 @@ def _members_ref(mids: list[str]) -> str:
     were made within its window, so they share their first 8 or 9 hex digits."""
     lo, hi = min(mids), max(mids)  # the common prefix of all is that of the least and greatest
     prefix = lo[: next((i for i, (a, b) in enumerate(zip(lo, hi, strict=True)) if a != b), len(lo))]
-    return FOLDED + ";".join([prefix, *(m[len(prefix) :] for m in mids)])
+    rests = [m[len(prefix) :] for m in mids]
+    width = schema.MID_LENGTH - len(prefix)
+    if width > 0 and all(len(r) == width for r in rests):
+        try:
+            raw = bytes.fromhex("".join("0" * (width % 2) + r for r in rests))
+            return PACKED + prefix + ";" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        except ValueError:
+            pass  # an id not in hex: spelled out
+    return FOLDED + ";".join([prefix, *rests])
 
 
 def is_folded(conn: redis.Redis, mid: str) -> bool:
-    return bool(mid) and bool(conn.hexists(schema.folded_key(mid), schema.folded_field(mid)))
+    return bool(mid) and any(v is not None for v in conn.hmget(schema.folded_key(mid), schema.folded_fields(mid)))
 
 
 def members(ref: str) -> list[str] | None:
     """A linkid record's folded members, or ``None`` if it names a live chunk."""
+    if ref.startswith(PACKED):
+        prefix, packed = ref[len(PACKED) :].split(";", 1)
+        raw = base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4))
+        width = schema.MID_LENGTH - len(prefix)
+        size = (width + 1) // 2
+        return [prefix + raw[i : i + size].hex()[-width:] for i in range(0, len(raw), size)]
     if not ref.startswith(FOLDED):
         return None
     prefix, *rest = ref[len(FOLDED) :].split(";")

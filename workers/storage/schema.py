@@ -263,9 +263,19 @@ def folded_key(mid: str) -> str:
     return f"sg:f:{mid[:8]}{mid[-1]}"
 
 
-def folded_field(mid: str) -> str:
-    """The message's field in its bucket: what the bucket's name does not already say."""
-    return mid[8:]
+def folded_field(mid: str) -> bytes:
+    """The message's field in its bucket: what the bucket's name does not already say, the 14
+    hex digits between, as 7 raw bytes (an id not in hex: as it is)."""
+    try:
+        return bytes.fromhex(mid[8:-1])
+    except ValueError:
+        return mid[8:].encode()
+
+
+def folded_fields(mid: str) -> tuple[bytes, str]:
+    """Where a folded message may be: its field, then the field an older release wrote (the
+    id's last 15 hex digits as text), read until the retention has removed those."""
+    return folded_field(mid), mid[8:]
 
 
 def pool_key(account: str, priority: str, what: str) -> str:
@@ -554,7 +564,7 @@ class Message(Record):
         raw = conn.hgetall(message_key(mid))
         if (raw and cls.FIELDS["state"].encode() in raw) or len(mid) != MID_LENGTH:
             return cls.from_hash(raw, id=mid) if raw else None
-        folded = conn.hget(folded_key(mid), folded_field(mid))
+        folded = next((v for v in conn.hmget(folded_key(mid), folded_fields(mid)) if v is not None), None)
         if folded is None:
             return cls.from_hash(raw, id=mid) if raw else None
         return cls.unfold(mid, folded, decode(raw) if raw else None)

@@ -330,7 +330,11 @@ if cur then
   redis.call('HINCRBY', message, 'r_' .. st, -1)
 end
 redis.call('HSET', recipients, mobile, value)
-if not cur then redis.call('EXPIRE', recipients, ttl) end
+local reported = 0
+if not cur then
+  reported = redis.call('HLEN', recipients)
+  if reported == 1 then redis.call('EXPIRE', recipients, ttl) end  -- made now: its lifetime, once
+end
 redis.call('HINCRBY', message, 'r_' .. state, 1)
 redis.call('HINCRBY', counts, 'reports_' .. name, 1)
 -- Dated counters get their lifetime when a field is made (so when the key is), not every time.
@@ -342,7 +346,7 @@ if submitted > 0 and not cur then
   redis.call('HINCRBY', counts, 'report_lag_seconds_sum', math.max(0, tonumber(at) - submitted))
   redis.call('HINCRBY', counts, 'report_lag_count', 1)
 end
-if all and all > 0 and not cur and redis.call('HLEN', recipients) >= all then return 2 end
+if all and all > 0 and not cur and reported >= all then return 2 end
 return 1
 """,
 )
