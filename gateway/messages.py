@@ -417,9 +417,10 @@ def list_replies(
 
 
 SCAN_PAGES = 10
-#: An index entry is dated by its message id's milliseconds, or by Redis's clock when another
-#: API process's clock ran ahead (and then later than its id; entries before the dated format
-#: were all Redis's): the range read is this much wider at each end, and each id's time decides.
+#: An index entry is dated by Redis's clock when the message is stored (entries of an older
+#: release by their ids' milliseconds), which differs from its id's time by the accept's own
+#: duration and the API host's clock: the range read is this much wider at each end, and each
+#: id's time decides.
 CLOCK_SKEW_MS = 60_000
 
 

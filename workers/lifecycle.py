@@ -391,10 +391,9 @@ def _count_unsent(pipe: Pipeline, chunk: Chunk, state: str, by_key: dict[str, in
 
 
 def _count_member(pipe: Pipeline, member: str, state: str, by: int = 1) -> None:
-    """A member of a batch has one recipient: its one chunk is the batch's chunk that carries it."""
-    key = schema.message_key(member)
-    pipe.hincrby(key, Message.final_field(schema.CHUNKS_IN, state), by)
-    pipe.hincrby(key, Message.final_field(schema.RECIPIENTS_IN, state), by)
+    """A member of a batch has one recipient and its one chunk is the batch's chunk that carries
+    it: its recipient's count says its chunk's too (``Message`` reads it so), one write, not two."""
+    pipe.hincrby(schema.message_key(member), Message.final_field(schema.RECIPIENTS_IN, state), by)
 
 
 def _member_keys(conn: redis.Redis, chunk: Chunk) -> dict[str, int]:

@@ -537,6 +537,10 @@ class Message(Record):
                 self.chunks_final[k[len(CHUNKS_IN) :]] = int(v)
             elif k.startswith(RECIPIENTS_IN):
                 self.recipients_final[k[len(RECIPIENTS_IN) :]] = int(v)
+        if self.via:
+            # A batch member's one chunk ends as its one recipient does (lifecycle._count_member;
+            # an older release wrote both counters, alike).
+            self.chunks_final = {s: n for s, n in self.recipients_final.items() if s in _CHUNK_FINALS}
 
     @property
     def redacted(self) -> bool:
@@ -643,6 +647,8 @@ class Folded:
 _FOLD_KEPT_TEXT, _FOLD_REDACTED, _FOLD_HASHED = b"0", b"2", b"1"
 _FOLD_CODE = "~rc"  # the tail's name for an operator code holding "|" (no record field has "~")
 _PRIORITIES = {p[0]: p for p in ("high", "normal", "bulk")}
+#: The final states of a chunk, as a message counts them.
+_CHUNK_FINALS = frozenset({ChunkState.SUBMITTED, ChunkState.FAILED, ChunkState.CANCELLED, ChunkState.EXPIRED})
 #: Message attributes a folded record holds by position, after its SHA-256 and linkid.
 _FOLD_HEAD = ("api_key", "account", "priority", "kind", "items", "parts", "text_length", "test", "redact")
 
