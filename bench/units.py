@@ -111,19 +111,23 @@ def stages(s: Stack, n: int, offset: int, port: int, env: dict[str, str]) -> tup
     posted = load.drive(port, bodies)
     assert all(p.status == 202 for p in posted), {p.status for p in posted}
     out = [meter.stage("accept (API)", n, fleet=False)]
+    submitted = int(s.conn.hget(schema.COUNTS, "recipients_submitted") or 0)
     workers = [
         s.start([sys.executable, "-m", "gateway.cli", "worker", "--name", f"u{i}-{offset}"], **env)
         for i in range(load.WORKERS)
     ]
-    wanted = {m for m, _ in bodies}
-    while not wanted <= {m for sub in s.submissions() for m in sub["mobiles"]}:
+    # Until the workers have recorded every submission (not only made it): the bookkeeping after
+    # the provider's answer is the submit stage's, not the idle fleet's.
+    while int(s.conn.hget(schema.COUNTS, "recipients_submitted") or 0) < submitted + n:
         time.sleep(0.2)
+    time.sleep(1.0)
     sent = meter.stage("submit (workers)", n, fleet=True)
     meter.idle()  # the fleet's own ticks, taken out of the stages it runs through
     meter.mark()
     reports = int(s.conn.hget(schema.COUNTS, "reports") or 0)
     s.sim_admin("config", push_url=f"http://127.0.0.1:{port}/callbacks/provider/{load.PUSH_SECRET}")
     load.pushed_reports(s, port, reports + n)
+    time.sleep(1.0)  # what follows the last report (its chunk's fold scheduled) is this stage's
     pushed = meter.stage("report pushed (receiver and workers)", n, fleet=True)
     s.sim_admin("config", push_url="")
     worker_cpu = cpu_of([w.pid for w in workers])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -345,3 +346,27 @@ def test_a_folded_linkid_record_packs_its_members_and_an_older_one_still_reads(s
     assert len(ref) < 12 * len(mids) + 20
     older = archive.FOLDED + ";".join([base[:shared], *(m[shared:] for m in mids)])
     assert archive.members(older) == mids and archive.members("x:1") is None
+
+
+def test_a_folded_record_names_its_key_and_account_by_codes_handed_out_once(redis_conn):
+    """``bench|default`` in each of a week's messages became two 4-character codes; two folds
+    naming the same key at once agree on one code; a code never handed out reads as no name
+    (the record then belongs to no key: nobody sees it)."""
+    codes = schema.name_codes(redis_conn, ["tester", "default", "tester"])
+    assert set(codes) == {"tester", "default"} and all(len(c) == 4 for c in codes.values())
+    assert schema.name_codes(redis_conn, ["tester"]) == {"tester": codes["tester"]}
+    with ThreadPoolExecutor(8) as pool:
+        raced = set(pool.map(lambda _: schema.name_codes(redis_conn, ["raced"])["raced"], range(16)))
+    assert len(raced) == 1 and schema.name_of(redis_conn, raced.pop()) == "raced"
+    mid = schema.new_message_id()
+    msg = schema.Message(
+        id=mid, state="sending", account="default", priority="high", kind="t", items="13800138000",
+        recipients=1, parts=1, api_key="tester", redact=1, text_length=11, created=schema.time_of(mid),
+    )  # fmt: skip
+    sub = schema.Folded("0123456789abcdef0123456789abcdef", schema.time_of(mid), "D", "DELIVRD", 1e10)
+    record = msg.fold(sub, (codes["tester"], codes["default"]))
+    assert record[:1] == b"3" and b"tester" not in record and len(record) < len(msg.fold(sub)) - 4
+    redis_conn.hset(schema.folded_key(mid), schema.folded_field(mid), record)
+    back = schema.Message.read(redis_conn, mid)
+    assert back is not None and (back.api_key, back.account, back.items) == ("tester", "default", "13800138000")
+    assert schema.Message.unfold(mid, record, names=lambda code: "").api_key == ""

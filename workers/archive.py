@@ -115,6 +115,7 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
             msgs = {m: Message.from_hash(raw, id=m) for m, raw in zip(members.values(), found[::2], strict=True)}
             ttls = {m: int(ttl) for m, ttl in zip(members.values(), found[1::2], strict=True)}
             values = {}
+            codes = schema.name_codes(conn, [n for msg in msgs.values() for n in (msg.api_key, msg.account)])
             for mobile, m in members.items():
                 msg = msgs[m]
                 if msg.state != MessageState.SENDING or mobile_of(msg.items) not in ("", mobile):
@@ -122,7 +123,8 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
                 msg.items = msg.items or mobile  # a planned message's own list is dropped: it is the chunk's
                 report = ReportValue.decode(reports[mobile])
                 values[m] = msg.fold(
-                    Folded(chunk.linkid, chunk.submitted_at, report.state, report.code, float(report.at))
+                    Folded(chunk.linkid, chunk.submitted_at, report.state, report.code, float(report.at)),
+                    (codes[msg.api_key], codes[msg.account]),
                 )
         except redis.WatchError:
             return LATER

@@ -52,6 +52,7 @@ functions below and against a live Redis after a full run)::
     sg:pool:<acct>:<pr>:<what> pool_key          zset  sends waiting to share a submission ("<mid>|<item>")
     sg:pools                   POOLS             zset  pool keys by when their oldest send must leave
     sg:f:<bucket>              folded_key        hash  one-recipient messages at rest, folded (:meth:`Message.fold`)
+    sg:names                   NAMES             hash  API key and account names as folded records' codes
     sg:fold                    FOLD              zset  submission refs to fold at rest, by when (``workers.archive``)
     sg:expiry                  EXPIRY            zset  chunk refs with a validity, by when it ends
     sg:probe                   WRITE_PROBE       str   a write that tells whether Redis takes writes
@@ -68,9 +69,11 @@ Lua scripts and ``HINCRBY`` update are named by :meth:`Message.final_field`.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, ClassVar, Self
@@ -571,9 +574,9 @@ class Message(Record):
         folded = next((v for v in conn.hmget(folded_key(mid), folded_fields(mid)) if v is not None), None)
         if folded is None:
             return cls.from_hash(raw, id=mid) if raw else None
-        return cls.unfold(mid, folded, decode(raw) if raw else None)
+        return cls.unfold(mid, folded, decode(raw) if raw else None, functools.partial(name_of, conn))
 
-    def fold(self, sub: Folded) -> bytes:
+    def fold(self, sub: Folded, names: tuple[str, str] | None = None) -> bytes:
         """This message at rest, as one bucket field (``folded_key``): about 110 bytes where its
         own hash and its share of the submission's records took 400 to 1,600.
 
@@ -585,11 +588,16 @@ class Message(Record):
         code unless it is ``DELIVRD``, and in ``tail`` (JSON, often empty) any other field that
         differs from its default: a text that was kept, a reference. The plan's and the
         sweeper's bookkeeping is dropped: nothing runs on a folded message.
+
+        ``names``: the API key's and the account's codes (:func:`name_code`), written in their
+        place (first byte ``3``, or ``4`` with a kept text).
         """
         created = int(time_of(self.id))
         code = "" if (sub.report, sub.code) == ("D", "DELIVRD") else sub.code
         head = [str(getattr(self, name)) for name in _FOLD_HEAD]
         head[2] = head[2][:1]  # the priority's letter: high, normal, bulk
+        if names is not None:
+            head[0], head[1] = names
         tail = {k: v for k, v in self.to_hash().items() if k not in _FOLD_KEPT}
         for i, name in enumerate(_FOLD_HEAD):
             if "|" in head[i]:  # a 点点通 value with the separator in it: the tail holds it
@@ -602,16 +610,29 @@ class Message(Record):
             str(int(sub.reported) - int(sub.submitted)),
         ]
         text = "|".join(head) + "|" + (json.dumps(tail, ensure_ascii=False, separators=(",", ":")) if tail else "")
-        return (_FOLD_REDACTED if self.redacted else _FOLD_KEPT_TEXT) + linkid_bytes(sub.linkid) + text.encode()
+        if names is not None:
+            version = _FOLD_NAMED_REDACTED if self.redacted else _FOLD_NAMED_KEPT_TEXT
+        else:
+            version = _FOLD_REDACTED if self.redacted else _FOLD_KEPT_TEXT
+        return version + linkid_bytes(sub.linkid) + text.encode()
 
     @classmethod
-    def unfold(cls, mid: str, raw: bytes, callbacks: dict[str, str] | None = None) -> Message:
+    def unfold(
+        cls,
+        mid: str,
+        raw: bytes,
+        callbacks: dict[str, str] | None = None,
+        names: Callable[[str], str] | None = None,
+    ) -> Message:
         """A folded message as a record: one chunk, submitted, its one recipient reported; so
         its state reads exactly as it did before it was folded. ``callbacks``: its callback
-        fields as they are now, if they changed since."""
+        fields as they are now, if they changed since. ``names``: a code's name (the API key
+        and account of a record that holds codes; an unknown code reads as no name)."""
         rest = raw[33:] if raw[:1] == _FOLD_HASHED else raw[1:]  # an old record's digest is not read
         linkid = linkid_from_bytes(rest[:24])
         *head, sent, report, at, tail = rest[24:].decode().split("|", len(_FOLD_HEAD) + 3)
+        if raw[:1] in (_FOLD_NAMED_REDACTED, _FOLD_NAMED_KEPT_TEXT):
+            head[0], head[1] = (names(head[0]), names(head[1])) if names is not None else ("", "")
         values = dict(zip((cls.FIELDS[name] for name in _FOLD_HEAD), head, strict=True))
         values[cls.FIELDS["priority"]] = _PRIORITIES.get(values[cls.FIELDS["priority"]], "")
         values.update(json.loads(tail) if tail else {})
@@ -643,8 +664,54 @@ class Folded:
 
 
 #: The first byte: the text is kept (in the tail), redacted, or redacted by an older smsgw that
-#: kept its SHA-256 in the 32 bytes after it.
+#: kept its SHA-256 in the 32 bytes after it; ``3`` and ``4`` (redacted, kept) hold the API key
+#: and account as codes (:func:`name_code`).
 _FOLD_KEPT_TEXT, _FOLD_REDACTED, _FOLD_HASHED = b"0", b"2", b"1"
+_FOLD_NAMED_REDACTED, _FOLD_NAMED_KEPT_TEXT = b"3", b"4"
+
+#: API key and account names as short codes, for folded records (``sg:names``: name → code,
+#: ``#<code>`` → name). A name is spelled once, not in each of a week's messages (13 bytes a
+#: message for ``bench|default``, more for real names); kept for ever, a few fields a key or
+#: account. Codes are 4 random characters, not a count: a process that remembers a code's name
+#: (:func:`name_of`) can never read another name for it, even if Redis were emptied and codes
+#: handed out again.
+NAMES = "sg:names"
+_NAMED: dict[str, str] = {}
+_CODE_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def name_codes(conn: redis.Redis, names: list[str]) -> dict[str, str]:
+    """The codes of API key and account names, each handed out once (two folds at once agree:
+    the first to name it wins). One read when they have codes already."""
+    wanted = sorted(set(names))
+    out = {}
+    for name, found in zip(wanted, conn.hmget(NAMES, wanted), strict=True):
+        out[name] = found.decode() if found is not None else _hand_out(conn, name)
+    return out
+
+
+def _hand_out(conn: redis.Redis, name: str) -> str:
+    while True:
+        code = "".join(secrets.choice(_CODE_CHARS) for _ in range(4))
+        if not conn.hsetnx(NAMES, f"#{code}", name):
+            continue  # taken by another name
+        if conn.hsetnx(NAMES, name, code):
+            return code
+        conn.hdel(NAMES, f"#{code}")  # another fold named it first: its code stands
+        return (conn.hget(NAMES, name) or b"").decode()
+
+
+def name_of(conn: redis.Redis, code: str) -> str:
+    """The name a code stands for ("" for one never handed out)."""
+    if (name := _NAMED.get(code)) is not None:
+        return name
+    found = conn.hget(NAMES, f"#{code}")
+    if found is None:
+        return ""
+    _NAMED[code] = found.decode()
+    return _NAMED[code]
+
+
 _FOLD_CODE = "~rc"  # the tail's name for an operator code holding "|" (no record field has "~")
 _PRIORITIES = {p[0]: p for p in ("high", "normal", "bulk")}
 #: The final states of a chunk, as a message counts them.
