@@ -197,12 +197,14 @@ def singles_run() -> None:
 
 
 def main() -> None:
+    """``UNITS=singles`` or ``UNITS=campaign``: one part only (``make bench`` runs the first)."""
+    part = os.environ.get("UNITS", "")
     with load.stack() as s:
-        singles(s)
-        if os.environ.get("UNITS_SINGLES_ONLY"):
-            return
-        s.conn.flushdb()
-        campaign(s)
+        if part != "campaign":
+            singles(s)
+            s.conn.flushdb()
+        if part != "singles":
+            campaign(s)
 
 
 if __name__ == "__main__":
