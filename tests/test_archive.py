@@ -358,6 +358,9 @@ def test_a_folded_record_names_its_key_and_account_by_codes_handed_out_once(redi
     with ThreadPoolExecutor(8) as pool:
         raced = set(pool.map(lambda _: schema.name_codes(redis_conn, ["raced"])["raced"], range(16)))
     assert len(raced) == 1 and schema.name_of(redis_conn, raced.pop()) == "raced"
+    # A key named like a code's entry is a name like any other: it never reads another's code.
+    other = schema.name_codes(redis_conn, [f"#{codes['tester']}"])[f"#{codes['tester']}"]
+    assert other != "tester" and schema.name_of(redis_conn, other) == f"#{codes['tester']}"
     mid = schema.new_message_id()
     msg = schema.Message(
         id=mid, state="sending", account="default", priority="high", kind="t", items="13800138000",

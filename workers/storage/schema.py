@@ -589,7 +589,7 @@ class Message(Record):
         differs from its default: a text that was kept, a reference. The plan's and the
         sweeper's bookkeeping is dropped: nothing runs on a folded message.
 
-        ``names``: the API key's and the account's codes (:func:`name_code`), written in their
+        ``names``: the API key's and the account's codes (:func:`name_codes`), written in their
         place (first byte ``3``, or ``4`` with a kept text).
         """
         created = int(time_of(self.id))
@@ -665,12 +665,13 @@ class Folded:
 
 #: The first byte: the text is kept (in the tail), redacted, or redacted by an older smsgw that
 #: kept its SHA-256 in the 32 bytes after it; ``3`` and ``4`` (redacted, kept) hold the API key
-#: and account as codes (:func:`name_code`).
+#: and account as codes (:func:`name_codes`).
 _FOLD_KEPT_TEXT, _FOLD_REDACTED, _FOLD_HASHED = b"0", b"2", b"1"
 _FOLD_NAMED_REDACTED, _FOLD_NAMED_KEPT_TEXT = b"3", b"4"
 
-#: API key and account names as short codes, for folded records (``sg:names``: name → code,
-#: ``#<code>`` → name). A name is spelled once, not in each of a week's messages (13 bytes a
+#: API key and account names as short codes, for folded records (``sg:names``: ``n:<name>`` →
+#: code, ``#<code>`` → name; the prefixes keep a name that begins with ``#`` from ever reading
+#: as a code). A name is spelled once, not in each of a week's messages (13 bytes a
 #: message for ``bench|default``, more for real names); kept for ever, a few fields a key or
 #: account. Codes are 4 random characters, not a count: a process that remembers a code's name
 #: (:func:`name_of`) can never read another name for it, even if Redis were emptied and codes
@@ -685,7 +686,7 @@ def name_codes(conn: redis.Redis, names: list[str]) -> dict[str, str]:
     the first to name it wins). One read when they have codes already."""
     wanted = sorted(set(names))
     out = {}
-    for name, found in zip(wanted, conn.hmget(NAMES, wanted), strict=True):
+    for name, found in zip(wanted, conn.hmget(NAMES, [f"n:{n}" for n in wanted]), strict=True):
         out[name] = found.decode() if found is not None else _hand_out(conn, name)
     return out
 
@@ -695,10 +696,10 @@ def _hand_out(conn: redis.Redis, name: str) -> str:
         code = "".join(secrets.choice(_CODE_CHARS) for _ in range(4))
         if not conn.hsetnx(NAMES, f"#{code}", name):
             continue  # taken by another name
-        if conn.hsetnx(NAMES, name, code):
+        if conn.hsetnx(NAMES, f"n:{name}", code):
             return code
         conn.hdel(NAMES, f"#{code}")  # another fold named it first: its code stands
-        return (conn.hget(NAMES, name) or b"").decode()
+        return (conn.hget(NAMES, f"n:{name}") or b"").decode()
 
 
 def name_of(conn: redis.Redis, code: str) -> str:
