@@ -109,8 +109,7 @@ def create_message() -> Response:
     try:
         guard(accepted, req, settings, mid)
         body = messages.accept(
-            conn,
-            settings,
+            rt,
             mid,
             accepted,
             priority=req.priority,

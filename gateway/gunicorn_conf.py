@@ -47,3 +47,10 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    """A worker stopping (SIGTERM, recycled after max_requests) writes its pending counts."""
+    from workers.tally import flush_all
+
+    flush_all()

@@ -26,8 +26,7 @@ from gateway.validation import Accepted
 from workers import coalesce, lifecycle
 from workers.chunks import chunk_count
 from workers.reports import recipient_state, recipient_states
-from workers.runtime import replicated
-from workers.settings import Settings
+from workers.runtime import Runtime, replicated
 from workers.storage import schema, scripts
 from workers.storage.schema import Chunk, Folded, Message, MessageState, Reply, ReportState
 from workers.text import mobile_of
@@ -35,8 +34,7 @@ from workers.times import from_provider, rfc3339
 
 
 def accept(
-    conn: redis.Redis,
-    settings: Settings,
+    rt: Runtime,
     mid: str,
     msg: Accepted,
     *,
@@ -52,6 +50,7 @@ def accept(
     valid_from: float | None = None,
 ) -> dict[str, Any]:
     """Store the message and enqueue its plan job in one transaction; returns the 202 body."""
+    conn, settings = rt.conn, rt.settings
     now = time.time()
     delay = max(0.0, msg.send_at.timestamp() - now) if msg.send_at else 0.0
     valid_for = settings.valid_for.get(priority, 0) if valid_for is None else valid_for
@@ -117,34 +116,23 @@ def accept(
         "fence": fence,
         "message": key,
         "index": schema.key_messages_key(key_name),
-        "counts": schema.COUNTS,
-        "minute": schema.minute_key(now),
-        "usage": schema.usage_key(key_name, day),
-        "account_usage": schema.account_usage_key(msg.account, day),
         "idempotency": idempotency[0] if idempotency else "",
         "pool": pool[0] if pool else "",
         "pools": schema.POOLS,
         "ttl": ttl,
-        "mid": mid,
         "index_min_ms": int((now - settings.retention_seconds) * 1000),  # the index forgets what expired
         # Renewed on the key's first request of a day (and by a scheduled message), so it
         # covers that whole day's messages: a day longer than they live, and one for the clock.
         "index_ttl": settings.retention_seconds + 2 * 86400 + int(delay),
-        "scheduled": int(delay > 0),
-        "recipients": len(msg.items),
-        "parts": msg.parts,
-        "suppressed": len(msg.suppressed),
-        "usage_ttl": schema.USAGE_TTL,
+        "date_index": int(delay > 0 or _first_today(rt, key_name, day)),
         "idem_value": idem_value,
         "idem_ttl": settings.idempotency_ttl,
         "pool_entry": coalesce.entry(mid, pool[1]) if pool else "",
         "pool_size": chunk_size,
-        "now": f"{now:.3f}",
         "pool_due": f"{coalesce.due_at(settings, priority, now):.3f}",
         "fields": fields,  # a JSON object: one argument packs faster than sixty
         "id_ms": str(int(mid[:11], 16)),
         "id_random": str(int(mid[11:], 16)),  # decimal: Redis keeps it as an integer
-        "minute_ttl": schema.MINUTE_TTL,
     }
     try:
         if pool is not None:
@@ -181,7 +169,39 @@ def accept(
         # is withdrawn before any worker took it, and the client is told to retry. If a worker
         # already planned it, it is on its way and the 202 stands.
         raise NotAccepted(mid)
+    _count_accepted(rt, now, day, key_name, msg)
     return body
+
+
+def _first_today(rt: Runtime, key_name: str, day: str) -> bool:
+    """Whether this is the process's first request of ``key_name`` on ``day`` (the accept then
+    dates the key's index; a Redis emptied meanwhile has it dated again the next day)."""
+    if (key_name, day) in rt.dated:
+        return False
+    rt.dated.add((key_name, day))
+    return True
+
+
+def _count_accepted(rt: Runtime, now: float, day: str, key_name: str, msg: Accepted) -> None:
+    """An accepted message's counts (``workers.tally``): the fleet's, this minute's, and the
+    day's usage of its key and account. A one-recipient, one-part request counts as one
+    ``single`` (readers add it to requests, recipients and parts)."""
+    recipients, parts, suppressed = len(msg.items), msg.parts, len(msg.suppressed)
+    single = recipients == 1 and parts == 1 and not suppressed
+    tally = rt.tally
+    if single:
+        tally.add(schema.COUNTS, "accepted_single")
+    else:
+        tally.add(schema.COUNTS, "accepted_recipients", recipients)
+        tally.add(schema.COUNTS, "accepted_parts", parts)
+        tally.add(schema.COUNTS, "suppressed_recipients", suppressed)
+    tally.add(schema.minute_key(now), "accepted", 1, schema.MINUTE_TTL)
+    usage = (
+        {"single": 1} if single else {"requests": 1, "recipients": recipients, "parts": parts, "suppressed": suppressed}
+    )
+    for key in (schema.usage_key(key_name, day), schema.account_usage_key(msg.account, day)):
+        for name, n in usage.items():
+            tally.add(key, name, n, schema.USAGE_TTL)
 
 
 class NotAccepted(Exception):

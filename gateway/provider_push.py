@@ -74,7 +74,7 @@ def provider_push(secret: str) -> Response:
         rt.conn.hincrby(COUNTS, "push_malformed", 1)
         raise Problem(400, "Malformed push", str(e)) from None
     try:
-        new = receive(rt.conn, [item])
+        new = receive(rt, [item])
     except redis.RedisError as e:
         # Counted in this process (Redis is what failed): the provider does not push again, so
         # each refusal is a report the pullers must recover, or a recipient that ends unknown.

@@ -192,8 +192,7 @@ def _send(v: Verification, req: MessageRequest, accepted: Accepted) -> None:
             )
         accepted.items = [f"{v.mobile},{verify.token(v.nonce, v.length)}"]
         messages.accept(
-            conn,
-            settings,
+            rt,
             mid,
             accepted,
             priority="high",

@@ -81,6 +81,9 @@ TEST_ENV = {
     # /metrics on the API's port: the test client has one port (tests/test_metrics.py checks the
     # production default, a port of its own).
     "SMSGW_METRICS_BIND": "",
+    # Counts written at once, so a test reads them right after what it did; the production
+    # default (1 s, added up in the process) has tests of its own (tests/test_tally.py).
+    "SMSGW_COUNT_FLUSH_SECONDS": "0",
 }
 
 

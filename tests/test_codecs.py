@@ -29,12 +29,9 @@ def test_a_report_value_round_trips(state, code, at):
 
 def test_the_report_lua_writes_is_the_one_python_reads(redis_conn):
     redis_conn.hset("m", "st", "sending")
-    args = {"recipients": "r", "message": "m", "counts": "c", "minute": "", "usage": [], "ttl": 100}
-    flags = {"submitted": "0", "is_report": 1, "all": 0, "minute_ttl": 1, "usage_ttl": 1}
+    args = {"recipients": "r", "message": "m", "ttl": 100, "all": 0, "owner": ["st"]}
     marks = {"unknown": ReportState.UNKNOWN, "delivered": ReportState.DELIVERED}
-    scripts.MERGE_REPORT(
-        redis_conn, **args, **flags, **marks, mobile="1", state="U", code="MK|01", at="77", state_name="undelivered"
-    )
+    scripts.MERGE_REPORT(redis_conn, **args, **marks, mobile="1", state="U", code="MK|01", at="77")
     assert ReportValue.decode(redis_conn.hget("r", "1")) == ReportValue(ReportState.UNDELIVERED, "MK|01", "77")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import messages, quotas
+from gateway import messages
 from workers.storage import scripts
 from workers.storage.schema import ChunkState, Message, MessageState, ReportState
 
@@ -50,37 +50,26 @@ def accept_args(**over):
         "fence": "f",
         "message": "m",
         "index": "idx",
-        "counts": "counts",
-        "minute": "minute",
-        "usage": "usage",
-        "account_usage": "ausage",
         "idempotency": "",
         "pool": "",
         "pools": "pools",
         "ttl": 100,
-        "mid": "19a000000000123456789ab",  # 11 hex digits of ms, 12 random
         "index_min_ms": 0,
         "index_ttl": 100,
-        "recipients": 2,
-        "parts": 3,
-        "suppressed": 1,
-        "usage_ttl": 1000,
         "idem_value": "",
         "idem_ttl": 10,
         "pool_entry": "",
         "pool_size": 3,
-        "now": "1.000",
         "pool_due": "5.000",
         "fields": json.dumps({"st": "accepted"}),
         "id_ms": str(int("19a00000000", 16)),
-        "id_random": str(int("0123456789ab", 16)),
-        "minute_ttl": 7200,
-        "scheduled": 0,
+        "id_random": str(int("0123456789ab", 16)),  # of "19a000000000123456789ab"
+        "date_index": 1,
     }
     return {**args, **over}
 
 
-def test_accept_writes_the_message_its_index_counts_and_usage_once(redis_conn):
+def test_accept_writes_the_message_and_its_index_once(redis_conn):
     assert scripts.ACCEPT(redis_conn, **accept_args(idempotency="idem", idem_value="answer")) == 0
     assert redis_conn.hgetall("m") == {b"st": b"accepted"} and 0 < redis_conn.ttl("m") <= 100
     [(_, [(_, entry)])] = redis_conn.xread({"idx": 0})
@@ -88,39 +77,29 @@ def test_accept_writes_the_message_its_index_counts_and_usage_once(redis_conn):
     for late in (0, 1, 7 * 60_000, -7 * 60_000):  # dated by Redis, up to 8 minutes from the id's time
         assert messages._indexed(f"{0x19A00000000 + late}-0", entry) == "19a000000000123456789ab"
     assert messages._indexed(f"{0x19A00000000}-0", {b"m": b"0123456789ab"}) == "19a000000000123456789ab"  # older
-    assert redis_conn.hgetall("counts") == {b"accepted_recipients": b"2", b"accepted_parts": b"3",
-                                            b"suppressed_recipients": b"1"}  # fmt: skip
-    assert redis_conn.hgetall("usage") == {b"requests": b"1", b"recipients": b"2", b"parts": b"3",
-                                           b"suppressed": b"1"}  # fmt: skip
-    assert redis_conn.hget("minute", "accepted") == b"1" and redis_conn.get("idem") == b"answer"
+    assert redis_conn.get("idem") == b"answer" and 0 < redis_conn.ttl("idx") <= 100
+    redis_conn.delete("m")
+    redis_conn.set("m", "other")
     assert scripts.ACCEPT(redis_conn, **accept_args()) == 0  # a second run writes nothing again
-    assert redis_conn.hget("usage", "requests") == b"1"
+    assert redis_conn.get("m") == b"other" and redis_conn.xlen("idx") == 1
 
 
-def test_accept_counts_a_one_recipient_request_once_and_dates_counters_when_made(redis_conn):
-    one = {"recipients": 1, "parts": 1, "suppressed": 0}
-    assert scripts.ACCEPT(redis_conn, **accept_args(**one)) == 0
-    assert redis_conn.hgetall("usage") == {b"single": b"1"}  # a request, a recipient, a part
-    assert redis_conn.hgetall("counts") == {b"accepted_single": b"1"}
-    assert 0 < redis_conn.ttl("usage") <= 1000 and 0 < redis_conn.ttl("idx") <= 100
-    assert 0 < redis_conn.ttl("minute") <= 7200
-    redis_conn.expire("usage", 5000)
+def test_accept_dates_the_index_only_when_asked(redis_conn):
+    assert scripts.ACCEPT(redis_conn, **accept_args()) == 0
     redis_conn.expire("idx", 50)  # as if the day's first request had been a while ago
-    assert scripts.ACCEPT(redis_conn, **accept_args(message="m2", **one)) == 0
-    assert redis_conn.hgetall("usage") == {b"single": b"2"}
-    assert redis_conn.ttl("usage") > 1000 and redis_conn.ttl("idx") <= 50  # not written again
-    # A message scheduled past the index's end pushes it out; the usage rows read it all.
-    assert scripts.ACCEPT(redis_conn, **accept_args(message="m3", index_ttl=900, scheduled=1, **one)) == 0
+    assert scripts.ACCEPT(redis_conn, **accept_args(message="m2", date_index=0)) == 0
+    assert redis_conn.ttl("idx") <= 50  # not written again
+    # The day's first in a process, or a message scheduled past the index's end, pushes it out.
+    assert scripts.ACCEPT(redis_conn, **accept_args(message="m3", index_ttl=900)) == 0
     assert 800 < redis_conn.ttl("idx") <= 900
-    assert scripts.ACCEPT(redis_conn, **accept_args(message="m4")) == 0  # 2 recipients, 3 parts
-    row = quotas.usage_row(redis_conn.hgetall("usage"))
-    assert (row["requests"], row["recipients"], row["parts"], row["suppressed"]) == (4, 5, 6, 1)
+    assert scripts.ACCEPT(redis_conn, **accept_args(message="m4", index_ttl=100)) == 0
+    assert 800 < redis_conn.ttl("idx") <= 900  # never shortened
 
 
 def test_accept_stores_nothing_behind_a_fence(redis_conn):
     redis_conn.set("f", 1)
     assert scripts.ACCEPT(redis_conn, **accept_args()) == -1
-    assert not redis_conn.exists("m", "counts", "usage")
+    assert not redis_conn.exists("m", "idx")
 
 
 def test_accept_joins_a_pool_and_a_full_pool_is_due_at_once(redis_conn):
@@ -247,47 +226,45 @@ def merge(redis_conn, state, at, code="DELIVRD", **over):
     args = {
         "recipients": "r",
         "message": "m",
-        "counts": "counts",
-        "minute": "minute",
-        "usage": ["usage"],
         "mobile": "13800138000",
         "state": state,
         "code": code,
         "at": str(at),
         "ttl": 100,
-        "submitted": "90",
-        "state_name": ReportState(state).label,
-        "is_report": 1,
         "all": 2,
-        "minute_ttl": 7200,
-        "usage_ttl": 1000,
         "unknown": ReportState.UNKNOWN,
         "delivered": ReportState.DELIVERED,
+        "owner": ["st", "cb", "k"],
     }
     return scripts.MERGE_REPORT(redis_conn, **{**args, **over})
 
 
-def test_merge_report_counts_a_new_final_state_once(redis_conn):
+def test_merge_report_counts_a_new_final_state_once_and_returns_its_owner(redis_conn):
+    redis_conn.hset("m", mapping={"st": "sending", "k": "tester"})
+    assert merge(redis_conn, "U", 100, "UNDELIV") == [1, 1, b"sending", b"", b"tester"]  # first final state
+    assert redis_conn.hget("r", "13800138000") == b"U|UNDELIV|100" and 0 < redis_conn.ttl("r") <= 100
+    assert merge(redis_conn, "D", 120)[:2] == [1, 0]  # a later delivered report replaces it
+    assert redis_conn.hgetall("m") == {b"st": b"sending", b"k": b"tester", b"r_U": b"0", b"r_D": b"1"}
+    assert merge(redis_conn, "U", 110, "UNDELIV") == [0, 0]  # older: ignored
+    assert merge(redis_conn, "X", 999, "") == [0, 0]  # unknown never replaces a report
+
+
+def test_merge_report_gives_the_recipients_hash_its_messages_lifetime(redis_conn):
     redis_conn.hset("m", "st", "sending")
-    assert merge(redis_conn, "U", 100, "UNDELIV") == 1
-    assert redis_conn.hget("r", "13800138000") == b"U|UNDELIV|100"
-    assert merge(redis_conn, "D", 120) == 1  # a later delivered report replaces it
-    assert redis_conn.hgetall("m") == {b"st": b"sending", b"r_U": b"0", b"r_D": b"1"}
-    assert redis_conn.hget("counts", "reports") == b"2" and redis_conn.hget("usage", "delivered") == b"1"
-    assert redis_conn.hget("counts", "report_lag_count") == b"1"  # the first report only
-    assert merge(redis_conn, "U", 110, "UNDELIV") == 0  # older: ignored
-    assert merge(redis_conn, "X", 999, "", is_report=0) == 0  # unknown never replaces a report
+    redis_conn.expire("m", 50)
+    merge(redis_conn, "D", 100)
+    assert 40 < redis_conn.ttl("r") <= 50
 
 
 def test_merge_report_says_when_the_chunks_last_recipient_reported(redis_conn):
     redis_conn.hset("m", "st", "sending")
     redis_conn.hset("r", "13900139000", "D|DELIVRD|50")
-    assert merge(redis_conn, "D", 100) == 2
+    assert merge(redis_conn, "D", 100)[0] == 2
 
 
 def test_merge_report_changes_nothing_for_a_message_gone(redis_conn):
-    assert merge(redis_conn, "D", 100) == 0
-    assert not redis_conn.exists("r") and redis_conn.hget("counts", "reports") == b"1"
+    assert merge(redis_conn, "D", 100) == [0, 0]
+    assert not redis_conn.exists("r")
 
 
 # -- STORE_REPLY -------------------------------------------------------------------------------
@@ -307,11 +284,10 @@ def test_store_reply_stores_once_indexes_and_trims_every_index(redis_conn):
 
 
 def test_receive_push_stores_an_item_once_and_counts_replays(redis_conn):
-    args = {"seen": "seen", "inbox": "inbox", "counts": "counts", "ttl": 100, "entry": "{}"}
+    args = {"seen": "seen", "inbox": "inbox", "ttl": 100, "entry": "{}"}
     assert scripts.RECEIVE_PUSH(redis_conn, **args) == 1
     assert scripts.RECEIVE_PUSH(redis_conn, **args) == 0
     assert redis_conn.lrange("inbox", 0, -1) == [b"{}"]
-    assert redis_conn.hgetall("counts") == {b"pushed": b"1", b"push_replayed": b"1"}
 
 
 # -- CLAIM_DUE and SETTLE_CALLBACKS ------------------------------------------------------

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -28,7 +28,6 @@ from workers import provider as p
 from workers.chunks import linkid_owner
 from workers.notifications import queue_event
 from workers.runtime import Runtime
-from workers.settings import Settings
 from workers.storage import schema, scripts
 from workers.storage.codecs import ReportValue
 from workers.storage.schema import (
@@ -59,10 +58,10 @@ def item_id(item: dict[str, str]) -> str:
     return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()
 
 
-def receive(conn: redis.Redis, items: list[dict[str, str]], ttl: int = schema.PUSH_SEEN_TTL) -> int:
+def receive(rt: Runtime, items: list[dict[str, str]], ttl: int = schema.PUSH_SEEN_TTL) -> int:
     """Store pushed items in the inbox, each once (a replay within ``ttl`` is acknowledged, not
     stored, and counted). Returns how many were new."""
-    new = 0
+    conn, new = rt.conn, 0
     for item in items:
         entry = json.dumps({"src": "push", **item}, ensure_ascii=False)
         new += int(
@@ -71,11 +70,12 @@ def receive(conn: redis.Redis, items: list[dict[str, str]], ttl: int = schema.PU
                 conn,
                 seen=schema.push_seen_key(item_id(item)[:16]),
                 inbox=INBOX,
-                counts=COUNTS,
                 ttl=ttl,
                 entry=entry,
             )
         )
+    rt.tally.add(COUNTS, "pushed", new)
+    rt.tally.add(COUNTS, "push_replayed", len(items) - new)
     return new
 
 
@@ -131,58 +131,22 @@ def _dead(conn: redis.Redis, line: str, reason: str, entry: dict[str, Any]) -> N
 
 
 @dataclass(frozen=True)
-class _Owner:
-    """The message a reported recipient belongs to: where its counters, usage and events go."""
-
-    mid: str
-    ttl: int
-    callback: bool
-    api_key: str
-    account: str
-
-    def usage_keys(self, now: float) -> list[str]:
-        """Where the day's outcome counts go: the message's API key and account."""
-        day = schema.usage_day(now)
-        keys = [schema.usage_key(self.api_key, day)] if self.api_key else []
-        return keys + ([schema.account_usage_key(self.account, day)] if self.account else [])
-
-
-@dataclass(frozen=True)
 class _Sent:
     """What a report needs to know of the chunk its linkid names; looked up once per batch.
-    A message's chunk has one owner; a batch's chunk one per mobile (``workers.coalesce``)."""
+    A message's chunk has one owner; a batch's chunk one per mobile (``workers.coalesce``), whose
+    own fields (callback, key, account) the merge reads where it writes (``scripts.MERGE_REPORT``)."""
 
     mid: str
     n: int
     submitted: float
-    owner: _Owner | None
     members: dict[str, str]  # a batch's: mobile → member id
     account: str = ""
     recipients: int = 0
     folded: bool = False  # the submission is folded (``workers.archive``): its reports are in
-    #: A batch's members looked up so far: one at a time, as their reports come (one report a
-    #: push: looking up all of a batch's members for each would cost Redis members² reads).
-    owners: dict[str, _Owner] = field(default_factory=dict)
 
-    def owner_of(self, rt: Runtime, mobile: str) -> _Owner | None:
-        if self.owner is not None:
-            return self.owner
-        mid = self.members.get(mobile)
-        if mid is None:
-            return None
-        if mid not in self.owners:
-            self.owners[mid] = _owner(rt.conn, rt.settings, mid)
-        return self.owners[mid]
-
-
-def _owner(conn: redis.Redis, settings: Settings, mid: str) -> _Owner:
-    """A message's lifetime and where its counters and events go: one round trip."""
-    with conn.pipeline(transaction=False) as pipe:
-        pipe.ttl(schema.message_key(mid))
-        pipe.hmget(schema.message_key(mid), *(Message.field_of(f) for f in ("callback_url", "api_key", "account")))
-        ttl, (callback, api_key, account) = pipe.execute()
-    ttl = int(ttl) if ttl and int(ttl) > 0 else settings.retention_seconds
-    return _Owner(mid, ttl, bool(callback), api_key.decode() if api_key else "", account.decode() if account else "")
+    def owner_of(self, mobile: str) -> str | None:
+        """The message a reported mobile belongs to (``None``: not one of this chunk's)."""
+        return self.members.get(mobile) if self.members else self.mid
 
 
 def linkid_ref(conn: redis.Redis, linkid: str) -> str | None:
@@ -210,7 +174,7 @@ def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | N
         # A folded lone message keeps no record of its linkid: the linkid names it.
         lone = ref is None and archive.is_folded(conn, linkid_owner(linkid))
         folded = lone or (ref is not None and archive.members(ref) is not None)
-        cache[linkid] = _Sent("", 0, 0.0, None, {}, folded=True) if folded else None
+        cache[linkid] = _Sent("", 0, 0.0, {}, folded=True) if folded else None
         return cache[linkid]
     mid, n = found
     with conn.pipeline(transaction=False) as pipe:
@@ -224,10 +188,7 @@ def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | N
     chunk = Chunk(items=(items or b"").decode(), mids=(mids or b"").decode())
     members = chunk.members
     at, size, name = float(submitted or 0), len(chunk.mobiles), (account or b"").decode()
-    if members:
-        cache[linkid] = _Sent(mid, n, at, None, members, name, size)
-    else:
-        cache[linkid] = _Sent(mid, n, at, _owner(conn, rt.settings, mid), {}, name, size)
+    cache[linkid] = _Sent(mid, n, at, members, name, size)
     return cache[linkid]
 
 
@@ -247,7 +208,7 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
         conn.hincrby(COUNTS, "reports", 1)
         conn.hincrby(COUNTS, "reports_after_fold", 1)
         return 0
-    owner = sent.owner_of(rt, mobile) if sent is not None else None
+    owner = sent.owner_of(mobile) if sent is not None else None
     if sent is None or owner is None:
         with conn.pipeline(transaction=False) as pipe:
             pipe.lpush(ORPHANS, json.dumps(item, ensure_ascii=False))
@@ -258,18 +219,17 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
         return 0
     state = ReportState.DELIVERED if status == "DELIVRD" else ReportState.UNDELIVERED
     ts = epoch(item.get("time", "")) or time.time()
-    changed = merge(
-        conn,
+    merged = merge(
+        rt,
         recipients=recipients_key(sent.mid, sent.n),
-        message=schema.message_key(owner.mid),
-        usage=[schema.minute_key(time.time()), *owner.usage_keys(time.time())],
+        mid=owner,
         mobile=mobile,
         report=ReportValue(state, status, f"{ts:.0f}"),
-        ttl=owner.ttl,
         submitted=sent.submitted,
         is_report=True,
         all=sent.recipients,
     )
+    changed = merged.result
     if changed and sent.account in rt.settings.failover_accounts and sent.submitted:
         routes.count_report(conn, rt.settings, sent.account, ts - sent.submitted, time.time())
     if changed == 2 and sent.account:
@@ -280,10 +240,10 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
             pipe.zrem(schema.awaiting_key(sent.account), schema.chunk_ref(sent.mid, sent.n))
             archive.schedule(pipe, sent.mid, sent.n, time.time() + archive.AFTER)
             pipe.execute()
-    if changed and owner.callback:
+    if changed and merged.callback:
         queue_event(
             rt,
-            owner.mid,
+            owner,
             {
                 "type": "recipient.final",
                 "mobile": mobile,
@@ -366,45 +326,69 @@ def _replied_to(conn: redis.Redis, linkid: str, mobile: str) -> tuple[str, Messa
     return mid, (Message.read(conn, mid) if mid else None) or Message(id=mid)
 
 
+@dataclass(frozen=True)
+class Merged:
+    """What merging a report did (``scripts.MERGE_REPORT``): ``result`` 2 when it was the
+    chunk's last report, 1 a new final state, 0 nothing changed; the message's callback."""
+
+    result: int
+    callback: bool = False
+
+
+_OWNER_FIELDS = tuple(Message.field_of(f) for f in ("state", "callback_url", "api_key", "account"))
+
+
 def merge(
-    conn: redis.Redis,
+    rt: Runtime,
     *,
     recipients: str,
-    message: str,
-    usage: list[str],
+    mid: str,
     mobile: str,
     report: ReportValue,
-    ttl: int,
     submitted: float,
     is_report: bool,
     all: int,
-) -> int:
-    """Merge one recipient's report (``scripts.MERGE_REPORT``); ``usage``: this minute's
-    bucket, then the day's usage keys (none for the end of the report window). 2: that was the
-    chunk's last report; 1: a new final state; 0: nothing changed."""
-    return int(
-        scripts.MERGE_REPORT(
-            conn,
-            recipients=recipients,
-            message=message,
-            counts=COUNTS,
-            minute=usage[0] if usage else "",
-            usage=usage[1:],
-            mobile=mobile,
-            state=report.state,
-            code=report.code,
-            at=report.at,
-            ttl=ttl,
-            submitted=f"{submitted:.0f}",
-            state_name=report.state.label,
-            is_report=int(is_report),
-            all=all,
-            minute_ttl=schema.MINUTE_TTL,
-            usage_ttl=schema.USAGE_TTL,
-            unknown=ReportState.UNKNOWN,
-            delivered=ReportState.DELIVERED,
-        )
+    usage: bool = True,
+) -> Merged:
+    """Merge one recipient's report (``scripts.MERGE_REPORT``) and count it (``workers.tally``):
+    the fleet's reports by state and lag, and, with ``usage`` (not for the end of the report
+    window), this minute's chart and the day's usage of the message's key and account."""
+    tally = rt.tally
+    if is_report:
+        tally.add(COUNTS, "reports")
+    out = scripts.MERGE_REPORT(
+        rt.conn,
+        recipients=recipients,
+        message=schema.message_key(mid),
+        mobile=mobile,
+        state=report.state,
+        code=report.code,
+        at=report.at,
+        ttl=rt.settings.retention_seconds,
+        all=all,
+        unknown=ReportState.UNKNOWN,
+        delivered=ReportState.DELIVERED,
+        owner=_OWNER_FIELDS,
     )
+    result = int(out[0])
+    if not result:
+        return Merged(0)
+    first = out[1] == 1
+    callback, api_key, account = (v.decode() for v in out[3:6])
+    name = report.state.label
+    tally.add(COUNTS, f"reports_{name}")
+    if first and submitted > 0:
+        tally.add(COUNTS, "report_lag_seconds_sum", max(0, int(float(report.at)) - int(f"{submitted:.0f}")))
+        tally.add(COUNTS, "report_lag_count")
+    if usage:
+        now = time.time()
+        tally.add(schema.minute_key(now), name, 1, schema.MINUTE_TTL)
+        day = schema.usage_day(now)
+        if api_key:
+            tally.add(schema.usage_key(api_key, day), name, 1, schema.USAGE_TTL)
+        if account:
+            tally.add(schema.account_usage_key(account, day), name, 1, schema.USAGE_TTL)
+    return Merged(result, bool(callback))
 
 
 def mark_unknown(rt: Runtime, now: float, window: float) -> int:
@@ -415,21 +399,19 @@ def mark_unknown(rt: Runtime, now: float, window: float) -> int:
         for raw in conn.zrangebyscore(schema.awaiting_key(account), "-inf", now - window, start=0, num=200):
             _, mid, n = schema.parse_ref(raw.decode())
             chunk = Chunk.load(conn, mid, n)
-            ttl = schema.ttl_of(conn, schema.message_key(mid), rt.settings.retention_seconds)
             members = chunk.members if chunk else {}
             for mobile in chunk.mobiles if chunk else []:
                 marked += merge(
-                    conn,
+                    rt,
                     recipients=recipients_key(mid, n),
-                    message=schema.message_key(members.get(mobile, mid)),
-                    usage=[],
+                    mid=members.get(mobile, mid),
                     mobile=mobile,
                     report=ReportValue(ReportState.UNKNOWN, "", f"{now:.0f}"),
-                    ttl=ttl,
                     submitted=0,
                     is_report=False,
                     all=0,
-                )
+                    usage=False,
+                ).result
             with conn.pipeline(transaction=False) as pipe:
                 pipe.zrem(schema.awaiting_key(account), raw)
                 archive.schedule(pipe, mid, n, now + archive.AFTER)

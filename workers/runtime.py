@@ -22,6 +22,7 @@ from workers.provider import ProviderClient
 from workers.queues import QUEUE_NAMES
 from workers.settings import Settings, parse_sentinel_url, settings_from_env
 from workers.storage import schema
+from workers.tally import Tally
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,12 @@ class Runtime:
     conn: redis.Redis
     _clients: dict[str, ProviderClient] = field(default_factory=dict)
     _queues: dict[str, Queue] = field(default_factory=dict)
+    tally: Tally = field(init=False)
+    #: (API key, day) pairs whose index this process has dated (``gateway.messages.accept``).
+    dated: set[tuple[str, str]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.tally = Tally(self.conn, self.settings.count_flush_seconds)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:

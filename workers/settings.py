@@ -154,6 +154,9 @@ class Settings:
     redis_replica_acks: int = 0
     redis_replica_timeout_ms: int = 500
     redis_socket_timeout: float = 2.0
+    #: Counts (fleet, minute chart, usage by day) reach Redis this long after the event, added
+    #: up in each process; 0 writes each at once (``workers.tally``).
+    count_flush_seconds: float = 1.0
     redis_connect_timeout: float = 1.0
     accept_settle_seconds: int = 30
     #: One-recipient sends wait at most this long (ms, by priority) to share a provider call with
@@ -538,6 +541,7 @@ def settings_from_env(env: Mapping[str, str], *, redis_url: str | None = None) -
         redis_replica_acks=_int(env, "SMSGW_REDIS_REPLICA_ACKS", 0, 0),
         redis_replica_timeout_ms=_int(env, "SMSGW_REDIS_REPLICA_TIMEOUT_MS", 500, 1),
         redis_socket_timeout=_float(env, "SMSGW_REDIS_SOCKET_TIMEOUT", 2.0),
+        count_flush_seconds=_float(env, "SMSGW_COUNT_FLUSH_SECONDS", 1.0, -1e-9),  # 0: at once
         redis_connect_timeout=_float(env, "SMSGW_REDIS_CONNECT_TIMEOUT", 1.0),
         accept_settle_seconds=_int(env, "SMSGW_ACCEPT_SETTLE_SECONDS", 30, 0),
         worker_fork=_choice(env, "SMSGW_WORKER_FORK", "no", ("yes", "no")),  # type: ignore[arg-type]

@@ -16,11 +16,12 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker, Worker
 
-from workers import coalesce, maintenance, notifications
+from workers import coalesce, maintenance, notifications, tally
 from workers.queues import WORKER_QUEUES
 from workers.runtime import (
     UNAVAILABLE,
@@ -51,7 +52,12 @@ class _SimpleWorker(_RemembersStop, SimpleWorker):
 
 
 class _ForkingWorker(_RemembersStop, Worker):
-    pass
+    def perform_job(self, *args: Any, **kwargs: Any) -> bool:
+        """A work horse ends with ``os._exit``, past ``atexit``: its counts are written first."""
+        try:
+            return bool(super().perform_job(*args, **kwargs))
+        finally:
+            tally.flush_all()
 
 
 def run_worker(

@@ -58,23 +58,23 @@ def _ordered(names: Sequence[str], named: Mapping[str, Any]) -> list[Any]:
 
 
 ACCEPT = Script(
-    keys="fence message index counts minute usage account_usage idempotency pool pools",
+    keys="fence message index idempotency pool pools",
     args=(
-        "ttl mid index_min_ms index_ttl recipients parts suppressed usage_ttl idem_value idem_ttl"
-        " pool_entry pool_size now pool_due fields id_ms minute_ttl scheduled id_random"
+        "ttl index_min_ms index_ttl idem_value idem_ttl pool_entry pool_size pool_due fields id_ms date_index id_random"
     ),
     source="""
--- Accept a message: its hash, the key's index, counters and usage, the idempotency answer, and
--- (one-recipient sends) its entry in a coalescing pool (workers.coalesce), all at once.
--- idempotency and pool may be '' (none). Returns the pool's size (0 without one), or -1 when
--- the fence was set first: a settle() already answered that nothing was stored, so nothing is.
+-- Accept a message: its hash, the key's index, the idempotency answer, and (one-recipient
+-- sends) its entry in a coalescing pool (workers.coalesce), all at once. Its counts and usage
+-- are added up in the process (workers.tally). idempotency and pool may be '' (none). Returns
+-- the pool's size (0 without one), or -1 when the fence was set first: a settle() already
+-- answered that nothing was stored, so nothing is.
 -- A second run (redis-py retries a command once on a timeout; the first may still arrive) finds
--- the message and writes nothing again: its usage is counted once.
-local fence, message, index, counts_key, minute = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local idempotency, pool, pools = KEYS[8], KEYS[9], KEYS[10]
-local ttl, mid, index_min_ms, index_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local idem_value, idem_ttl, pool_entry, pool_size = ARGV[9], ARGV[10], ARGV[11], tonumber(ARGV[12])
-local pool_due, fields_json, id_ms, minute_ttl = ARGV[14], ARGV[15], ARGV[16], ARGV[17]
+-- the message and writes nothing again.
+local fence, message, index = KEYS[1], KEYS[2], KEYS[3]
+local idempotency, pool, pools = KEYS[4], KEYS[5], KEYS[6]
+local ttl, index_min_ms, index_ttl = ARGV[1], ARGV[2], ARGV[3]
+local idem_value, idem_ttl, pool_entry, pool_size = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+local pool_due, fields_json, id_ms, date_index, id_random = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 if redis.call('EXISTS', fence, message) > 0 then
   if redis.call('EXISTS', fence) == 1 then return -1 end
   return 0
@@ -91,37 +91,10 @@ redis.call('EXPIRE', message, ttl)
 -- 8 minutes either side). About 28 bytes an entry, where the id's 12 hex digits took 32 and the
 -- whole id 45. Dated by Redis, an entry never comes before the last one: dated by the id, every
 -- message accepted after a younger one (most, under load) needed a second XADD with its whole id.
-redis.call('XADD', index, 'MINID', '~', index_min_ms, '*', 'n', ARGV[19], 't', tonumber(id_ms) % 1048576)
-local recipients, parts, suppressed = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local single = recipients == 1 and parts == 1 and suppressed == 0
-if single then
-  redis.call('HINCRBY', counts_key, 'accepted_single', 1)  -- a recipient and a part, one increment
-else
-  redis.call('HINCRBY', counts_key, 'accepted_recipients', recipients)
-  redis.call('HINCRBY', counts_key, 'accepted_parts', parts)
-  if suppressed > 0 then redis.call('HINCRBY', counts_key, 'suppressed_recipients', suppressed) end
-end
--- A dated counter gets its lifetime when it is made (its first field's first increment), not on
--- every write. The usage counters say whether this is the key's first request of the day; the
--- index's lifetime is pushed out then, far enough to cover the whole day's messages, and by a
--- message scheduled past it.
-if redis.call('HINCRBY', minute, 'accepted', 1) == 1 then redis.call('EXPIRE', minute, minute_ttl) end
-local counts = {requests = 1, recipients = recipients, parts = parts, suppressed = suppressed}
-if single then counts = {single = 1} end
-local first_today = false
-for i = 6, 7 do
-  local fresh = false
-  for name, value in pairs(counts) do
-    if value > 0 and redis.call('HINCRBY', KEYS[i], name, value) == value then fresh = true end
-  end
-  if fresh then
-    redis.call('EXPIRE', KEYS[i], ARGV[8])
-    if i == 6 then first_today = true end
-  end
-end
-if first_today or ARGV[18] == '1' then
-  if redis.call('TTL', index) < tonumber(index_ttl) then redis.call('EXPIRE', index, index_ttl) end
-end
+redis.call('XADD', index, 'MINID', '~', index_min_ms, '*', 'n', id_random, 't', tonumber(id_ms) % 1048576)
+-- The index's lifetime is pushed out by the process's first request of the key each day, and by
+-- a message scheduled past it (`date_index`): far enough to cover the whole day's messages.
+if date_index == '1' and redis.call('TTL', index) < tonumber(index_ttl) then redis.call('EXPIRE', index, index_ttl) end
 if idempotency ~= '' then redis.call('SET', idempotency, idem_value, 'EX', idem_ttl) end
 if pool == '' then return 0 end
 redis.call('ZADD', pool, pool_due, pool_entry)  -- scored by when it must leave
@@ -296,58 +269,52 @@ return 0
 )
 
 MERGE_REPORT = Script(
-    keys="recipients message counts minute usage*",
-    args=("mobile state code at ttl submitted state_name is_report all minute_ttl usage_ttl unknown delivered"),
+    keys="recipients message",
+    args="mobile state code at ttl all unknown delivered owner*",
     source="""
--- Merge one report (or the end of the report window: state `unknown`, is_report 0) into a chunk's
--- recipient hash as "state|code|time", keeping the latest, with `delivered` winning a tie, and
--- never letting `unknown` replace a real report. Counts the message's recipients by state
--- (`r_<state>`), the fleet's, this minute's ('' for none) and the day's usage of the key and
--- account.
--- `all`: the chunk's recipients ('' or 0: do not check). Returns 2 when this was the chunk's last
--- report, 1 when the recipient reached a new final state, 0 otherwise (the message gone included).
-local recipients, message, counts, minute = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- Merge one report (or the end of the report window: state `unknown`) into a chunk's recipient
+-- hash as "state|code|time", keeping the latest, with `delivered` winning a tie, and never
+-- letting `unknown` replace a real report. Counts the message's recipients by state
+-- (`r_<state>`); the fleet's counts and the day's usage are added up by the caller
+-- (workers.tally) from what this returns.
+-- `all`: the chunk's recipients ('' or 0: do not check). `owner`: the message's fields to return.
+-- Returns {result, first, owner fields...}: result 2 when this was the chunk's last report, 1
+-- when the recipient reached a new final state, 0 otherwise (the message gone included); first 1
+-- when it is the recipient's first final state.
+local recipients, message = KEYS[1], KEYS[2]
 local mobile, state, code, at, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local submitted, name, is_report, all = tonumber(ARGV[6]), ARGV[7], ARGV[8], tonumber(ARGV[9])
-local minute_ttl, usage_ttl, unknown, delivered = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
-if is_report == '1' then redis.call('HINCRBY', counts, 'reports', 1) end
+local all, unknown, delivered = tonumber(ARGV[6]), ARGV[7], ARGV[8]
 -- The message is gone (expired, or folded while this report was on its way): nothing to merge.
-if redis.call('EXISTS', message) == 0 then return 0 end
+local owner = redis.call('HMGET', message, unpack(ARGV, 9))
+if not owner[1] then return {0, 0} end
+for i = 1, #owner do owner[i] = owner[i] or '' end
 local cur = redis.call('HGET', recipients, mobile)
 local value = state .. '|' .. code .. '|' .. at
 if cur then
   local st, _, ts = string.match(cur, '^(%a)|(.*)|([%d.]+)$')
-  if state == unknown then return 0 end
+  if state == unknown then return {0, 0} end
   if st ~= unknown then
     local t_old, t_new = tonumber(ts), tonumber(at)
-    if t_old > t_new then return 0 end
-    if t_old == t_new and (st == delivered or st == state) then return 0 end
+    if t_old > t_new then return {0, 0} end
+    if t_old == t_new and (st == delivered or st == state) then return {0, 0} end
   end
   if st == state then
     redis.call('HSET', recipients, mobile, value)
-    return 0
+    return {0, 0}
   end
   redis.call('HINCRBY', message, 'r_' .. st, -1)
 end
-redis.call('HSET', recipients, mobile, value)
-local reported = 0
-if not cur then
-  reported = redis.call('HLEN', recipients)
-  if reported == 1 then redis.call('EXPIRE', recipients, ttl) end  -- made now: its lifetime, once
+local result = 1
+if redis.call('HSET', recipients, mobile, value) == 1 then
+  local reported = redis.call('HLEN', recipients)
+  if reported == 1 then  -- made now: its lifetime (its message's), once
+    local left = redis.call('TTL', message)
+    redis.call('EXPIRE', recipients, left > 0 and left or ttl)
+  end
+  if all and all > 0 and reported >= all then result = 2 end
 end
 redis.call('HINCRBY', message, 'r_' .. state, 1)
-redis.call('HINCRBY', counts, 'reports_' .. name, 1)
--- Dated counters get their lifetime when a field is made (so when the key is), not every time.
-if minute ~= '' and redis.call('HINCRBY', minute, name, 1) == 1 then redis.call('EXPIRE', minute, minute_ttl) end
-for i = 5, #KEYS do
-  if redis.call('HINCRBY', KEYS[i], name, 1) == 1 then redis.call('EXPIRE', KEYS[i], usage_ttl) end
-end
-if submitted > 0 and not cur then
-  redis.call('HINCRBY', counts, 'report_lag_seconds_sum', math.max(0, tonumber(at) - submitted))
-  redis.call('HINCRBY', counts, 'report_lag_count', 1)
-end
-if all and all > 0 and not cur and reported >= all then return 2 end
-return 1
+return {result, cur and 0 or 1, unpack(owner)}
 """,
 )
 
@@ -373,18 +340,16 @@ return 1
 )
 
 RECEIVE_PUSH = Script(
-    keys="seen inbox counts",
+    keys="seen inbox",
     args="ttl entry",
     source="""
 -- Store a pushed item in the inbox once: the marker and the entry in one step, so a crash
--- between the two can never leave an item marked seen and not stored. Counts replays.
+-- between the two can never leave an item marked seen and not stored.
 -- Returns 1 when stored, 0 for a replay.
 if redis.call('SET', KEYS[1], 1, 'NX', 'EX', tonumber(ARGV[1])) then
   redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('HINCRBY', KEYS[3], 'pushed', 1)
   return 1
 end
-redis.call('HINCRBY', KEYS[3], 'push_replayed', 1)
 return 0
 """,
 )
