@@ -15,7 +15,7 @@ import pytest
 from gateway import create_app
 from tests.conftest import AUTH, carrier, drain, sim_admin, sim_submissions, wait_for
 from tests.test_reports import pull_all
-from workers import accounts, coalesce, maintenance, reports
+from workers import accounts, coalesce, lifecycle, maintenance, reports
 from workers.runtime import Runtime
 from workers.settings import settings_from_env
 from workers.storage import schema
@@ -436,3 +436,37 @@ def test_a_template_refused_for_its_own_words_fails_every_member_at_once(setting
     drain(runtime)
     assert [view(api, m)["status"] for m in mids] == ["failed"] * 4
     assert simulator.state.calls["post_send_ddt"] == 1  # everyone's fault: no search
+
+
+class ReadNothing:
+    """A connection that fails the test if anything is read through it."""
+
+    def pipeline(self, *args, **kwargs):
+        raise AssertionError("a member was read for its redaction")
+
+
+def test_a_batch_of_codes_redacts_its_members_without_reading_them(api, runtime, simulator):
+    """Every member redacted (high): the batch says so (2) and each member got its text's length
+    when claimed, so the final write reads no member (issue 24: five writes a member were two);
+    a batch that mixes kept and redacted texts reads its members, and keeps the kept ones."""
+    codes = [send(api, {"to": [f"1380013800{i}"], "text": "您的验证码已发送", "priority": "high"}) for i in range(3)]
+    coalesce.flush_due(runtime, time.time() + 60)
+    batch, _ = carrier(runtime.conn, codes[0]).decode().rsplit(":", 1)
+    assert runtime.conn.hget(schema.message_key(batch), "rd") == b"2"
+    read = lifecycle._member_texts
+    lifecycle._member_texts = lambda conn, chunk: read(ReadNothing(), chunk)  # type: ignore[assignment]
+    try:
+        drain(runtime)
+    finally:
+        lifecycle._member_texts = read
+    for mid in codes:
+        v = view(api, mid)
+        assert v["status"] == "submitted" and v["text"] == "[redacted]" and v["text_length"] == len("您的验证码已发送")
+    kept = send(api, {"to": ["13900139001"], "text": "晚上好", "redact": False})
+    gone = send(api, {"to": ["13900139002"], "text": "晚上好", "redact": True})
+    coalesce.flush_due(runtime, time.time() + 60)
+    mixed, _ = carrier(runtime.conn, kept).decode().rsplit(":", 1)
+    assert runtime.conn.hget(schema.message_key(mixed), "rd") == b"1"
+    drain(runtime)
+    assert view(api, kept)["text"] == "晚上好" and view(api, gone)["text"] == "[redacted]"
+    assert view(api, gone)["text_length"] == 3

@@ -102,18 +102,21 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
             keys = [schema.message_key(m) for m in members.values()]
             callbacks = [schema.callback_queue_key(m) for m in members.values()]
             pipe.watch(*keys, *callbacks)
-            # Watched on ``pipe``'s connection, read in one round trip on another.
+            # Watched on ``pipe``'s connection, read in one round trip on another. The records live
+            # as long as the submission's message: a lone message's own lifetime, or a batch's,
+            # which was made (with the retention) after each of its members was accepted, so it
+            # outlives them all (by their wait in the pool). One TTL a fold, not one a member.
             with conn.pipeline(transaction=False) as reads:
                 reads.exists(*callbacks)
+                reads.ttl(owner_k)
                 for key in keys:
                     reads.hgetall(key)
-                    reads.ttl(key)
                 reads.lrange(schema.history_key(mid, n), 0, -1)
-                waiting, *found, history = reads.execute()
+                waiting, ttl, *found, history = reads.execute()
             if waiting:
                 return LATER
-            msgs = {m: Message.from_hash(raw, id=m) for m, raw in zip(members.values(), found[::2], strict=True)}
-            ttls = {m: int(ttl) for m, ttl in zip(members.values(), found[1::2], strict=True)}
+            msgs = {m: Message.from_hash(raw, id=m) for m, raw in zip(members.values(), found, strict=True)}
+            ttls = dict.fromkeys(members.values(), int(ttl))
             values = {}
             codes = schema.name_codes(conn, [n for msg in msgs.values() for n in (msg.api_key, msg.account)])
             for mobile, m in members.items():

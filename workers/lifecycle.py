@@ -184,7 +184,7 @@ def plan(conn: redis.Redis, settings: Settings, mid: str) -> str:
             account=msg.account,
             priority=msg.priority,
             ttl=ttl,
-            redact=bool(msg.redact),
+            redact=msg.redact,  # a batch's 2: every member's text goes (``scripts.CLAIM_POOL``)
             api_key=msg.api_key,
             members=members,
             valid_until=msg.valid_until,
@@ -216,7 +216,7 @@ def create_chunks(
     priority: str,
     ttl: int,
     split_from: int = -1,
-    redact: bool = False,
+    redact: int = 0,
     api_key: str = "",
     members: Sequence[Sequence[str]] = (),
     valid_until: float = 0.0,
@@ -309,17 +309,16 @@ def transition(
                 if linkid is not None and before.linkid != linkid:
                     return None
                 keys = _member_keys(conn, before) if new_state in (FAILED, EXPIRED) else {}
+                texts = _member_texts(conn, before) if new_state in FINAL and new_state != SPLIT else {}
                 pipe.multi()
                 pipe.hset(key, mapping=fields)
                 if new_state in FINAL:
-                    _count_final(pipe, mid, before, new_state, keys)
+                    _count_final(pipe, mid, before, new_state, keys, texts)
                 if also is not None:
                     also(pipe, before)
                 pipe.execute()
                 if new_state in FINAL and before.redact:
                     redact_if_done(conn, mid)
-                    if new_state != SPLIT:
-                        _redact_members(conn, before)
                 return before
             except redis.WatchError:
                 continue
@@ -359,16 +358,27 @@ def _mobiles_only(items: str) -> str:
     return ";".join(group.split(",", 1)[0] for group in items.split(";"))
 
 
-def _count_final(pipe: Pipeline, mid: str, chunk: Chunk, state: str, member_keys: dict[str, int]) -> None:
+def _count_final(
+    pipe: Pipeline,
+    mid: str,
+    chunk: Chunk,
+    state: str,
+    member_keys: dict[str, int],
+    texts: dict[str, tuple[int | None, str]],
+) -> None:
     """A chunk reached a final state: the message's counters follow, in the same transaction.
-    A batch's chunk counts for each member message it carries (a split carries them on)."""
+    A batch's chunk counts for each member message it carries (a split carries them on), and
+    redacts those whose texts go (``texts``, from :func:`_member_texts`) in the same write."""
     key = schema.message_key(mid)
     pipe.hincrby(key, Message.final_field(schema.CHUNKS_IN, state), 1)
     if state != SPLIT:
         pipe.hincrby(key, Message.final_field(schema.RECIPIENTS_IN, state), chunk.recipients)
         pipe.hincrby(schema.COUNTS, f"recipients_{state}", chunk.recipients)
         for member in chunk.mids.split(";") if chunk.mids else ():
-            _count_member(pipe, member, state)
+            if member in texts:
+                _count_member_redacted(pipe, member, state, *texts[member])
+            else:
+                _count_member(pipe, member, state)
     if state in (FAILED, EXPIRED):
         _count_unsent(pipe, chunk, state, member_keys or {chunk.api_key: chunk.recipients})
     pipe.zrem(schema.WATCH, schema.chunk_ref(mid, chunk.n))
@@ -394,6 +404,41 @@ def _count_member(pipe: Pipeline, member: str, state: str, by: int = 1) -> None:
     """A member of a batch has one recipient and its one chunk is the batch's chunk that carries
     it: its recipient's count says its chunk's too (``Message`` reads it so), one write, not two."""
     pipe.hincrby(schema.message_key(member), Message.final_field(schema.RECIPIENTS_IN, state), by)
+
+
+def _count_member_redacted(pipe: Pipeline, member: str, state: str, length: int | None, mobile: str) -> None:
+    """:func:`_count_member` and :func:`redact` in two writes, not five: a member reaches a final
+    state once (it travels in one batch's chunk; a split is not final for it), so its count is
+    written as 1, with its mobile alone as its items, the text's length (``None``: written when
+    it was claimed), and the text goes."""
+    key = schema.message_key(member)
+    pipe.hdel(key, Message.field_of("text"), Message.field_of("variables"))
+    fields: dict[str, Any] = {Message.final_field(schema.RECIPIENTS_IN, state): 1}
+    if mobile:
+        fields[Message.field_of("items")] = mobile
+    if length is not None:
+        fields.update(Message.short(text_length=length))
+    pipe.hset(key, mapping=fields)
+
+
+def _member_texts(conn: redis.Redis, chunk: Chunk) -> dict[str, tuple[int | None, str]]:
+    """A batch's chunk about to be final: the members whose texts go then, with their texts'
+    lengths and their mobiles. A batch whose every member is redacted (``redact`` 2) says so
+    itself, and each member's length was written when it was claimed: nothing to read."""
+    if not chunk.redact or not chunk.mids:
+        return {}
+    if chunk.redact == 2:
+        return {member: (None, mobile) for mobile, member in chunk.members.items()}
+    members = chunk.mids.split(";")
+    with conn.pipeline(transaction=False) as pipe:
+        for member in members:
+            pipe.hmget(schema.message_key(member), *(Message.field_of(f) for f in ("text", "redact", "items")))
+        found = pipe.execute()
+    return {
+        member: (len(text.decode()), mobile_of((items or b"").decode()))
+        for member, (text, to_redact, items) in zip(members, found, strict=True)
+        if text and to_redact == b"1"
+    }
 
 
 def _member_keys(conn: redis.Redis, chunk: Chunk) -> dict[str, int]:
@@ -706,7 +751,7 @@ def cancel_message(conn: redis.Redis, mid: str) -> dict[str, int] | None:
                     pipe.multi()
                     pipe.hset(key, mapping=Message.short(state=CANCELLED, cancelled=time.time()))
                     pipe.zrem(schema.WATCH, schema.message_ref(mid))
-                    if to_redact == "1" and text:  # never sent: its text goes now all the same
+                    if to_redact not in ("", "0") and text:  # never sent: its text goes now all the same
                         redact(pipe, mid, text, items)
                     pipe.execute()
                     return {"chunks": 0, "recipients": int(count or 0)}
@@ -798,7 +843,7 @@ def cancel_unplanned(conn: redis.Redis, mid: str) -> bool:
             pipe.multi()
             pipe.hset(key, mapping=Message.short(state=CANCELLED, cancelled=time.time()))
             pipe.zrem(schema.WATCH, schema.message_ref(mid))
-            if to_redact == "1" and text:
+            if to_redact not in ("", "0") and text:
                 redact(pipe, mid, text, items)
             pipe.execute()
             return True

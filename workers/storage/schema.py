@@ -512,7 +512,9 @@ class Message(Record):
     callback_url: str = _h("cb")
     api_key: str = _h("key")
     test: int = _h("test", 0)  # 1: a test key's message, never sent to the provider
-    redact: int = _h("rd", 0)  # 1: drop text and variables once no chunk needs them (high, or asked)
+    #: 1: drop text and variables once no chunk needs them (high, or asked); a batch: 2 when every
+    #: member is to be (``scripts.CLAIM_POOL``)
+    redact: int = _h("rd", 0)
     valid_until: float = _h("vu", 0.0)  # never sent after this (0: no limit); a batch: its members' earliest
     text_length: int = _h("tlen", 0)  # kept when the text is dropped (no digest: a code's would give it back)
     created: float = _h("created", 0.0)
@@ -752,7 +754,7 @@ class Chunk(Record):
     submitted_at: float = _h("sub", 0.0)
     split_from: int = _h("from", -1)
     possible_duplicates: int = _h("pdup", 0)  # high: resubmitted after an ambiguous outcome
-    redact: int = _h("rd", 0)  # its message's texts are dropped once every chunk is final
+    redact: int = _h("rd", 0)  # its message's texts go once every chunk is final (2: every member's)
     valid_until: float = _h("vu", 0.0)  # never submitted after this (0: no limit); a batch's: its earliest member's
     api_key: str = _h("key")  # the key that sent its message (for the day's usage counters)
     mids: str = _h("ms")  # a batch's chunk: the message each recipient belongs to, parallel to items

@@ -99,8 +99,10 @@ if idempotency ~= '' then redis.call('SET', idempotency, idem_value, 'EX', idem_
 if pool == '' then return 0 end
 redis.call('ZADD', pool, pool_due, pool_entry)  -- scored by when it must leave
 local size = redis.call('ZCARD', pool)
-if size >= pool_size then
-  redis.call('ZADD', pools, 0, pool)  -- full: it leaves now
+if size == pool_size then
+  -- Full: it leaves now. Only as it fills: a pool that holds more (no worker has claimed it yet)
+  -- is due now already, and a claim that leaves a full pool behind dates it now itself.
+  redis.call('ZADD', pools, 0, pool)
 elseif size == 1 then
   -- A new pool. One that holds more is in `pools` already: a claim that leaves entries behind
   -- re-dates it there, and only an emptied pool leaves.
@@ -122,6 +124,9 @@ CLAIM_POOL = Script(
 -- batch's validity is its earliest member's (the send prunes members past their own). Re-dates
 -- the pool from its oldest remaining entry (0: full, due now) or drops it from `pools` when empty.
 -- Returns the batch id, the one member's id when it was alone, or false when nothing was taken.
+-- A batch whose every member is to be redacted says so (`redact` 2) and each member gets its
+-- text's length now (in characters: UTF-8 lead bytes), so its redaction reads nothing
+-- (workers.lifecycle._member_texts).
 local pool, pools, batch, watch = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local size, prefix, now, batch_id = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local mode, grace, ttl, account, priority = ARGV[5], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
@@ -129,7 +134,7 @@ local batch_ref, member_ref, scan, accepted, sending = ARGV[11], ARGV[12], tonum
 local f = cjson.decode(ARGV[6])
 local cands = redis.call('ZRANGE', pool, 0, size * scan - 1)
 local seen, items, mids, taken = {}, {}, {}, {}
-local text, redact, valid_until = nil, '0', 0
+local text, redact, valid_until, every, lengths = nil, '0', 0, true, {}
 for _, member in ipairs(cands) do
   if #items >= size then break end
   local bar = string.find(member, '|', 1, true)
@@ -146,7 +151,13 @@ for _, member in ipairs(cands) do
       table.insert(mids, mid)
       table.insert(taken, member)
       text = text or st[2]
-      if st[3] == '1' then redact = '1' end
+      if st[3] == '1' then
+        redact = '1'
+        local _, length = string.gsub(st[2] or '', '[^\\128-\\191]', '')
+        lengths[mid] = length
+      else
+        every = false
+      end
       local its_end = tonumber(st[4] or '0') or 0
       if its_end > 0 and (valid_until == 0 or its_end < valid_until) then valid_until = its_end end
     end
@@ -170,8 +181,14 @@ if #items == 1 then
   return mids[1]
 end
 for _, mid in ipairs(mids) do
-  redis.call('HSET', prefix .. mid, f.state, sending, f.via, batch_id, f.chunks, 1, f.planned, now)
+  if lengths[mid] then
+    redis.call('HSET', prefix .. mid, f.state, sending, f.via, batch_id, f.chunks, 1, f.planned, now,
+      f.text_length, lengths[mid])
+  else
+    redis.call('HSET', prefix .. mid, f.state, sending, f.via, batch_id, f.chunks, 1, f.planned, now)
+  end
 end
+if redact == '1' and every then redact = '2' end
 local kind = 't'
 if mode == 'v' then kind, text = 'p', '{value0}' elseif mode == 'p' then kind = 'p' end
 redis.call('HSET', batch, f.state, accepted, f.account, account, f.priority, priority, f.kind, kind,
