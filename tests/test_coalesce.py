@@ -11,6 +11,7 @@ import time
 from collections import Counter
 
 import pytest
+import redis
 
 from gateway import create_app
 from tests.conftest import AUTH, carrier, drain, sim_admin, sim_submissions, wait_for
@@ -81,6 +82,33 @@ def test_a_pushed_report_costs_the_same_in_a_batch_of_any_size(api, runtime, sim
 
     small, large = commands_a_report(5), commands_a_report(60)
     assert large <= small * 1.2 and large < 30, (small, large)  # members² made it 120+ at 60
+
+
+def test_reports_waiting_together_are_merged_in_one_round_trip(api, runtime, simulator, monkeypatch):
+    """Forty reports in the inbox: forty merges in one pipeline, not forty round trips (a round
+    trip costs Redis more than the merge; issue 24); each counted and applied as alone."""
+    from tests.test_reports import push
+
+    mobiles = [f"1350000{i:04d}" for i in range(40)]
+    mids = {send(api, {"to": [m], "text": "一起"}): m for m in mobiles}
+    drain(runtime)
+    [sub] = [s for s in sim_submissions(simulator) if set(s["texts"]) == {"一起"}]
+    for m in mobiles:
+        form = {"Class": "rpt", "SmsName": "test", "Mobile": m, "LinkId": sub["linkid"]}
+        assert push(api, {**form, "Report": "DELIVRD", "ReportTime": "2026-12-05 10:00:00"}).status_code == 200
+    pipelines = []
+    execute = redis.client.Pipeline.execute
+
+    def counted(self, *args):
+        pipelines.append(sum(1 for command in self.command_stack if command[0][0] == "EVALSHA"))
+        return execute(self, *args)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counted)
+    assert reports.ingest(runtime) == 40  # the inbox's entries, a push each
+    assert 40 in pipelines, pipelines
+    monkeypatch.undo()
+    assert all(view(api, mid)["status"] == "delivered" for mid in mids)
+    assert runtime.conn.hget(schema.COUNTS, "reports_delivered") == b"40"
 
 
 def test_a_phone_is_at_most_once_in_a_submission(api, runtime, simulator):

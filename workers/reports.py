@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from workers import archive, guardrails, lifecycle, routes
 from workers import provider as p
@@ -50,6 +51,7 @@ log = logging.getLogger("smsgw.reports")
 DEAD_MAX = 10_000
 ORPHANS_MAX = 100_000
 BATCH = 500
+MERGE_BATCH = 500  # reports merged in one pipeline
 
 
 def item_id(item: dict[str, str]) -> str:
@@ -91,9 +93,14 @@ def ingest(rt: Runtime, batch: int = BATCH) -> int:
     raw_entries = conn.lrange(INBOX, 0, batch - 1)
     applied = 0
     cache: dict[str, _Sent | None] = {}
+    # Reports are merged in one pipeline a few hundred at a time, not one round trip each: a
+    # round trip costs Redis more than the merge itself (issue 24). In order, so two reports of
+    # one recipient merge as they would one by one.
+    pending: list[_Pending] = []
     for raw in raw_entries:
         entry = json.loads(raw)
         if entry["src"] == "pull":
+            items = []
             for line in entry["raw"].splitlines():
                 if not line.strip():
                     continue
@@ -103,9 +110,18 @@ def ingest(rt: Runtime, batch: int = BATCH) -> int:
                     _dead(conn, line, e.reason, entry)
                     continue
                 item["account"] = entry["account"]
-                applied += apply_item(rt, item, cache)
+                items.append(item)
         else:
-            applied += apply_item(rt, entry, cache)
+            items = [entry]
+        for item in items:
+            if item.get("kind") == "mo":
+                applied += _apply_reply(rt, item)
+            elif (ready := _prepare_report(rt, item, cache)) is not None:
+                pending.append(ready)
+            if len(pending) >= MERGE_BATCH:
+                applied += _merge_pending(rt, pending)
+                pending = []
+    applied += _merge_pending(rt, pending)
     if raw_entries:
         conn.ltrim(INBOX, len(raw_entries), -1)
         log.debug("ingested %d entries, %d items applied", len(raw_entries), applied)
@@ -199,7 +215,29 @@ def apply_item(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | None]
     return _apply_report(rt, item, {} if cache is None else cache)
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A report tied to what was sent, waiting for its merge (:func:`_merge_pending`)."""
+
+    item: dict[str, str]
+    sent: _Sent
+    owner: str  # the message the reported mobile belongs to
+    state: ReportState
+    ts: float
+
+    @property
+    def report(self) -> ReportValue:
+        return ReportValue(self.state, self.item.get("status", ""), f"{self.ts:.0f}")
+
+
 def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | None]) -> int:
+    ready = _prepare_report(rt, item, cache)
+    return 0 if ready is None else _merge_pending(rt, [ready])
+
+
+def _prepare_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | None]) -> _Pending | None:
+    """What a report names, or ``None`` when it is settled here: a late repeat of a folded
+    submission, or an orphan (a linkid or mobile smsgw did not send)."""
     conn = rt.conn
     linkid, mobile, status = item.get("linkid", ""), item.get("mobile", ""), item.get("status", "")
     sent = _sent(rt, linkid, cache)
@@ -207,7 +245,7 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
         # Every recipient of a folded submission had reported: this one is a late repeat.
         conn.hincrby(COUNTS, "reports", 1)
         conn.hincrby(COUNTS, "reports_after_fold", 1)
-        return 0
+        return None
     owner = sent.owner_of(mobile) if sent is not None else None
     if sent is None or owner is None:
         with conn.pipeline(transaction=False) as pipe:
@@ -216,20 +254,29 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
             pipe.hincrby(COUNTS, "orphan_reports", 1)
             pipe.hincrby(COUNTS, "reports", 1)
             pipe.execute()
-        return 0
+        return None
     state = ReportState.DELIVERED if status == "DELIVRD" else ReportState.UNDELIVERED
-    ts = epoch(item.get("time", "")) or time.time()
-    merged = merge(
-        rt,
-        recipients=recipients_key(sent.mid, sent.n),
-        mid=owner,
-        mobile=mobile,
-        report=ReportValue(state, status, f"{ts:.0f}"),
-        submitted=sent.submitted,
-        is_report=True,
-        all=sent.recipients,
-    )
-    changed = merged.result
+    return _Pending(item, sent, owner, state, epoch(item.get("time", "")) or time.time())
+
+
+def _merge_pending(rt: Runtime, pending: list[_Pending]) -> int:
+    """Merge reports in one pipeline (``scripts.MERGE_REPORT``), then count each and do what
+    it calls for, in order. Returns how many were applied."""
+    if len(pending) == 1:  # a call: a pipeline would check SCRIPT EXISTS first
+        outs = [_merge_call(rt.conn, rt, pending[0])]
+    else:
+        with rt.conn.pipeline(transaction=False) as pipe:
+            for ready in pending:
+                _merge_call(pipe, rt, ready)
+            outs = pipe.execute()
+    for ready, out in zip(pending, outs, strict=True):
+        merged = _merged(rt, out, ready.report, submitted=ready.sent.submitted, is_report=True, usage=True)
+        _after_merge(rt, ready, merged.result, merged.callback)
+    return len(pending)
+
+
+def _after_merge(rt: Runtime, ready: _Pending, changed: int, callback: bool) -> None:
+    conn, sent, ts = rt.conn, ready.sent, ready.ts
     if changed and sent.account in rt.settings.failover_accounts and sent.submitted:
         routes.count_report(conn, rt.settings, sent.account, ts - sent.submitted, time.time())
     if changed == 2 and sent.account:
@@ -240,20 +287,19 @@ def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | No
             pipe.zrem(schema.awaiting_key(sent.account), schema.chunk_ref(sent.mid, sent.n))
             archive.schedule(pipe, sent.mid, sent.n, time.time() + archive.AFTER)
             pipe.execute()
-    if changed and merged.callback:
+    if changed and callback:
         queue_event(
             rt,
-            owner,
+            ready.owner,
             {
                 "type": "recipient.final",
-                "mobile": mobile,
-                "state": state.label,
-                "operator_code": status,
+                "mobile": ready.item.get("mobile", ""),
+                "state": ready.state.label,
+                "operator_code": ready.item.get("status", ""),
                 "reported_at": rfc3339(ts),
-                "linkid": linkid,
+                "linkid": ready.item.get("linkid", ""),
             },
         )
-    return 1
 
 
 def _apply_reply(rt: Runtime, item: dict[str, str]) -> int:
@@ -353,23 +399,42 @@ def merge(
     """Merge one recipient's report (``scripts.MERGE_REPORT``) and count it (``workers.tally``):
     the fleet's reports by state and lag, and, with ``usage`` (not for the end of the report
     window), this minute's chart and the day's usage of the message's key and account."""
+    out = scripts.MERGE_REPORT(rt.conn, **_merge_args(rt, recipients, mid, mobile, report, all))
+    return _merged(rt, out, report, submitted=submitted, is_report=is_report, usage=usage)
+
+
+def _merge_call(client: redis.Redis | Pipeline, rt: Runtime, ready: _Pending) -> Any:
+    """A pending report's merge: run on a connection, or queued (EVALSHA) in a pipeline."""
+    sent = ready.sent
+    mobile = ready.item.get("mobile", "")
+    named = _merge_args(rt, recipients_key(sent.mid, sent.n), ready.owner, mobile, ready.report, sent.recipients)
+    if isinstance(client, Pipeline):
+        scripts.MERGE_REPORT.batch(client, **named)
+        return None
+    return scripts.MERGE_REPORT(client, **named)
+
+
+def _merge_args(rt: Runtime, recipients: str, mid: str, mobile: str, report: ReportValue, all: int) -> dict[str, Any]:
+    return {
+        "recipients": recipients,
+        "message": schema.message_key(mid),
+        "mobile": mobile,
+        "state": report.state,
+        "code": report.code,
+        "at": report.at,
+        "ttl": rt.settings.retention_seconds,
+        "all": all,
+        "unknown": ReportState.UNKNOWN,
+        "delivered": ReportState.DELIVERED,
+        "owner": _OWNER_FIELDS,
+    }
+
+
+def _merged(rt: Runtime, out: Any, report: ReportValue, *, submitted: float, is_report: bool, usage: bool) -> Merged:
+    """Count what a merge did (``workers.tally``) and say it."""
     tally = rt.tally
     if is_report:
         tally.add(COUNTS, "reports")
-    out = scripts.MERGE_REPORT(
-        rt.conn,
-        recipients=recipients,
-        message=schema.message_key(mid),
-        mobile=mobile,
-        state=report.state,
-        code=report.code,
-        at=report.at,
-        ttl=rt.settings.retention_seconds,
-        all=all,
-        unknown=ReportState.UNKNOWN,
-        delivered=ReportState.DELIVERED,
-        owner=_OWNER_FIELDS,
-    )
     result = int(out[0])
     if not result:
         return Merged(0)

@@ -44,6 +44,13 @@ class Script:
             return client.eval(self.source, len(keys), *keys, *args)
         return self._script(keys=keys, args=args, client=client)
 
+    def batch(self, pipe: redis.client.Pipeline, **named: Any) -> None:
+        """Queue a call by EVALSHA in a pipeline of many calls: redis-py checks SCRIPT EXISTS
+        once a pipeline, which hundreds of calls share (a pipeline of one would pay it: use the
+        call itself there)."""
+        keys, args = _ordered(self.keys, named), _ordered(self.args, named)
+        self._script(keys=keys, args=args, client=pipe)
+
 
 def _ordered(names: Sequence[str], named: Mapping[str, Any]) -> list[Any]:
     values: list[Any] = []
