@@ -50,16 +50,19 @@ def test_zero_writes_each_count_at_once(redis_conn):
     assert redis_conn.hget("c", "n") == b"2"
 
 
-def test_counts_stay_pending_while_redis_is_away_and_are_written_once(redis_conn):
+def test_counts_stay_pending_while_redis_is_away_and_are_written_once(redis_conn, caplog):
     away = redis.Redis(port=free_port(), socket_connect_timeout=0.2)
     tally = Tally(away, every=3600)
     tally.add("c", "n", 5)
     tally.flush()  # refused: kept
     tally.add("c", "n", 1)
+    tally.flush()
     tally.conn = redis_conn  # Redis is back
     tally.flush()
     tally.flush()
     assert redis_conn.hget("c", "n") == b"6"
+    said = [r.getMessage() for r in caplog.records if r.name == "workers.tally"]
+    assert len(said) == 2 and "not written" in said[0] and said[1] == "counts written again"  # once an outage
 
 
 def test_a_fork_does_not_write_its_parents_pending_counts(redis_conn):

@@ -46,6 +46,7 @@ class Tally:
         self._ttl: dict[str, int] = {}  # dated keys: their lifetime, set when written
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._failing = False  # said once an outage, not once a flush
         _LIVE.add(self)
 
     def add(self, key: str, field: str, n: int = 1, ttl: int = 0) -> None:
@@ -75,26 +76,35 @@ class Tally:
             self.flush()
 
     def flush(self) -> None:
-        """Write what is pending in one pipeline; on a Redis error it stays pending."""
+        """Write what is pending in one transaction (all or none: a connection lost midway never
+        leaves half of it written to be written again); on a Redis error it stays pending. A
+        flush whose answer is lost after Redis applied it is counted again, as a retried HINCRBY
+        always could be."""
         with self._lock:
             if not self._pending:
                 return
             pending, ttl = self._pending, self._ttl
             self._pending, self._ttl = defaultdict(int), {}
         try:
-            with self.conn.pipeline(transaction=False) as pipe:
+            with self.conn.pipeline(transaction=True) as pipe:
                 for (key, field), n in pending.items():
                     pipe.hincrby(key, field, n)
                 for key, seconds in ttl.items():
                     pipe.expire(key, seconds)
                 pipe.execute()
         except redis.RedisError as e:
-            log.warning("counts not written (%s); kept for the next try", type(e).__name__)
+            if not self._failing:
+                log.warning("counts not written (%s); kept until Redis takes them", type(e).__name__)
+            self._failing = True
             with self._lock:
                 for k, n in pending.items():
                     self._pending[k] += n
                 for key, seconds in ttl.items():
                     self._ttl.setdefault(key, seconds)
+            return
+        if self._failing:
+            log.warning("counts written again")
+            self._failing = False
 
     def _forget(self) -> None:
         """In a fork: the parent's pending counts are the parent's to write."""
