@@ -7,9 +7,10 @@ China day (``schema.quota_key``), the day ``/v1/usage`` reports: it starts at mi
 China, not at the key's first request of the day, and a refused cost is given back at once.
 Over either: 429 with ``Retry-After`` and a problem document, and nothing is queued.
 
-Usage per key and day (requests, recipients, parts, suppressed) is written in the accept
-transaction itself (``gateway.messages.ACCEPT``) and kept 90 days: what finance reconciles against the
-provider's bill.
+Usage per key and day (requests, recipients, parts, suppressed, then outcomes) is counted in the
+process that accepts (``gateway.messages``) and written within a second (``workers.tally``; a
+process killed without warning loses at most that second's counts), kept 90 days: what finance
+reconciles against the provider's bill.
 """
 
 from __future__ import annotations

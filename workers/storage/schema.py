@@ -22,7 +22,7 @@ functions below and against a live Redis after a full run)::
     sg:lease:<name>            lease_key         str   which process holds a fleet-wide lease
     sg:watch                   WATCH             zset  refs the sweeper checks ("m:<mid>", "c:<mid>:<n>")
     sg:failures                FAILURES          list  the latest failed chunks, for operators
-    sg:counts                  COUNTS            hash  fleet counters (recipients, reports, replies, …)
+    sg:counts                  COUNTS            hash  fleet counters (recipients, reports…; most via ``workers.tally``)
     sg:alerts                  ALERTS            hash  alerts raised, by event
     sg:metrics                 METRICS           hash  provider call and job figures
     sg:minute:<minute>         minute_key        hash  the same figures per minute, kept two hours
