@@ -86,7 +86,8 @@ class Tally:
             pending, ttl = self._pending, self._ttl
             self._pending, self._ttl = defaultdict(int), {}
         try:
-            with self.conn.pipeline(transaction=True) as pipe:
+            # One count at a time (``every`` 0) needs no transaction around it.
+            with self.conn.pipeline(transaction=self.every > 0) as pipe:
                 for (key, field), n in pending.items():
                     pipe.hincrby(key, field, n)
                 for key, seconds in ttl.items():
