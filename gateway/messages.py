@@ -176,9 +176,9 @@ def accept(
 def _first_today(rt: Runtime, key_name: str, day: str) -> bool:
     """Whether this is the process's first request of ``key_name`` on ``day`` (the accept then
     dates the key's index; a Redis emptied meanwhile has it dated again the next day)."""
-    if (key_name, day) in rt.dated:
+    if rt.dated.get(key_name) == day:
         return False
-    rt.dated.add((key_name, day))
+    rt.dated[key_name] = day
     return True
 
 

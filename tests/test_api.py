@@ -326,3 +326,21 @@ def test_a_body_of_millions_of_empty_objects_is_refused_before_it_is_parsed(api,
         tracemalloc.stop()
     assert_problem(r, 413, contains="JSON objects and arrays")
     assert peak < 5 * len(body), f"{peak / 2**20:.0f} MB to refuse an 8 MB body"
+
+
+def test_the_key_index_is_dated_by_the_days_first_request_and_a_scheduled_one(app, api, redis_conn, runtime):
+    """The index of a key's messages gets its lifetime from each process's first request of the
+    day (not every request: issue 24), and from a message scheduled past it."""
+    index, day_ttl = schema.key_messages_key("tester"), runtime.settings.retention_seconds + 2 * 86400
+    assert post(api, {"to": ["13800138000"], "text": "one"}).status_code == 202
+    assert day_ttl - 5 < redis_conn.ttl(index) <= day_ttl
+    redis_conn.expire(index, 100)
+    assert post(api, {"to": ["13800138001"], "text": "two"}).status_code == 202
+    assert redis_conn.ttl(index) <= 100  # the same day: not dated again
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3 * 86400))
+    assert post(api, {"to": ["13800138002"], "text": "three", "send_at": later}).status_code == 202
+    assert redis_conn.ttl(index) > day_ttl  # scheduled past it: pushed out
+    redis_conn.expire(index, 100)
+    app.extensions["smsgw"].dated["tester"] = "a day before"
+    assert post(api, {"to": ["13800138003"], "text": "four"}).status_code == 202
+    assert day_ttl - 5 < redis_conn.ttl(index) <= day_ttl  # a new day: dated again

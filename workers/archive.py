@@ -116,7 +116,7 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
             if waiting:
                 return LATER
             msgs = {m: Message.from_hash(raw, id=m) for m, raw in zip(members.values(), found, strict=True)}
-            ttls = dict.fromkeys(members.values(), int(ttl))
+            life = max(int(ttl), 60)
             values = {}
             codes = schema.name_codes(conn, [n for msg in msgs.values() for n in (msg.api_key, msg.account)])
             for mobile, m in members.items():
@@ -137,16 +137,13 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
         now = time.time()
         pipe.multi()
         buckets: dict[str, dict[bytes, bytes]] = {}
-        until: dict[str, int] = {}
         for m, value in values.items():
-            bucket = schema.folded_key(m)
-            buckets.setdefault(bucket, {})[schema.folded_field(m)] = value
-            # The bucket lives as long as its longest-lived message.
-            until[bucket] = max(until.get(bucket, 0), int(now) + max(ttls[m], 60))
+            buckets.setdefault(schema.folded_key(m), {})[schema.folded_field(m)] = value
+        until = int(now) + life  # a bucket lives as long as its longest-lived record
         for bucket, fields in buckets.items():  # a batch's members were made together: a bucket or two
             pipe.hset(bucket, mapping=fields)  # type: ignore[arg-type]
-            pipe.expireat(bucket, until[bucket], nx=True)
-            pipe.expireat(bucket, until[bucket], gt=True)
+            pipe.expireat(bucket, until, nx=True)
+            pipe.expireat(bucket, until, gt=True)
         pipe.delete(
             *keys,
             owner_k,
@@ -156,13 +153,12 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
             *(schema.report_seen_key(lk) for lk in linkids),
             *(schema.callback_log_key(m) for m in members.values()),  # its counters are in the record
         )
-        keep = max(max(ttls.values()), 60)
         lone = list(members.values()) == [mid]
         for lk in linkids:
             if lone and linkid_owner(lk) == mid:
                 pipe.delete(schema.linkid_key(lk))  # the linkid names its message (chunks.new_linkid)
             else:
-                pipe.set(schema.linkid_key(lk), _members_ref(list(members.values())), ex=keep)
+                pipe.set(schema.linkid_key(lk), _members_ref(list(members.values())), ex=life)
         pipe.zrem(FOLD, schema.chunk_ref(mid, n))
         pipe.hincrby(schema.COUNTS, "folded", len(values))
         try:

@@ -422,21 +422,22 @@ def _count_member_redacted(pipe: Pipeline, member: str, state: str, length: int 
 
 
 def _member_texts(conn: redis.Redis, chunk: Chunk) -> dict[str, tuple[int | None, str]]:
-    """A batch's chunk about to be final: the members whose texts go then, with their texts'
-    lengths and their mobiles. A batch whose every member is redacted (``redact`` 2) says so
-    itself, and each member's length was written when it was claimed: nothing to read."""
-    if not chunk.redact or not chunk.mids:
+    """A batch's chunk about to be final: the members whose texts go then, with their mobiles
+    (the chunk's) and their texts' lengths. A batch whose every member is redacted (``redact``
+    2) says so itself, and each member's length was written when it was claimed: nothing to
+    read (``None``: not written again)."""
+    members = chunk.members
+    if not chunk.redact or not members:
         return {}
     if chunk.redact == 2:
-        return {member: (None, mobile) for mobile, member in chunk.members.items()}
-    members = chunk.mids.split(";")
+        return {member: (None, mobile) for mobile, member in members.items()}
     with conn.pipeline(transaction=False) as pipe:
-        for member in members:
-            pipe.hmget(schema.message_key(member), *(Message.field_of(f) for f in ("text", "redact", "items")))
+        for member in members.values():
+            pipe.hmget(schema.message_key(member), Message.field_of("text"), Message.field_of("redact"))
         found = pipe.execute()
     return {
-        member: (len(text.decode()), mobile_of((items or b"").decode()))
-        for member, (text, to_redact, items) in zip(members, found, strict=True)
+        member: (len(text.decode()), mobile)
+        for (mobile, member), (text, to_redact) in zip(members.items(), found, strict=True)
         if text and to_redact == b"1"
     }
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.client import Pipeline
 
 from workers import archive, guardrails, lifecycle, routes
 from workers import provider as p
@@ -229,6 +228,10 @@ class _Pending:
     def report(self) -> ReportValue:
         return ReportValue(self.state, self.item.get("status", ""), f"{self.ts:.0f}")
 
+    def merge_args(self, rt: Runtime) -> dict[str, Any]:
+        recipients = recipients_key(self.sent.mid, self.sent.n)
+        return _merge_args(rt, recipients, self.owner, self.item.get("mobile", ""), self.report, self.sent.recipients)
+
 
 def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | None]) -> int:
     ready = _prepare_report(rt, item, cache)
@@ -263,11 +266,11 @@ def _merge_pending(rt: Runtime, pending: list[_Pending]) -> int:
     """Merge reports in one pipeline (``scripts.MERGE_REPORT``), then count each and do what
     it calls for, in order. Returns how many were applied."""
     if len(pending) == 1:  # a call: a pipeline would check SCRIPT EXISTS first
-        outs = [_merge_call(rt.conn, rt, pending[0])]
+        outs = [scripts.MERGE_REPORT(rt.conn, **pending[0].merge_args(rt))]
     else:
         with rt.conn.pipeline(transaction=False) as pipe:
             for ready in pending:
-                _merge_call(pipe, rt, ready)
+                scripts.MERGE_REPORT.batch(pipe, **ready.merge_args(rt))
             outs = pipe.execute()
     for ready, out in zip(pending, outs, strict=True):
         merged = _merged(rt, out, ready.report, submitted=ready.sent.submitted, is_report=True, usage=True)
@@ -401,17 +404,6 @@ def merge(
     window), this minute's chart and the day's usage of the message's key and account."""
     out = scripts.MERGE_REPORT(rt.conn, **_merge_args(rt, recipients, mid, mobile, report, all))
     return _merged(rt, out, report, submitted=submitted, is_report=is_report, usage=usage)
-
-
-def _merge_call(client: redis.Redis | Pipeline, rt: Runtime, ready: _Pending) -> Any:
-    """A pending report's merge: run on a connection, or queued (EVALSHA) in a pipeline."""
-    sent = ready.sent
-    mobile = ready.item.get("mobile", "")
-    named = _merge_args(rt, recipients_key(sent.mid, sent.n), ready.owner, mobile, ready.report, sent.recipients)
-    if isinstance(client, Pipeline):
-        scripts.MERGE_REPORT.batch(client, **named)
-        return None
-    return scripts.MERGE_REPORT(client, **named)
 
 
 def _merge_args(rt: Runtime, recipients: str, mid: str, mobile: str, report: ReportValue, all: int) -> dict[str, Any]:

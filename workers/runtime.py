@@ -34,8 +34,8 @@ class Runtime:
     _clients: dict[str, ProviderClient] = field(default_factory=dict)
     _queues: dict[str, Queue] = field(default_factory=dict)
     tally: Tally = field(init=False)
-    #: (API key, day) pairs whose index this process has dated (``gateway.messages.accept``).
-    dated: set[tuple[str, str]] = field(default_factory=set)
+    #: API key → the day this process last dated its index (``gateway.messages.accept``).
+    dated: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.tally = Tally(self.conn, self.settings.count_flush_seconds)

@@ -25,6 +25,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import defaultdict
 
@@ -44,8 +45,7 @@ class Tally:
         self._lock = threading.Lock()
         self._pending: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._ttl: dict[str, int] = {}  # dated keys: their lifetime, set when written
-        self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
+        self._thread: threading.Thread | None = None  # started by the first count (a fork forgets it)
         self._failing = False  # said once an outage, not once a flush
         _LIVE.add(self)
 
@@ -59,20 +59,15 @@ class Tally:
                 self._ttl[key] = ttl
         if self.every <= 0:
             self.flush()
-        elif self._thread is None or self._pid != os.getpid():
-            self._start()
-
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is not None and self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._run, name="smsgw-tally", daemon=True)
-            self._thread.start()
+        elif self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="smsgw-tally", daemon=True)
+                    self._thread.start()
 
     def _run(self) -> None:
-        stop = threading.Event()
-        while not stop.wait(self.every):
+        while True:
+            time.sleep(self.every)
             self.flush()
 
     def flush(self) -> None:
