@@ -26,9 +26,10 @@ from gateway.validation import (
     parse_json,
     parse_model,
 )
-from workers import accounts, guardrails, lifecycle, quiet, verify
+from workers import accounts, coalesce, guardrails, lifecycle, quiet, verify
 from workers import provider as p
 from workers.mobiles import normalise
+from workers.runtime import Runtime
 from workers.settings import Settings
 from workers.storage import schema
 from workers.storage.schema import Message
@@ -107,11 +108,12 @@ def create_message() -> Response:
         if not conn.set(idem_key, claim, nx=True, ex=settings.idempotency_ttl):
             return _replay(idem_key, conn.get(idem_key) or b"{}", fingerprint)
     try:
-        guard(accepted, req, settings, mid)
-        body = messages.accept(
+        caps = guard(accepted, req, settings, mid, defer=True)
+        body = _accept(
             rt,
             mid,
             accepted,
+            caps,
             priority=req.priority,
             reference=req.reference,
             callback_url=req.callback_url,
@@ -143,22 +145,54 @@ def create_message() -> Response:
     return json_response(body, 202, {"Location": location})
 
 
-def guard(accepted: Accepted, req: MessageRequest, settings: Settings, mid: str) -> None:
+def guard(
+    accepted: Accepted, req: MessageRequest, settings: Settings, mid: str, *, defer: bool = False
+) -> guardrails.Caps | None:
     """The guardrails at the door: caps and opt-outs suppress recipients, the content check may
-    refuse or flag, the key's daily quota may refuse (429)."""
+    refuse or flag, the key's daily quota may refuse (429).
+
+    ``defer``: a one-recipient send that will wait in a coalescing pool (a verification code) has
+    its cap checked inside its accept, one round trip where there were two: returned here for
+    :func:`_accept`, after the content check and the quota (which a cap then gives back)."""
     test = g.api_key.test
     mobiles = [mobile_of(item) for item in accepted.items]
     at = accepted.send_at.timestamp() if accepted.send_at else None
     scope = {"account": accepted.account, "priority": req.priority, "ref": mid, "test": test}
-    suppressed = guardrails.check(runtime().conn, settings, mobiles=mobiles, at=at, **scope)
+    later = (
+        defer
+        and len(mobiles) == 1
+        and not accepted.send_at
+        and not test
+        and coalesce.pool_for(settings, accepted.account, req.priority, accepted.kind, accepted.text, accepted.items)
+        is not None
+    )
+    suppressed = guardrails.check(runtime().conn, settings, mobiles=mobiles, at=at, caps=not later, **scope)
     if suppressed:
         accepted.suppress({s.index for s in suppressed})
         accepted.suppressed = [{"mobile": s.mobile, "reason": s.reason} for s in suppressed]
     try:
         _content_and_quota(accepted, req, settings)
     except Problem:  # refused after all: the caps' slots go back
-        guardrails.give_back(runtime().conn, mobiles=mobiles, **scope)
+        if not later:
+            guardrails.give_back(runtime().conn, mobiles=mobiles, **scope)
         raise
+    if later and accepted.items:
+        return guardrails.caps_for(settings, mobiles=mobiles, at=at, **scope)
+    return None
+
+
+def _accept(rt: Runtime, mid: str, accepted: Accepted, caps: guardrails.Caps | None, **options: Any) -> dict[str, Any]:
+    """``messages.accept`` with the cap :func:`guard` deferred: over it, the message is stored
+    with its recipient suppressed (``frequency_cap``, not charged: its parts go back to the
+    quota), as a cap checked at the door would have."""
+    try:
+        return messages.accept(rt, mid, accepted, caps=caps, **options)
+    except messages.Capped:
+        parts = accepted.parts
+        accepted.suppressed = [{"mobile": mobile_of(accepted.items[0]), "reason": guardrails.FREQUENCY_CAP}]
+        accepted.suppress({0})
+        quotas().give_back(g.api_key, parts)
+        return messages.accept(rt, mid, accepted, **options)
 
 
 def _content_and_quota(accepted: Accepted, req: MessageRequest, settings: Settings) -> None:

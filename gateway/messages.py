@@ -23,7 +23,7 @@ import redis
 
 import gateway.quotas as quotas
 from gateway.validation import Accepted
-from workers import coalesce, lifecycle
+from workers import coalesce, guardrails, lifecycle
 from workers.chunks import chunk_count
 from workers.reports import recipient_state, recipient_states
 from workers.runtime import Runtime, replicated
@@ -48,8 +48,12 @@ def accept(
     idempotency: tuple[str, str] | None = None,
     valid_for: int | None = None,
     valid_from: float | None = None,
+    caps: guardrails.Caps | None = None,
 ) -> dict[str, Any]:
-    """Store the message and enqueue its plan job in one transaction; returns the 202 body."""
+    """Store the message and enqueue its plan job in one transaction; returns the 202 body.
+
+    ``caps``: a one-recipient send's caps check, made here (inside the accept when it joins a
+    pool); over a cap, nothing is stored and :class:`Capped` is raised."""
     conn, settings = rt.conn, rt.settings
     now = time.time()
     delay = max(0.0, msg.send_at.timestamp() - now) if msg.send_at else 0.0
@@ -133,11 +137,16 @@ def accept(
         "fields": fields,  # a JSON object: one argument packs faster than sixty
         "id_ms": str(int(mid[:11], 16)),
         "id_random": str(int(mid[11:], 16)),  # decimal: Redis keeps it as an integer
+        **(caps.accept_args() if caps is not None and pool is not None else guardrails.Caps.NONE),
     }
+    if caps is not None and pool is None and any(caps.run(conn)):
+        raise Capped(mid)
     try:
         if pool is not None:
-            # One script, one round trip: the fence is checked inside it, as WATCH would.
-            if int(scripts.ACCEPT(conn, **arguments)) < 0:
+            # One script, one round trip: the fence and the cap are checked inside it.
+            if (size := int(scripts.ACCEPT(conn, **arguments))) == CAPPED:
+                raise Capped(mid)
+            if size < 0:
                 raise redis.WatchError("the accept's fence was set first")
         else:
             with conn.pipeline(transaction=True) as pipe:
@@ -206,6 +215,15 @@ def _count_accepted(rt: Runtime, now: float, day: str, key_name: str, msg: Accep
 
 class NotAccepted(Exception):
     """The accept transaction did not commit and never will: nothing was stored."""
+
+
+#: ``scripts.ACCEPT``'s answer for a mobile over a cap.
+CAPPED = -2
+
+
+class Capped(Exception):
+    """The one recipient is over a frequency cap: nothing was stored (the caller stores the
+    message with it suppressed)."""
 
 
 class OutcomeUnknown(Exception):

@@ -71,6 +71,11 @@ class Quotas:
             detail = f"the daily quota of {key.daily} billable parts would be exceeded ({parts} asked)"
             raise _too_many(detail, next_china_midnight(now))
 
+    def give_back(self, key: ApiKey, parts: int, now: float | None = None) -> None:
+        """Parts :meth:`take_parts` took for recipients that are then not sent (over a cap)."""
+        if key.daily and parts > 0:
+            self.conn.decrby(schema.quota_key(key.name, schema.usage_day(time.time() if now is None else now)), parts)
+
     def remaining(self, key: ApiKey) -> dict[str, Any]:
         out: dict[str, Any] = {"rate": key.rate or None, "burst": key.burst or None, "daily_parts": key.daily or None}
         if key.daily:

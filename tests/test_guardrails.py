@@ -104,6 +104,29 @@ def test_the_5th_code_in_an_hour_goes_and_the_6th_is_suppressed(settings_env, ru
     assert view["status"] == "suppressed" and view["recipients"]["by_state"] == {"suppressed": 1}
 
 
+def test_a_code_checks_its_cap_inside_its_accept_in_one_round_trip(api, runtime):
+    def evalsha() -> int:
+        return int(runtime.conn.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    code(api, "13700137000")  # scripts loaded, the day's index dated
+    before = evalsha()
+    assert code(api)["status"] == "accepted"
+    assert evalsha() - before == 1  # caps and accept together (they were two scripts)
+    assert runtime.conn.get("sg:cap:default:high:13800138000")
+
+
+def test_a_code_over_its_cap_is_stored_suppressed_and_its_parts_go_back(settings_env, runtime):
+    api = app_with(settings_env, SMSGW_KEY_TESTER_DAILY="2")
+    assert code(api)["status"] == "accepted"
+    capped = code(api)  # over the cap inside its accept: stored suppressed, its part not charged
+    assert capped["status"] == "suppressed" and capped["billable_parts"] == 0
+    assert capped["recipients"]["suppressed"] == [{"mobile": "13800138000", "reason": "frequency_cap"}]
+    view = api.get(f"/v1/messages/{capped['id']}", headers=AUTH).get_json()
+    assert view["status"] == "suppressed" and view["recipients"]["by_state"] == {"suppressed": 1}
+    assert code(api, "13900139000")["status"] == "accepted"  # the quota's second part was given back
+    assert api.get("/v1/usage", headers=AUTH).get_json()["limits"]["daily_parts_left"] == 0
+
+
 def test_a_request_keeps_its_other_recipients_when_one_is_capped(api, runtime):
     code(api)
     r = api.post(

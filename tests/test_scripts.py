@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway import messages
+from workers import guardrails
 from workers.storage import scripts
 from workers.storage.schema import ChunkState, Message, MessageState, ReportState
 
@@ -65,6 +66,7 @@ def accept_args(**over):
         "id_ms": str(int("19a00000000", 16)),
         "id_random": str(int("0123456789ab", 16)),  # of "19a000000000123456789ab"
         "date_index": 1,
+        **guardrails.Caps.NONE,
     }
     return {**args, **over}
 
@@ -108,6 +110,20 @@ def test_accept_joins_a_pool_and_a_full_pool_is_due_at_once(redis_conn):
         assert scripts.ACCEPT(redis_conn, **args) == i + 1
         due = redis_conn.zscore("pools", "pool")
         assert due == (0 if i == 2 else 5.0)
+
+
+def test_accept_checks_a_cap_first_and_stores_nothing_over_it(redis_conn):
+    cap = {"cap_now": 1000, "cap_at": 1000, "cap_longest": 60, "cap_windows": [1, 60]}
+    args = accept_args(pool="pool", pool_entry="m|13800138000", cap="c1", cap_tag="ab1", **cap)
+    assert scripts.ACCEPT(redis_conn, **args) == 1
+    assert redis_conn.get("c1") == b"ab11000" and redis_conn.exists("m")
+    again = accept_args(message="m2", pool="pool", pool_entry="m2|13800138000", cap="c1", cap_tag="ab2", **cap)
+    assert scripts.ACCEPT(redis_conn, **again) == messages.CAPPED
+    assert redis_conn.get("c1") == b"ab11000"  # not recorded
+    assert not redis_conn.exists("m2") and redis_conn.zcard("pool") == 1 and redis_conn.xlen("idx") == 1
+    redis_conn.delete("m")
+    redis_conn.set("m", "other")  # a second run of the first: finds it, records nothing again
+    assert scripts.ACCEPT(redis_conn, **args) == 0 and redis_conn.get("c1") == b"ab11000"
 
 
 def test_accept_dates_the_index_by_redis(redis_conn):

@@ -22,6 +22,7 @@ import json
 import time
 import unicodedata
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import redis
 
@@ -38,6 +39,67 @@ class Suppressed:
     index: int  # in the accepted items
     mobile: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Caps:
+    """A request's caps check (``scripts.CAPS``): run on its own, or, for a one-recipient send,
+    inside its accept (``scripts.ACCEPT``), so the door makes one round trip, not two."""
+
+    keys: list[str]
+    now: int
+    at: int
+    tag: str
+    longest: int
+    windows: list[int]
+
+    def run(self, conn: redis.Redis) -> list[bool]:
+        """Whether each mobile is over a cap; the sends of the rest are recorded."""
+        over = scripts.CAPS(
+            conn, caps=self.keys, now=self.now, at=self.at, tag=self.tag, longest=self.longest, windows=self.windows
+        )
+        return [bool(hit) for hit in over]
+
+    def accept_args(self) -> dict[str, Any]:
+        """``scripts.ACCEPT``'s arguments for its one mobile."""
+        [key] = self.keys
+        return {
+            "cap": key,
+            "cap_now": self.now,
+            "cap_at": self.at,
+            "cap_tag": self.tag,
+            "cap_longest": self.longest,
+            "cap_windows": self.windows,
+        }
+
+    #: ``scripts.ACCEPT``'s arguments without a cap.
+    NONE: ClassVar[dict[str, Any]] = {"cap": "", "cap_now": 0, "cap_at": 0, "cap_tag": "", "cap_longest": 0}
+
+
+def caps_for(
+    settings: Settings,
+    *,
+    account: str,
+    priority: str,
+    mobiles: list[str],
+    ref: str,
+    at: float | None = None,
+    test: bool = False,
+    now: float | None = None,
+) -> Caps | None:
+    """The caps check of ``mobiles`` sent at ``at`` (default now); ``None`` when none applies."""
+    caps = settings.mobile_caps.get(priority, ())
+    if not caps or not mobiles:
+        return None
+    now = time.time() if now is None else now
+    return Caps(
+        keys=[schema.cap_key(cap_scope(account, test), priority, mobile) for mobile in mobiles],
+        now=int(now),
+        at=int(max(now, at or now)),
+        tag=cap_tag(ref),
+        longest=max(seconds for _, seconds in caps),
+        windows=[value for count, seconds in caps for value in (count, seconds)],
+    )
 
 
 def optout_scope(settings: Settings, account: str) -> str:
@@ -60,28 +122,21 @@ def check(
     at: float | None = None,
     test: bool = False,
     now: float | None = None,
+    caps: bool = True,
 ) -> list[Suppressed]:
     """Which of ``mobiles`` may not be sent to at ``at`` (default now), and why; records the
-    sends of the rest against their caps, each as the member ``ref``."""
+    sends of the rest against their caps, each as the member ``ref``. ``caps=False``: opt-outs
+    only (the caller checks the caps later, :func:`caps_for`)."""
     out: list[Suppressed] = []
     live = list(range(len(mobiles)))
     if priority != "high" and mobiles:
         listed = conn.hmget(schema.suppression_key(optout_scope(settings, account)), mobiles)
         out += [Suppressed(i, mobiles[i], OPTED_OUT) for i, hit in enumerate(listed) if hit is not None]
         live = [i for i, hit in enumerate(listed) if hit is None]
-    caps = settings.mobile_caps.get(priority, ())
-    if caps and live:
-        now = time.time() if now is None else now
-        windows = [value for count, seconds in caps for value in (count, seconds)]
-        over = scripts.CAPS(
-            conn,
-            caps=[schema.cap_key(cap_scope(account, test), priority, mobiles[i]) for i in live],
-            now=int(now),
-            at=int(max(now, at or now)),
-            tag=cap_tag(ref),
-            longest=max(seconds for _, seconds in caps),
-            windows=windows,
-        )
+    scope = [mobiles[i] for i in live]
+    check = caps_for(settings, account=account, priority=priority, mobiles=scope, ref=ref, at=at, test=test, now=now)
+    if caps and check is not None:
+        over = check.run(conn)
         out += [Suppressed(i, mobiles[i], FREQUENCY_CAP) for i, hit in zip(live, over, strict=True) if hit]
     return sorted(out, key=lambda s: s.index)
 

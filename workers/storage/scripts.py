@@ -64,17 +64,60 @@ def _ordered(names: Sequence[str], named: Mapping[str, Any]) -> list[Any]:
     return values
 
 
+#: A Lua function both the caps' script and the accept's use (a one-recipient send checks its
+#: cap inside its accept: one round trip, not two).
+_CAP_CHECK = """
+-- Per-mobile frequency caps (workers.guardrails). A mobile's sends are one string,
+-- "<tag><second>,<tag><second>…" (`tag`: 3 characters of the request's id, for give_back), which
+-- lives as long as its latest send matters: about 90 bytes for the day a code's mobile is kept,
+-- where a sorted set took 152. Drops the sends older than the longest window, counts those
+-- within each window either side of `at` (when this one goes), and records this one when no
+-- window is full. `windows` are (count, seconds) pairs. Returns 1 when over a cap (nothing
+-- recorded), 0 when recorded.
+local function cap_check(key, now, at, tag, longest, windows)
+  local kept, times, last = {}, {}, at
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'table' and raw.err then
+    -- A sorted set an older smsgw wrote (send times as scores): read once; the SET replaces it.
+    local old, parts = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'), {}
+    for j = 2, #old, 2 do parts[#parts + 1] = '___' .. math.floor(tonumber(old[j])) end
+    raw = table.concat(parts, ',')
+  end
+  for entry in string.gmatch(raw or '', '[^,]+') do
+    local t = tonumber(string.sub(entry, 4))
+    if t and t > now - longest then
+      kept[#kept + 1], times[#times + 1] = entry, t
+      if t > last then last = t end
+    end
+  end
+  for w = 1, #windows, 2 do
+    local count, window = 0, tonumber(windows[w + 1])
+    for _, t in ipairs(times) do
+      if t >= at - window and t <= at + window then count = count + 1 end
+    end
+    if count >= tonumber(windows[w]) then return 1 end
+  end
+  kept[#kept + 1] = tag .. at
+  redis.call('SET', key, table.concat(kept, ','), 'EX', math.ceil(last - now + longest))
+  return 0
+end
+"""
+
 ACCEPT = Script(
-    keys="fence message index idempotency pool pools",
+    keys="fence message index idempotency pool pools cap",
     args=(
         "ttl index_min_ms index_ttl idem_value idem_ttl pool_entry pool_size pool_due fields id_ms date_index id_random"
+        " cap_now cap_at cap_tag cap_longest cap_windows*"
     ),
-    source="""
+    source=_CAP_CHECK
+    + """
 -- Accept a message: its hash, the key's index, the idempotency answer, and (one-recipient
 -- sends) its entry in a coalescing pool (workers.coalesce), all at once. Its counts and usage
--- are added up in the process (workers.tally). idempotency and pool may be '' (none). Returns
--- the pool's size (0 without one), or -1 when the fence was set first: a settle() already
--- answered that nothing was stored, so nothing is.
+-- are added up in the process (workers.tally). idempotency, pool and cap may be '' (none).
+-- `cap`: a one-recipient send's frequency caps (`cap_check` above), checked here so the door
+-- makes one round trip, not two. Returns the pool's size (0 without one); -1 when the fence was
+-- set first: a settle() already answered that nothing was stored, so nothing is; -2 when the
+-- mobile is over a cap: nothing is stored, and the caller stores the message suppressed.
 -- A second run (redis-py retries a command once on a timeout; the first may still arrive) finds
 -- the message and writes nothing again.
 local fence, message, index = KEYS[1], KEYS[2], KEYS[3]
@@ -82,9 +125,14 @@ local idempotency, pool, pools = KEYS[4], KEYS[5], KEYS[6]
 local ttl, index_min_ms, index_ttl = ARGV[1], ARGV[2], ARGV[3]
 local idem_value, idem_ttl, pool_entry, pool_size = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 local pool_due, fields_json, id_ms, date_index, id_random = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local cap = KEYS[7]
 if redis.call('EXISTS', fence, message) > 0 then
   if redis.call('EXISTS', fence) == 1 then return -1 end
   return 0
+end
+if cap ~= '' then
+  local cap_now, cap_at, cap_longest = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[16])
+  if cap_check(cap, cap_now, cap_at, ARGV[15], cap_longest, {unpack(ARGV, 17)}) == 1 then return -2 end
 end
 local fields = {}
 for name, value in pairs(cjson.decode(fields_json)) do
@@ -211,49 +259,14 @@ return batch_id
 CAPS = Script(
     keys="caps*",
     args="now at tag longest windows*",
-    source="""
--- Per-mobile frequency caps (workers.guardrails). A mobile's sends are one string,
--- "<tag><second>,<tag><second>…" (`tag`: 3 characters of the request's id, for give_back), which
--- lives as long as its latest send matters: about 90 bytes for the day a code's mobile is kept,
--- where a sorted set took 152. For each: drop the sends older than the longest window, count
--- those within each window either side of `at` (when this one goes), and record it when no
--- window is full. `windows` are (count, seconds) pairs. Returns, per mobile, 1 when over a cap
--- (nothing recorded) or 0 (recorded).
+    source=_CAP_CHECK
+    + """
+-- Per-mobile frequency caps for every mobile of a request (workers.guardrails). Returns, per
+-- mobile, 1 when over a cap (nothing recorded) or 0 (recorded).
 local now, at, tag, longest = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local windows = {unpack(ARGV, 5)}
 local out = {}
-for i, key in ipairs(KEYS) do
-  local kept, times, last = {}, {}, at
-  local raw = redis.pcall('GET', key)
-  if type(raw) == 'table' and raw.err then
-    -- A sorted set an older smsgw wrote (send times as scores): read once; the SET replaces it.
-    local old, parts = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'), {}
-    for j = 2, #old, 2 do parts[#parts + 1] = '___' .. math.floor(tonumber(old[j])) end
-    raw = table.concat(parts, ',')
-  end
-  for entry in string.gmatch(raw or '', '[^,]+') do
-    local t = tonumber(string.sub(entry, 4))
-    if t and t > now - longest then
-      kept[#kept + 1], times[#times + 1] = entry, t
-      if t > last then last = t end
-    end
-  end
-  local over = 0
-  for w = 5, #ARGV, 2 do
-    local count, window = 0, tonumber(ARGV[w + 1])
-    for _, t in ipairs(times) do
-      if t >= at - window and t <= at + window then count = count + 1 end
-    end
-    if count >= tonumber(ARGV[w]) then
-      over = 1
-      break
-    end
-  end
-  if over == 0 then
-    kept[#kept + 1] = tag .. at
-    redis.call('SET', key, table.concat(kept, ','), 'EX', math.ceil(last - now + longest))
-  end
-  out[i] = over
-end
+for i, key in ipairs(KEYS) do out[i] = cap_check(key, now, at, tag, longest, windows) end
 return out
 """,
 )
