@@ -48,6 +48,15 @@ def redis_cpu(s: Stack) -> float:
     return float(info["used_cpu_sys"] + info["used_cpu_user"])
 
 
+def redis_sleeps(s: Stack) -> int:
+    """How many times Redis went to sleep waiting for work (each wait ends in a wake-up): its
+    voluntary context switches. A wake-up costs Redis tens of microseconds of CPU on a busy
+    machine, more than most commands, and a Redis that is kept busy wakes once for many."""
+    pid = int(s.conn.info("server")["process_id"])
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches"))
+
+
 def commandstats(s: Stack) -> dict[str, int]:
     return {k: int(v["calls"]) for k, v in s.conn.info("commandstats").items()}
 
@@ -64,6 +73,7 @@ class Stage:
     commands: float  # a message
     redis_us: float  # Redis CPU a message, microseconds
     top: list[tuple[str, float]]
+    wakeups: float = 0.0  # Redis's wake-ups a message (:func:`redis_sleeps`)
 
 
 class Meter:
@@ -74,16 +84,19 @@ class Meter:
         self.s = s
         self.idle_commands = 0.0  # a second
         self.idle_cpu = 0.0
+        self.idle_wakeups = 0.0
         self.mark()
 
     def mark(self) -> None:
         self.t0, self.c0, self.cpu0 = time.monotonic(), commandstats(self.s), redis_cpu(self.s)
+        self.w0 = redis_sleeps(self.s)
 
     def idle(self, seconds: float = 5.0) -> None:
         self.mark()
         time.sleep(seconds)
         cmds, cpu, elapsed = self._delta()
         self.idle_commands, self.idle_cpu = sum(cmds.values()) / elapsed, cpu / elapsed
+        self.idle_wakeups = (redis_sleeps(self.s) - self.w0) / elapsed
 
     def _delta(self) -> tuple[dict[str, int], float, float]:
         now = commandstats(self.s)
@@ -92,12 +105,14 @@ class Meter:
 
     def stage(self, name: str, messages: int, fleet: bool) -> Stage:
         cmds, cpu, elapsed = self._delta()
+        wakeups = redis_sleeps(self.s) - self.w0
         if fleet:
             cpu = max(0.0, cpu - self.idle_cpu * elapsed)
+            wakeups = max(0.0, wakeups - self.idle_wakeups * elapsed)
         total = sum(cmds.values()) - (self.idle_commands * elapsed if fleet else 0)
         top = sorted(((k.removeprefix("cmdstat_"), v / messages) for k, v in cmds.items()), key=lambda kv: -kv[1])
         self.mark()
-        return Stage(name, max(0.0, total) / messages, cpu / messages * 1e6, top[:6])
+        return Stage(name, max(0.0, total) / messages, cpu / messages * 1e6, top[:6], wakeups / messages)
 
 
 def stages(s: Stack, n: int, offset: int, port: int, env: dict[str, str]) -> tuple[list[Stage], float]:
@@ -159,12 +174,17 @@ def singles(s: Stack) -> None:
     at_rest = load.redis_bytes_per_recipient(s, SINGLES + WARM_UP, "one-recipient", weighted=True)
     for st in measured:
         top = ", ".join(f"{k} {v:.1f}" for k, v in st.top)
-        print(f"  {st.name:40s} {st.commands:5.1f} commands  {st.redis_us:6.1f} us Redis CPU   ({top})")
+        print(
+            f"  {st.name:40s} {st.commands:5.1f} commands  {st.redis_us:6.1f} us Redis CPU  "
+            f"{st.wakeups:4.2f} wake-ups   ({top})"
+        )
     commands = sum(st.commands for st in measured)
     cpu = sum(st.redis_us for st in measured)
+    wakeups = sum(st.wakeups for st in measured)
     print(
         f"one-recipient, caps on, reports pushed: {commands:.1f} commands a message (target <= 25: "
-        f"{commands / 25:.2f} of it), Redis CPU {cpu:.0f} us a message (target <= 120: {cpu / 120:.2f} of it); "
+        f"{commands / 25:.2f} of it), Redis CPU {cpu:.0f} us a message (target <= 120: {cpu / 120:.2f} of it) "
+        f"in {wakeups:.2f} wake-ups of Redis; "
         f"API CPU {(api1 - api0) / SINGLES * 1000:.2f} ms a message (its POST and its report's push); "
         f"worker CPU {worker_cpu / SINGLES * 1000:.3f} ms a message (folding included); "
         f"{at_rest:.0f} bytes a message at rest (weighted by lifetime)"

@@ -211,9 +211,11 @@ def test_a_write_between_the_folds_read_and_its_commit_makes_it_try_again(api, r
     drain(runtime)
     pull_all(runtime)
 
+    reads = []
+
     class Racing(redis.Redis):
         """Our Redis client, whose pipelines without a transaction (the fold's reads) let
-        another client write a member right after they ran."""
+        another client write a member right after the members were read (the second)."""
 
         def pipeline(self, transaction=True, shard_hint=None):
             pipe = super().pipeline(transaction, shard_hint)
@@ -222,7 +224,9 @@ def test_a_write_between_the_folds_read_and_its_commit_makes_it_try_again(api, r
 
                 def execute(raise_on_error=True):
                     out = run(raise_on_error)
-                    conn.hincrby(schema.message_key(mids[0]), schema.Message.field_of("callbacks_sent"), 1)
+                    reads.append(1)
+                    if len(reads) == 2:
+                        conn.hincrby(schema.message_key(mids[0]), schema.Message.field_of("callbacks_sent"), 1)
                     return out
 
                 pipe.execute = execute  # type: ignore[method-assign]
@@ -234,6 +238,45 @@ def test_a_write_between_the_folds_read_and_its_commit_makes_it_try_again(api, r
     assert conn.exists(schema.message_key(mids[0])) and again > due  # kept live, scheduled again
     assert archive.fold_due(conn, due + archive.AFTER + 1) == 2
     assert api.get(f"/v1/messages/{mids[0]}", headers=AUTH).get_json()["callbacks"]["events_sent"] == 1
+
+
+def test_a_lone_messages_fold_is_four_round_trips_and_gives_way_to_a_write(api, runtime, simulator, monkeypatch):
+    conn = runtime.conn
+    lone = [send(api, {"to": [m], "text": f"您的订单 {m} 已发货"}) for m in ("13800138000", "13900139000")]
+    drain(runtime)
+    pull_all(runtime)
+    trips = []
+    real = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        trips.append(command)
+        return real(self, command, check_health)
+
+    schema.name_codes(conn, ["default", "tester"])  # handed out once, by the first fold ever
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    assert archive.fold(conn, lone[0], 0) == 1
+    assert len(trips) == 4  # watch, read, the names' codes, the transaction (were 9)
+
+    class Racing(redis.Redis):
+        """Writes the message right after the fold's reads ran (a reply's callback, say)."""
+
+        def pipeline(self, transaction=True, shard_hint=None):
+            pipe = super().pipeline(transaction, shard_hint)
+            if not transaction:
+                run = pipe.execute
+
+                def execute(raise_on_error=True):
+                    out = run(raise_on_error)
+                    conn.hincrby(schema.message_key(lone[1]), schema.Message.field_of("callbacks_sent"), 1)
+                    return out
+
+                pipe.execute = execute  # type: ignore[method-assign]
+            return pipe
+
+    assert archive.fold(Racing(connection_pool=conn.connection_pool), lone[1], 0) == archive.LATER
+    assert conn.exists(schema.message_key(lone[1]))
+    assert archive.fold(conn, lone[1], 0) == 1
+    assert api.get(f"/v1/messages/{lone[1]}", headers=AUTH).get_json()["callbacks"]["events_sent"] == 1
 
 
 def test_recipients_with_no_report_are_folded_as_unknown_once_the_window_ends(api, runtime, simulator):

@@ -70,9 +70,10 @@ def fold_due(conn: redis.Redis, now: float, budget: float = 5.0, page: int = 100
             done = fold(conn, mid, n)
             if done == LATER:
                 conn.zadd(FOLD, {raw: max(now if math.isfinite(now) else 0, time.time()) + AFTER})
+            elif done:
+                folded += done  # its fold's transaction took it off the schedule
             else:
-                folded += done
-                conn.zrem(FOLD, raw)
+                conn.zrem(FOLD, raw)  # never to be folded
         seen.update(fresh)  # not again in this call, whatever ``now`` says
         if len(taken) < page or not fresh or time.monotonic() >= until:
             return folded
@@ -83,36 +84,48 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
     ``LATER``.
 
     WATCH/MULTI over every record it reads: a report, a reply's callback or an operator that
-    writes meanwhile makes it try again on the next schedule, never fold a stale copy.
+    writes meanwhile makes it try again on the next schedule, never fold a stale copy. Each
+    record is watched on ``pipe``'s connection before it is read, and reads go in one round
+    trip on another: a lone message's fold is four round trips (watch, read, its names' codes,
+    the transaction), a batch's two more (its members').
     """
     chunk_k, reports_k, owner_k = schema.chunk_key(mid, n), schema.recipients_key(mid, n), schema.message_key(mid)
+    own_callbacks = schema.callback_queue_key(mid)  # a lone message's (a batch has none of its own)
     with conn.pipeline() as pipe:
         try:
-            pipe.watch(chunk_k, reports_k, owner_k)
-            chunk = Chunk.from_hash(pipe.hgetall(chunk_k), mid=mid)
-            owner = Message.from_hash(pipe.hgetall(owner_k), id=mid)
+            pipe.watch(chunk_k, reports_k, owner_k, own_callbacks)
+            # The records live as long as the submission's message: a lone message's own
+            # lifetime, or a batch's, which was made (with the retention) after each of its members
+            # was accepted, so it outlives them all (by their wait in the pool). One TTL a fold.
+            with conn.pipeline(transaction=False) as reads:
+                reads.hgetall(chunk_k)
+                reads.hgetall(owner_k)
+                reads.hgetall(reports_k)
+                reads.exists(own_callbacks)
+                reads.ttl(owner_k)
+                reads.lrange(schema.history_key(mid, n), 0, -1)
+                raw_chunk, raw_owner, raw_reports, waiting, ttl, history = reads.execute()
+            chunk = Chunk.from_hash(raw_chunk, mid=mid)
+            owner = Message.from_hash(raw_owner, id=mid)
             members = chunk.members
             if not members and owner.recipients == 1 and not owner.via and len(chunk.mobiles) == 1:
                 members = {chunk.mobiles[0]: mid}  # a lone message's own submission
             if chunk.state != "submitted" or n != 0 or owner.chunk_seq != 1 or not members:
                 return 0
-            reports = decode(pipe.hgetall(reports_k))
+            reports = decode(raw_reports)
             if len(reports) < len(members):
                 return 0  # scheduled again by the last report or the window's end
             keys = [schema.message_key(m) for m in members.values()]
             callbacks = [schema.callback_queue_key(m) for m in members.values()]
-            pipe.watch(*keys, *callbacks)
-            # Watched on ``pipe``'s connection, read in one round trip on another. The records live
-            # as long as the submission's message: a lone message's own lifetime, or a batch's,
-            # which was made (with the retention) after each of its members was accepted, so it
-            # outlives them all (by their wait in the pool). One TTL a fold, not one a member.
-            with conn.pipeline(transaction=False) as reads:
-                reads.exists(*callbacks)
-                reads.ttl(owner_k)
-                for key in keys:
-                    reads.hgetall(key)
-                reads.lrange(schema.history_key(mid, n), 0, -1)
-                waiting, ttl, *found, history = reads.execute()
+            if keys == [owner_k]:
+                found = [raw_owner]  # a lone message: watched and read above
+            else:
+                pipe.watch(*keys, *callbacks)
+                with conn.pipeline(transaction=False) as reads:
+                    reads.exists(*callbacks)
+                    for key in keys:
+                        reads.hgetall(key)
+                    waiting, *found = reads.execute()
             if waiting:
                 return LATER
             msgs = {m: Message.from_hash(raw, id=m) for m, raw in zip(members.values(), found, strict=True)}
