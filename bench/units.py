@@ -105,7 +105,7 @@ class Meter:
 
     def stage(self, name: str, messages: int, fleet: bool) -> Stage:
         cmds, cpu, elapsed = self._delta()
-        wakeups = redis_sleeps(self.s) - self.w0
+        wakeups: float = redis_sleeps(self.s) - self.w0
         if fleet:
             cpu = max(0.0, cpu - self.idle_cpu * elapsed)
             wakeups = max(0.0, wakeups - self.idle_wakeups * elapsed)
