@@ -279,6 +279,56 @@ def test_a_lone_messages_fold_is_four_round_trips_and_gives_way_to_a_write(api, 
     assert api.get(f"/v1/messages/{lone[1]}", headers=AUTH).get_json()["callbacks"]["events_sent"] == 1
 
 
+def test_lone_messages_fold_sixteen_to_a_transaction_and_one_by_one_after_a_write(api, runtime, simulator, monkeypatch):
+    conn = runtime.conn
+    mobiles = [f"1380013{i:04d}" for i in range(archive.GROUP + 2)]
+    lone = [send(api, {"to": [m], "text": f"您的订单 {m} 已发货"}) for m in mobiles]
+    drain(runtime)
+    pull_all(runtime)
+    before = {mid: reads(api, mid) for mid in lone}
+    schema.name_codes(conn, ["default", "tester"])
+    trips = []
+    real = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        trips.append(command)
+        return real(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    subs = [(mid, 0) for mid in lone[: archive.GROUP]]
+    assert archive.fold_lone(conn, subs) == [1] * archive.GROUP
+    assert len(trips) == 4  # watch, read, the names' codes, the transaction: for all sixteen
+    monkeypatch.undo()
+
+    written = []
+
+    class Racing(redis.Redis):
+        """Writes one message once, right after the group's reads ran (a reply's callback, say)."""
+
+        def pipeline(self, transaction=True, shard_hint=None):
+            pipe = super().pipeline(transaction, shard_hint)
+            if not transaction:
+                run = pipe.execute
+
+                def execute(raise_on_error=True):
+                    out = run(raise_on_error)
+                    if not written:
+                        field = schema.Message.field_of("callbacks_sent")
+                        written.append(conn.hincrby(schema.message_key(lone[-1]), field, 1))
+                    return out
+
+                pipe.execute = execute  # type: ignore[method-assign]
+            return pipe
+
+    # The write fails the group's transaction; each is then folded on its own (each with a read
+    # that sees the write), so nothing folds a stale copy.
+    assert archive.fold_lone(Racing(connection_pool=conn.connection_pool), [(mid, 0) for mid in lone[-2:]]) == [1, 1]
+    assert api.get(f"/v1/messages/{lone[-1]}", headers=AUTH).get_json()["callbacks"]["events_sent"] == 1
+    assert not any(conn.exists(schema.message_key(mid)) for mid in lone)
+    for mid in lone[:-1]:
+        assert reads(api, mid) == before[mid]
+
+
 def test_recipients_with_no_report_are_folded_as_unknown_once_the_window_ends(api, runtime, simulator):
     conn = runtime.conn
     mids = [otp(api, m, "123456") for m in ("13800138000", "13900139000")]

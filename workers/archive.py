@@ -23,6 +23,8 @@ import base64
 import json
 import math
 import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 import redis
 
@@ -58,16 +60,23 @@ def fold_due(conn: redis.Redis, now: float, budget: float = 5.0, page: int = 100
     Every worker runs it (``workers.maintenance``), so folding grows with the fleet: each takes
     a page by a claim (``scripts.CLAIM_DUE``, as callbacks are taken), so two workers fold
     different submissions; a worker that dies leaves its page to be claimed again. A fold
-    itself is one WATCH/MULTI, so even two runs on one submission fold it once."""
+    itself is one WATCH/MULTI, so even two runs on one submission fold it once. Lone messages
+    fold :data:`GROUP` to a transaction (:func:`fold_lone`), a batch on its own (:func:`fold`)."""
     folded, until, seen = 0, time.monotonic() + budget, set[bytes]()
     upto = f"{now:.3f}" if math.isfinite(now) else "+inf"
     while True:
         claim = max(now if math.isfinite(now) else 0, time.time()) + CLAIM  # past ``now``: not due to others
         taken = scripts.CLAIM_DUE(conn, due=FOLD, now=upto, until=f"{claim:.3f}", count=page)
         fresh = [raw for raw in taken if raw not in seen]
-        for raw in fresh:
-            _, mid, n = schema.parse_ref(raw.decode())
-            done = fold(conn, mid, n)
+        subs = [(raw, *schema.parse_ref(raw.decode())[1:]) for raw in fresh]
+        lone = [(raw, mid, n) for raw, mid, n in subs if not mid.startswith(schema.BATCH_PREFIX)]
+        results = [(raw, fold(conn, mid, n)) for raw, mid, n in subs if mid.startswith(schema.BATCH_PREFIX)]
+        for i in range(0, len(lone), GROUP):
+            group = lone[i : i + GROUP]
+            results += zip(
+                [raw for raw, _, _ in group], fold_lone(conn, [(mid, n) for _, mid, n in group]), strict=True
+            )
+        for raw, done in results:
             if done == LATER:
                 conn.zadd(FOLD, {raw: max(now if math.isfinite(now) else 0, time.time()) + AFTER})
             elif done:
@@ -77,6 +86,119 @@ def fold_due(conn: redis.Redis, now: float, budget: float = 5.0, page: int = 100
         seen.update(fresh)  # not again in this call, whatever ``now`` says
         if len(taken) < page or not fresh or time.monotonic() >= until:
             return folded
+
+
+#: Lone messages folded in one transaction: a round trip each for the group where there were
+#: four a message. Redis's WATCH looks through what a connection already watches for each key it
+#: adds, so the keys a transaction watches cost it their number squared: 64 here.
+GROUP = 16
+
+
+@dataclass
+class _Read:
+    """What a fold reads of a submission, watched first (:func:`_watched`)."""
+
+    mid: str
+    n: int
+    chunk: dict[bytes, bytes]
+    owner: dict[bytes, bytes]
+    reports: dict[bytes, bytes]
+    waiting: int  # the lone message's callbacks queued
+    ttl: int
+    history: list[bytes]
+
+    @staticmethod
+    def watched(mid: str, n: int) -> list[str]:
+        # A lone message's callbacks with them (a batch has none of its own).
+        keys = (schema.chunk_key(mid, n), schema.recipients_key(mid, n), schema.message_key(mid))
+        return [*keys, schema.callback_queue_key(mid)]
+
+    @staticmethod
+    def queue(reads: redis.client.Pipeline, mid: str, n: int) -> None:
+        chunk_k, reports_k, owner_k, callbacks = _Read.watched(mid, n)
+        reads.hgetall(chunk_k)
+        reads.hgetall(owner_k)
+        reads.hgetall(reports_k)
+        reads.exists(callbacks)
+        # The records live as long as the submission's message: a lone message's own lifetime,
+        # or a batch's, which was made (with the retention) after each of its members was
+        # accepted, so it outlives them all (by their wait in the pool). One TTL a fold.
+        reads.ttl(owner_k)
+        reads.lrange(schema.history_key(mid, n), 0, -1)
+
+    FIELDS: ClassVar[int] = 6  # replies :meth:`queue` queues
+
+    def members(self) -> dict[str, str] | None:
+        """Mobile → message of a submission that can fold now, else ``None``."""
+        chunk = Chunk.from_hash(self.chunk, mid=self.mid)
+        owner = Message.from_hash(self.owner, id=self.mid)
+        members = chunk.members
+        if not members and owner.recipients == 1 and not owner.via and len(chunk.mobiles) == 1:
+            members = {chunk.mobiles[0]: self.mid}  # a lone message's own submission
+        if chunk.state != "submitted" or self.n != 0 or owner.chunk_seq != 1 or not members:
+            return None
+        if len(decode(self.reports)) < len(members):
+            return None  # scheduled again by the last report or the window's end
+        return members
+
+
+@dataclass
+class _Plan:
+    """What a fold writes: each member's record in its bucket, and the submission's records gone."""
+
+    read: _Read
+    members: dict[str, str]
+    msgs: dict[str, Message]
+
+    def names(self) -> list[str]:
+        return [n for msg in self.msgs.values() for n in (msg.api_key, msg.account)]
+
+    def values(self, codes: dict[str, str]) -> dict[str, bytes] | None:
+        """Each member's folded record, or ``None`` when one cannot fold (raises ValueError for
+        a linkid of another form)."""
+        chunk, reports = Chunk.from_hash(self.read.chunk, mid=self.read.mid), decode(self.read.reports)
+        values = {}
+        for mobile, m in self.members.items():
+            msg = self.msgs[m]
+            if msg.state != MessageState.SENDING or mobile_of(msg.items) not in ("", mobile):
+                return None
+            msg.items = msg.items or mobile  # a planned message's own list is dropped: it is the chunk's
+            report = ReportValue.decode(reports[mobile])
+            values[m] = msg.fold(
+                Folded(chunk.linkid, chunk.submitted_at, report.state, report.code, float(report.at)),
+                (codes[msg.api_key], codes[msg.account]),
+            )
+        return values
+
+    def write(self, pipe: redis.client.Pipeline, values: dict[str, bytes]) -> None:
+        mid, n, life = self.read.mid, self.read.n, max(int(self.read.ttl), 60)
+        chunk = Chunk.from_hash(self.read.chunk, mid=mid)
+        linkids = {chunk.linkid} | _linkids(self.read.history)
+        buckets: dict[str, dict[bytes, bytes]] = {}
+        for m, value in values.items():
+            buckets.setdefault(schema.folded_key(m), {})[schema.folded_field(m)] = value
+        until = int(time.time()) + life  # a bucket lives as long as its longest-lived record
+        for bucket, fields in buckets.items():  # a batch's members were made together: a bucket or two
+            pipe.hset(bucket, mapping=fields)  # type: ignore[arg-type]
+            pipe.expireat(bucket, until, nx=True)
+            pipe.expireat(bucket, until, gt=True)
+        pipe.delete(
+            *(schema.message_key(m) for m in self.members.values()),
+            schema.message_key(mid),
+            schema.chunk_key(mid, n),
+            schema.recipients_key(mid, n),
+            schema.history_key(mid, n),
+            *(schema.report_seen_key(lk) for lk in linkids),
+            *(schema.callback_log_key(m) for m in self.members.values()),  # its counters are in the record
+        )
+        lone = list(self.members.values()) == [mid]
+        for lk in linkids:
+            if lone and linkid_owner(lk) == mid:
+                pipe.delete(schema.linkid_key(lk))  # the linkid names its message (chunks.new_linkid)
+            else:
+                pipe.set(schema.linkid_key(lk), _members_ref(list(self.members.values())), ex=life)
+        pipe.zrem(FOLD, schema.chunk_ref(mid, n))
+        pipe.hincrby(schema.COUNTS, "folded", len(values))
 
 
 def fold(conn: redis.Redis, mid: str, n: int) -> int:
@@ -89,96 +211,89 @@ def fold(conn: redis.Redis, mid: str, n: int) -> int:
     trip on another: a lone message's fold is four round trips (watch, read, its names' codes,
     the transaction), a batch's two more (its members').
     """
-    chunk_k, reports_k, owner_k = schema.chunk_key(mid, n), schema.recipients_key(mid, n), schema.message_key(mid)
-    own_callbacks = schema.callback_queue_key(mid)  # a lone message's (a batch has none of its own)
     with conn.pipeline() as pipe:
         try:
-            pipe.watch(chunk_k, reports_k, owner_k, own_callbacks)
-            # The records live as long as the submission's message: a lone message's own
-            # lifetime, or a batch's, which was made (with the retention) after each of its members
-            # was accepted, so it outlives them all (by their wait in the pool). One TTL a fold.
+            pipe.watch(*_Read.watched(mid, n))
             with conn.pipeline(transaction=False) as reads:
-                reads.hgetall(chunk_k)
-                reads.hgetall(owner_k)
-                reads.hgetall(reports_k)
-                reads.exists(own_callbacks)
-                reads.ttl(owner_k)
-                reads.lrange(schema.history_key(mid, n), 0, -1)
-                raw_chunk, raw_owner, raw_reports, waiting, ttl, history = reads.execute()
-            chunk = Chunk.from_hash(raw_chunk, mid=mid)
-            owner = Message.from_hash(raw_owner, id=mid)
-            members = chunk.members
-            if not members and owner.recipients == 1 and not owner.via and len(chunk.mobiles) == 1:
-                members = {chunk.mobiles[0]: mid}  # a lone message's own submission
-            if chunk.state != "submitted" or n != 0 or owner.chunk_seq != 1 or not members:
+                _Read.queue(reads, mid, n)
+                read = _Read(mid, n, *reads.execute())
+            members = read.members()
+            if members is None:
                 return 0
-            reports = decode(raw_reports)
-            if len(reports) < len(members):
-                return 0  # scheduled again by the last report or the window's end
-            keys = [schema.message_key(m) for m in members.values()]
-            callbacks = [schema.callback_queue_key(m) for m in members.values()]
-            if keys == [owner_k]:
-                found = [raw_owner]  # a lone message: watched and read above
+            if list(members.values()) == [mid]:
+                found, waiting = [read.owner], read.waiting  # a lone message: watched and read above
             else:
-                pipe.watch(*keys, *callbacks)
+                callbacks = [schema.callback_queue_key(m) for m in members.values()]
+                pipe.watch(*(schema.message_key(m) for m in members.values()), *callbacks)
                 with conn.pipeline(transaction=False) as reads:
                     reads.exists(*callbacks)
-                    for key in keys:
-                        reads.hgetall(key)
+                    for m in members.values():
+                        reads.hgetall(schema.message_key(m))
                     waiting, *found = reads.execute()
             if waiting:
                 return LATER
-            msgs = {m: Message.from_hash(raw, id=m) for m, raw in zip(members.values(), found, strict=True)}
-            life = max(int(ttl), 60)
-            values = {}
-            codes = schema.name_codes(conn, [n for msg in msgs.values() for n in (msg.api_key, msg.account)])
-            for mobile, m in members.items():
-                msg = msgs[m]
-                if msg.state != MessageState.SENDING or mobile_of(msg.items) not in ("", mobile):
-                    return 0
-                msg.items = msg.items or mobile  # a planned message's own list is dropped: it is the chunk's
-                report = ReportValue.decode(reports[mobile])
-                values[m] = msg.fold(
-                    Folded(chunk.linkid, chunk.submitted_at, report.state, report.code, float(report.at)),
-                    (codes[msg.api_key], codes[msg.account]),
-                )
+            plan = _Plan(
+                read, members, {m: Message.from_hash(raw, id=m) for m, raw in zip(members.values(), found, strict=True)}
+            )
+            values = plan.values(schema.name_codes(conn, plan.names()))
+            if values is None:
+                return 0
         except redis.WatchError:
             return LATER
         except ValueError:
             return 0  # a linkid of another form: it stays as it is
-        linkids = {chunk.linkid} | _linkids(history)
-        now = time.time()
         pipe.multi()
-        buckets: dict[str, dict[bytes, bytes]] = {}
-        for m, value in values.items():
-            buckets.setdefault(schema.folded_key(m), {})[schema.folded_field(m)] = value
-        until = int(now) + life  # a bucket lives as long as its longest-lived record
-        for bucket, fields in buckets.items():  # a batch's members were made together: a bucket or two
-            pipe.hset(bucket, mapping=fields)  # type: ignore[arg-type]
-            pipe.expireat(bucket, until, nx=True)
-            pipe.expireat(bucket, until, gt=True)
-        pipe.delete(
-            *keys,
-            owner_k,
-            chunk_k,
-            reports_k,
-            schema.history_key(mid, n),
-            *(schema.report_seen_key(lk) for lk in linkids),
-            *(schema.callback_log_key(m) for m in members.values()),  # its counters are in the record
-        )
-        lone = list(members.values()) == [mid]
-        for lk in linkids:
-            if lone and linkid_owner(lk) == mid:
-                pipe.delete(schema.linkid_key(lk))  # the linkid names its message (chunks.new_linkid)
-            else:
-                pipe.set(schema.linkid_key(lk), _members_ref(list(members.values())), ex=life)
-        pipe.zrem(FOLD, schema.chunk_ref(mid, n))
-        pipe.hincrby(schema.COUNTS, "folded", len(values))
+        plan.write(pipe, values)
         try:
             pipe.execute()
         except redis.WatchError:
             return LATER  # something wrote meanwhile: look again later
     return len(values)
+
+
+def fold_lone(conn: redis.Redis, subs: list[tuple[str, int]]) -> list[int]:
+    """Fold lone messages' submissions in one transaction, as :func:`fold` folds one: every
+    record watched, then read in one round trip, their names' codes in one, the writes in one.
+    Returns what :func:`fold` would for each. A write to any of them meanwhile fails the
+    transaction whole: then each is folded on its own."""
+    results: list[int] = []
+    plans: list[tuple[int, _Plan]] = []
+    apart: list[int] = []
+    with conn.pipeline() as pipe:
+        try:
+            pipe.watch(*(key for mid, n in subs for key in _Read.watched(mid, n)))
+            with conn.pipeline(transaction=False) as reads:
+                for mid, n in subs:
+                    _Read.queue(reads, mid, n)
+                got = reads.execute()
+            for i, (mid, n) in enumerate(subs):
+                read = _Read(mid, n, *got[i * _Read.FIELDS : (i + 1) * _Read.FIELDS])
+                members = read.members()
+                if members is not None and list(members.values()) != [mid]:
+                    results.append(0)
+                    apart.append(i)  # a batch after all: folded on its own, after this
+                elif members is None or read.waiting:
+                    results.append(LATER if members is not None else 0)
+                else:
+                    results.append(0)  # until its plan says otherwise
+                    plans.append((i, _Plan(read, members, {mid: Message.from_hash(read.owner, id=mid)})))
+            codes = schema.name_codes(conn, [name for _, plan in plans for name in plan.names()]) if plans else {}
+            pipe.multi()
+            for i, plan in plans:
+                try:
+                    values = plan.values(codes)
+                except ValueError:
+                    continue  # a linkid of another form: it stays as it is
+                if values is not None:
+                    plan.write(pipe, values)
+                    results[i] = len(values)
+            if any(results[i] > 0 for i, _ in plans):
+                pipe.execute()
+        except redis.WatchError:
+            return [fold(conn, mid, n) for mid, n in subs]  # something wrote meanwhile: one by one
+    for i in apart:
+        results[i] = fold(conn, *subs[i])
+    return results
 
 
 def _linkids(history: list[bytes]) -> set[str]:

@@ -341,10 +341,14 @@ def parse_ref(ref: str) -> tuple[str, str, int]:
     return kind, rest, -1
 
 
+#: What a batch message's id starts with.
+BATCH_PREFIX = "b"
+
+
 def new_batch_id() -> str:
     """A batch message (``workers.coalesce``): a message id with ``b`` in front, so no API
     key's id can ever name one."""
-    return "b" + new_message_id()
+    return BATCH_PREFIX + new_message_id()
 
 
 #: 11 hex digits of milliseconds and 12 random ones (a batch has a ``b`` in front).
