@@ -26,8 +26,9 @@ import gateway.messages as messages
 from gateway.api import bp, guard, json_response, request_json
 from gateway.context import runtime
 from gateway.problems import Problem, validation_problem
+from gateway.quotas import quotas
 from gateway.validation import Accepted, MessageRequest, Recipient, check_message, parse_model
-from workers import verify
+from workers import guardrails, verify
 from workers.mobiles import normalise
 from workers.settings import VALID_FOR_MAX
 from workers.storage import schema
@@ -180,30 +181,28 @@ def _send(v: Verification, req: MessageRequest, accepted: Accepted) -> None:
         )
     mid = schema.new_message_id()
     try:
-        guard(accepted, req, settings, mid)
+        caps = guard(accepted, req, settings, mid, defer=True)  # the cap checked inside the accept
         if not accepted.items:
-            reason = accepted.suppressed[0]["reason"] if accepted.suppressed else "suppressed"
-            caps = settings.mobile_caps.get("high") or ((1, 60),)
-            raise Problem(
-                429,
-                "Not Sent",
-                f"the code was not sent to {v.mobile}: {reason} (SMSGW_MOBILE_CAPS_HIGH): resend later",
-                headers={"Retry-After": str(min(seconds for _, seconds in caps))},
-            )
+            raise _not_sent(v, accepted.suppressed[0]["reason"] if accepted.suppressed else "suppressed")
         accepted.items = [f"{v.mobile},{verify.token(v.nonce, v.length)}"]
-        messages.accept(
-            rt,
-            mid,
-            accepted,
-            priority="high",
-            reference=v.reference or None,
-            callback_url=None,
-            key_name=g.api_key.name,
-            chunk_size=settings.accounts[accepted.account].chunk_size,
-            test=g.api_key.test,
-            redact=True,
-            valid_for=req.valid_for,
-        )
+        try:
+            messages.accept(
+                rt,
+                mid,
+                accepted,
+                priority="high",
+                reference=v.reference or None,
+                callback_url=None,
+                key_name=g.api_key.name,
+                chunk_size=settings.accounts[accepted.account].chunk_size,
+                test=g.api_key.test,
+                redact=True,
+                valid_for=req.valid_for,
+                caps=caps,
+            )
+        except messages.Capped:
+            quotas().give_back(g.api_key, accepted.parts)  # nothing was stored: nothing is charged
+            raise _not_sent(v, guardrails.FREQUENCY_CAP) from None
     except messages.NotAccepted:
         verify.give_back_send(conn, v.id)
         raise Problem(503, "Service Unavailable", "storage is unreachable; nothing was sent: retry") from None
@@ -214,6 +213,16 @@ def _send(v: Verification, req: MessageRequest, accepted: Accepted) -> None:
         raise
     v.sends = sends
     verify.note_message(conn, v, mid)
+
+
+def _not_sent(v: Verification, reason: str) -> Problem:
+    caps = runtime().settings.mobile_caps.get("high") or ((1, 60),)
+    return Problem(
+        429,
+        "Not Sent",
+        f"the code was not sent to {v.mobile}: {reason} (SMSGW_MOBILE_CAPS_HIGH): resend later",
+        headers={"Retry-After": str(min(seconds for _, seconds in caps))},
+    )
 
 
 def _message_request(

@@ -264,6 +264,24 @@ def test_a_send_a_cap_suppresses_is_a_429_and_takes_no_send(settings_env, runtim
     assert Verification.load(runtime.conn, vid).sends == 1
 
 
+def test_a_send_over_its_cap_is_checked_inside_its_accept_and_charges_nothing(settings_env, runtime):
+    env = {**settings_env, "SMSGW_MOBILE_CAPS_HIGH": "1/60", "SMSGW_KEY_TESTER_DAILY": "3"}
+    api = create_app(settings_from_env(env)).test_client()
+    assert api.post("/v1/verifications", json={"to": "13700137000"}, headers=AUTH).status_code == 201  # warm
+
+    def evalsha() -> int:
+        return int(runtime.conn.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    before = evalsha()
+    assert api.post("/v1/verifications", json={"to": MOBILE}, headers=AUTH).status_code == 201
+    assert evalsha() - before == 1  # its cap and its accept in one script (they were two)
+    stored = len(list(runtime.conn.scan_iter(match="sg:m:*")))
+    r = api.post("/v1/verifications", json={"to": MOBILE}, headers=AUTH)
+    assert r.status_code == 429 and "frequency_cap" in r.get_json()["detail"]
+    assert len(list(runtime.conn.scan_iter(match="sg:m:*"))) == stored  # nothing stored
+    assert api.get("/v1/usage", headers=AUTH).get_json()["limits"]["daily_parts_left"] == 1  # its part went back
+
+
 def test_a_reported_use_counts_once_and_only_for_the_keys_own_message(api, two_keys, runtime, simulator):
     mid = api.post("/v1/messages", json={"to": [MOBILE], "text": "码 1234", "priority": "high"}, headers=AUTH)
     mid = mid.get_json()["id"]
