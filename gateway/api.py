@@ -158,14 +158,7 @@ def guard(
     mobiles = [mobile_of(item) for item in accepted.items]
     at = accepted.send_at.timestamp() if accepted.send_at else None
     scope = {"account": accepted.account, "priority": req.priority, "ref": mid, "test": test}
-    later = (
-        defer
-        and len(mobiles) == 1
-        and not accepted.send_at
-        and not test
-        and coalesce.pool_for(settings, accepted.account, req.priority, accepted.kind, accepted.text, accepted.items)
-        is not None
-    )
+    later = defer and not accepted.send_at and not test and coalesce.pooled(settings, req.priority, accepted.items)
     suppressed = guardrails.check(runtime().conn, settings, mobiles=mobiles, at=at, caps=not later, **scope)
     if suppressed:
         accepted.suppress({s.index for s in suppressed})

@@ -67,12 +67,13 @@ class Quotas:
             pipe.expire(counter, schema.QUOTA_TTL)
             used, _ = pipe.execute()
         if used > key.daily:
-            self.conn.decrby(counter, parts)  # give it back
+            self.give_back(key, parts, now)
             detail = f"the daily quota of {key.daily} billable parts would be exceeded ({parts} asked)"
             raise _too_many(detail, next_china_midnight(now))
 
     def give_back(self, key: ApiKey, parts: int, now: float | None = None) -> None:
-        """Parts :meth:`take_parts` took for recipients that are then not sent (over a cap)."""
+        """Parts :meth:`take_parts` took for a request it refused, or for recipients then not
+        sent (over a cap)."""
         if key.daily and parts > 0:
             self.conn.decrby(schema.quota_key(key.name, schema.usage_day(time.time() if now is None else now)), parts)
 

@@ -49,6 +49,45 @@ def reads(api, mid: str, headers=AUTH) -> dict:
 MESSAGE_FAMILIES = ("m", "c", "ce", "r", "lk", "rl", "f", "mx", "await", "fold")
 
 
+def racing(conn, mid: str, at: int = 1) -> redis.Redis:
+    """A client on ``conn``'s pool whose ``at``-th pipeline without a transaction (a fold's
+    reads) lets another client write message ``mid`` right after it ran, as a reply's callback
+    would; once."""
+    reads = []
+
+    class Racing(redis.Redis):
+        def pipeline(self, transaction=True, shard_hint=None):
+            pipe = super().pipeline(transaction, shard_hint)
+            if not transaction:
+                run = pipe.execute
+
+                def execute(raise_on_error=True):
+                    out = run(raise_on_error)
+                    reads.append(1)
+                    if len(reads) == at:
+                        conn.hincrby(schema.message_key(mid), schema.Message.field_of("callbacks_sent"), 1)
+                    return out
+
+                pipe.execute = execute  # type: ignore[method-assign]
+            return pipe
+
+    return Racing(connection_pool=conn.connection_pool)
+
+
+@pytest.fixture
+def round_trips(monkeypatch):
+    """Every request sent to Redis from here on (a pipeline is one)."""
+    sent = []
+    real = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        sent.append(command)
+        return real(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    return sent
+
+
 def message_bytes(conn) -> int:
     keys = [k for family in MESSAGE_FAMILIES for k in conn.scan_iter(match=f"sg:{family}:*")]
     return sum(conn.memory_usage(k, samples=0) or 0 for k in [*keys, schema.FOLD])
@@ -211,75 +250,32 @@ def test_a_write_between_the_folds_read_and_its_commit_makes_it_try_again(api, r
     drain(runtime)
     pull_all(runtime)
 
-    reads = []
-
-    class Racing(redis.Redis):
-        """Our Redis client, whose pipelines without a transaction (the fold's reads) let
-        another client write a member right after the members were read (the second)."""
-
-        def pipeline(self, transaction=True, shard_hint=None):
-            pipe = super().pipeline(transaction, shard_hint)
-            if not transaction:
-                run = pipe.execute
-
-                def execute(raise_on_error=True):
-                    out = run(raise_on_error)
-                    reads.append(1)
-                    if len(reads) == 2:
-                        conn.hincrby(schema.message_key(mids[0]), schema.Message.field_of("callbacks_sent"), 1)
-                    return out
-
-                pipe.execute = execute  # type: ignore[method-assign]
-            return pipe
-
     due = time.time() + archive.AFTER + 1
-    assert archive.fold_due(Racing(connection_pool=conn.connection_pool), due) == 0
+    # Written right after the members were read (the second read), when only WATCH can tell.
+    assert archive.fold_due(racing(conn, mids[0], at=2), due) == 0
     [(_, again)] = conn.zrange(schema.FOLD, 0, -1, withscores=True)
     assert conn.exists(schema.message_key(mids[0])) and again > due  # kept live, scheduled again
     assert archive.fold_due(conn, due + archive.AFTER + 1) == 2
     assert api.get(f"/v1/messages/{mids[0]}", headers=AUTH).get_json()["callbacks"]["events_sent"] == 1
 
 
-def test_a_lone_messages_fold_is_four_round_trips_and_gives_way_to_a_write(api, runtime, simulator, monkeypatch):
+def test_a_lone_messages_fold_is_four_round_trips_and_gives_way_to_a_write(api, runtime, simulator, round_trips):
     conn = runtime.conn
     lone = [send(api, {"to": [m], "text": f"您的订单 {m} 已发货"}) for m in ("13800138000", "13900139000")]
     drain(runtime)
     pull_all(runtime)
-    trips = []
-    real = redis.connection.AbstractConnection.send_packed_command
-
-    def counted(self, command, check_health=True):
-        trips.append(command)
-        return real(self, command, check_health)
-
     schema.name_codes(conn, ["default", "tester"])  # handed out once, by the first fold ever
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    round_trips.clear()
     assert archive.fold(conn, lone[0], 0) == 1
-    assert len(trips) == 4  # watch, read, the names' codes, the transaction (were 9)
+    assert len(round_trips) == 4  # watch, read, the names' codes, the transaction (were 9)
 
-    class Racing(redis.Redis):
-        """Writes the message right after the fold's reads ran (a reply's callback, say)."""
-
-        def pipeline(self, transaction=True, shard_hint=None):
-            pipe = super().pipeline(transaction, shard_hint)
-            if not transaction:
-                run = pipe.execute
-
-                def execute(raise_on_error=True):
-                    out = run(raise_on_error)
-                    conn.hincrby(schema.message_key(lone[1]), schema.Message.field_of("callbacks_sent"), 1)
-                    return out
-
-                pipe.execute = execute  # type: ignore[method-assign]
-            return pipe
-
-    assert archive.fold(Racing(connection_pool=conn.connection_pool), lone[1], 0) == archive.LATER
+    assert archive.fold(racing(conn, lone[1]), lone[1], 0) == archive.LATER
     assert conn.exists(schema.message_key(lone[1]))
     assert archive.fold(conn, lone[1], 0) == 1
     assert api.get(f"/v1/messages/{lone[1]}", headers=AUTH).get_json()["callbacks"]["events_sent"] == 1
 
 
-def test_lone_messages_fold_sixteen_to_a_transaction_and_one_by_one_after_a_write(api, runtime, simulator, monkeypatch):
+def test_lone_messages_fold_sixteen_to_a_transaction_and_one_by_one_after_a_write(api, runtime, simulator, round_trips):
     conn = runtime.conn
     mobiles = [f"1380013{i:04d}" for i in range(archive.GROUP + 2)]
     lone = [send(api, {"to": [m], "text": f"您的订单 {m} 已发货"}) for m in mobiles]
@@ -287,42 +283,13 @@ def test_lone_messages_fold_sixteen_to_a_transaction_and_one_by_one_after_a_writ
     pull_all(runtime)
     before = {mid: reads(api, mid) for mid in lone}
     schema.name_codes(conn, ["default", "tester"])
-    trips = []
-    real = redis.connection.AbstractConnection.send_packed_command
-
-    def counted(self, command, check_health=True):
-        trips.append(command)
-        return real(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
-    subs = [(mid, 0) for mid in lone[: archive.GROUP]]
-    assert archive.fold_lone(conn, subs) == [1] * archive.GROUP
-    assert len(trips) == 4  # watch, read, the names' codes, the transaction: for all sixteen
-    monkeypatch.undo()
-
-    written = []
-
-    class Racing(redis.Redis):
-        """Writes one message once, right after the group's reads ran (a reply's callback, say)."""
-
-        def pipeline(self, transaction=True, shard_hint=None):
-            pipe = super().pipeline(transaction, shard_hint)
-            if not transaction:
-                run = pipe.execute
-
-                def execute(raise_on_error=True):
-                    out = run(raise_on_error)
-                    if not written:
-                        field = schema.Message.field_of("callbacks_sent")
-                        written.append(conn.hincrby(schema.message_key(lone[-1]), field, 1))
-                    return out
-
-                pipe.execute = execute  # type: ignore[method-assign]
-            return pipe
+    round_trips.clear()
+    assert archive.fold_lone(conn, [(mid, 0) for mid in lone[: archive.GROUP]]) == [1] * archive.GROUP
+    assert len(round_trips) == 4  # watch, read, the names' codes, the transaction: for all sixteen
 
     # The write fails the group's transaction; each is then folded on its own (each with a read
     # that sees the write), so nothing folds a stale copy.
-    assert archive.fold_lone(Racing(connection_pool=conn.connection_pool), [(mid, 0) for mid in lone[-2:]]) == [1, 1]
+    assert archive.fold_lone(racing(conn, lone[-1]), [(mid, 0) for mid in lone[-2:]]) == [1, 1]
     assert api.get(f"/v1/messages/{lone[-1]}", headers=AUTH).get_json()["callbacks"]["events_sent"] == 1
     assert not any(conn.exists(schema.message_key(mid)) for mid in lone)
     for mid in lone[:-1]:

@@ -127,6 +127,35 @@ def test_a_code_over_its_cap_is_stored_suppressed_and_its_parts_go_back(settings
     assert api.get("/v1/usage", headers=AUTH).get_json()["limits"]["daily_parts_left"] == 0
 
 
+def test_a_cap_handed_to_an_accept_that_makes_no_pool_is_still_checked(runtime):
+    """``messages.accept`` checks a cap it is given even for a send that does not join a pool
+    (here a scheduled one), before it stores anything."""
+    from datetime import UTC, datetime, timedelta
+
+    from gateway import messages
+    from gateway.validation import Accepted
+    from workers import guardrails
+    from workers.storage import schema
+
+    settings = runtime.settings
+    at = datetime.now(UTC) + timedelta(minutes=5)
+
+    def scheduled(mid: str) -> dict:
+        msg = Accepted(kind="t", account="default", text="码 1", items=["13800138000"], duplicates=0, item_parts=[1])
+        msg.send_at = at
+        caps = guardrails.caps_for(
+            settings, account="default", priority="high", mobiles=["13800138000"], ref=mid, at=at.timestamp()
+        )
+        options = {"priority": "high", "reference": None, "callback_url": None, "key_name": "tester"}
+        return messages.accept(runtime, mid, msg, chunk_size=1000, caps=caps, **options)
+
+    assert scheduled(schema.new_message_id())["status"] == "scheduled"
+    second = schema.new_message_id()
+    with pytest.raises(messages.Capped):
+        scheduled(second)
+    assert not runtime.conn.exists(schema.message_key(second))
+
+
 def test_a_request_keeps_its_other_recipients_when_one_is_capped(api, runtime):
     code(api)
     r = api.post(

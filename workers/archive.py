@@ -24,6 +24,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import redis
@@ -128,16 +129,24 @@ class _Read:
 
     FIELDS: ClassVar[int] = 6  # replies :meth:`queue` queues
 
+    @cached_property
+    def submission(self) -> Chunk:
+        return Chunk.from_hash(self.chunk, mid=self.mid)
+
+    @cached_property
+    def reported(self) -> dict[str, str]:
+        return decode(self.reports)
+
     def members(self) -> dict[str, str] | None:
         """Mobile → message of a submission that can fold now, else ``None``."""
-        chunk = Chunk.from_hash(self.chunk, mid=self.mid)
+        chunk = self.submission
         owner = Message.from_hash(self.owner, id=self.mid)
         members = chunk.members
         if not members and owner.recipients == 1 and not owner.via and len(chunk.mobiles) == 1:
             members = {chunk.mobiles[0]: self.mid}  # a lone message's own submission
         if chunk.state != "submitted" or self.n != 0 or owner.chunk_seq != 1 or not members:
             return None
-        if len(decode(self.reports)) < len(members):
+        if len(self.reported) < len(members):
             return None  # scheduled again by the last report or the window's end
         return members
 
@@ -156,7 +165,7 @@ class _Plan:
     def values(self, codes: dict[str, str]) -> dict[str, bytes] | None:
         """Each member's folded record, or ``None`` when one cannot fold (raises ValueError for
         a linkid of another form)."""
-        chunk, reports = Chunk.from_hash(self.read.chunk, mid=self.read.mid), decode(self.read.reports)
+        chunk, reports = self.read.submission, self.read.reported
         values = {}
         for mobile, m in self.members.items():
             msg = self.msgs[m]
@@ -172,7 +181,7 @@ class _Plan:
 
     def write(self, pipe: redis.client.Pipeline, values: dict[str, bytes]) -> None:
         mid, n, life = self.read.mid, self.read.n, max(int(self.read.ttl), 60)
-        chunk = Chunk.from_hash(self.read.chunk, mid=mid)
+        chunk = self.read.submission
         linkids = {chunk.linkid} | _linkids(self.read.history)
         buckets: dict[str, dict[bytes, bytes]] = {}
         for m, value in values.items():

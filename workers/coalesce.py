@@ -80,13 +80,18 @@ def due_at(settings: Settings, priority: str, now: float) -> float:
     return now + settings.coalesce_ms.get(priority, 0) / 1000
 
 
+def pooled(settings: Settings, priority: str, items: Sequence[str]) -> bool:
+    """Whether a send waits in a pool (:func:`pool_for`): one recipient, coalescing on for its
+    priority. ``send_at`` and test keys are the caller's to exclude."""
+    return len(items) == 1 and bool(settings.coalesce_ms.get(priority))
+
+
 def pool_for(
     settings: Settings, account: str, priority: str, kind: str, text: str, items: Sequence[str]
 ) -> tuple[str, str] | None:
-    """The pool a send joins and its entry there, or ``None`` if it is sent on its own (more than
-    one recipient, coalescing off for its priority). ``send_at`` and test keys are the caller's
-    to exclude."""
-    if len(items) != 1 or not settings.coalesce_ms.get(priority):
+    """The pool a send joins and its entry there, or ``None`` if it is sent on its own
+    (:func:`pooled`). ``send_at`` and test keys are the caller's to exclude."""
+    if not pooled(settings, priority, items):
         return None
     item = items[0]
     if kind == "p":

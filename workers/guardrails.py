@@ -133,10 +133,14 @@ def check(
         listed = conn.hmget(schema.suppression_key(optout_scope(settings, account)), mobiles)
         out += [Suppressed(i, mobiles[i], OPTED_OUT) for i, hit in enumerate(listed) if hit is not None]
         live = [i for i, hit in enumerate(listed) if hit is None]
-    scope = [mobiles[i] for i in live]
-    check = caps_for(settings, account=account, priority=priority, mobiles=scope, ref=ref, at=at, test=test, now=now)
-    if caps and check is not None:
-        over = check.run(conn)
+    capped = None
+    if caps:
+        live_mobiles = [mobiles[i] for i in live]
+        capped = caps_for(
+            settings, account=account, priority=priority, mobiles=live_mobiles, ref=ref, at=at, test=test, now=now
+        )
+    if capped is not None:
+        over = capped.run(conn)
         out += [Suppressed(i, mobiles[i], FREQUENCY_CAP) for i, hit in zip(live, over, strict=True) if hit]
     return sorted(out, key=lambda s: s.index)
 
