@@ -67,6 +67,7 @@ CHUNK_EXAMPLE = {
     "reason": None,
     "updated_at": "2026-12-05T02:00:00.412+00:00",
     "possible_duplicates": 0,
+    "unconfirmed": False,
     "history": [{"at": "2026-12-05T02:00:00.301+00:00", "event": "submitting", "attempt": 1}],
 }
 MESSAGE_EXAMPLE = {
@@ -151,6 +152,10 @@ RESPONSES: dict[str, Any] = {
             "reason": STRING_OR_NULL,
             "updated_at": TIME_OR_NULL,
             "possible_duplicates": {"type": "integer", "description": "high only: resent after an ambiguous call"},
+            "unconfirmed": {
+                "type": "boolean",
+                "description": "normal/bulk: an ambiguous call no report confirmed, not resent (may not have gone out)",
+            },
             "history": {"type": "array", "items": {"type": "object"}, "description": "one entry per step, with at"},
             "folded": {"type": "boolean", "description": "kept at rest in compact form: its history is gone"},
         },

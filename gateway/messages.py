@@ -264,6 +264,7 @@ def chunk_view(chunk: Chunk, history: list[bytes]) -> dict[str, Any]:
         "reason": chunk.reason or chunk.hold_reason or None,
         "updated_at": _iso(chunk.updated),
         "possible_duplicates": chunk.possible_duplicates,
+        "unconfirmed": bool(chunk.unconfirmed),
         "history": [_timed(json.loads(h)) for h in history],
     }
 
@@ -300,6 +301,7 @@ def folded_view(msg: Message, sub: Folded) -> dict[str, Any]:
         "reason": None,
         "updated_at": _iso(sub.submitted),
         "possible_duplicates": 0,
+        "unconfirmed": False,
         "history": [],
         "folded": True,
     }

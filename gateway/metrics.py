@@ -118,6 +118,11 @@ class RedisCollector(Collector):
             value=counts.get("possible_duplicates", 0),
         )
         yield CounterMetricFamily(
+            "smsgw_unconfirmed_chunks",
+            "normal/bulk chunks not resent after an ambiguous outcome with no report (may not have gone out)",
+            value=counts.get("unconfirmed", 0),
+        )
+        yield CounterMetricFamily(
             "smsgw_folded_messages",
             "One-recipient messages folded at rest into shared records (workers.archive)",
             value=counts.get("folded", 0),

@@ -200,6 +200,19 @@ def _scheduled(rt: Runtime) -> int:
     return sum(ScheduledJobRegistry(q, connection=rt.conn).count for q in WORKER_QUEUES)
 
 
+def chunks_of(conn: redis.Redis, mid: str) -> list[schema.Chunk]:
+    seq = int(conn.hget(schema.message_key(mid), schema.Message.field_of("chunk_seq")) or 0)
+    return [c for c in (schema.Chunk.load(conn, mid, n) for n in range(seq)) if c is not None]
+
+
+def sent_or_unconfirmed(conn: redis.Redis, sim: SimulatorServer, mids: list[str]) -> list[str]:
+    """Every mobile the provider took, plus those of chunks left unconfirmed: an ambiguous call
+    that no report confirmed is never resent (it may have gone out), so it is accounted for, not
+    lost. The two together are what 'nothing lost, nothing twice' compares."""
+    taken = [m for s in sim_submissions(sim) for m in s["mobiles"]]
+    return taken + [m for mid in mids for c in chunks_of(conn, mid) if c.unconfirmed for m in c.mobiles]
+
+
 def sim_submissions(sim: SimulatorServer) -> list[dict[str, Any]]:
     return requests.get(f"{sim.url}/_sim/submissions", timeout=5).json()
 

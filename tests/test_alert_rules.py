@@ -68,6 +68,12 @@ CASES: dict[str, tuple[dict[str, str], dict[str, str], str, dict[str, str]]] = {
         "15m",
         {},
     ),
+    "SmsgwUnconfirmedChunks": (
+        {"smsgw_unconfirmed_chunks_total": "0+1x20"},
+        {"smsgw_unconfirmed_chunks_total": "4x40"},
+        "15m",
+        {},
+    ),
     "SmsgwReportLag": (
         {"smsgw_report_lag_seconds_sum": "0+7200x60", "smsgw_report_lag_seconds_count": "0+1x60"},
         {"smsgw_report_lag_seconds_sum": "0+60x60", "smsgw_report_lag_seconds_count": "0+1x60"},

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from devkit.redis_server import RedisServer
-from tests.conftest import AUTH, Workers, sim_admin, sim_submissions, wait_for
+from tests.conftest import AUTH, Workers, chunks_of, sent_or_unconfirmed, sim_admin, sim_submissions, wait_for
 from tests.test_workers_real import SENT, send, status
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
@@ -111,9 +111,10 @@ PROVIDER_FAULTS = {
 
 
 @pytest.mark.parametrize("fault", list(PROVIDER_FAULTS))
-def test_provider_faults_with_real_workers(api, simulator, workers, fault):
-    """Each message's first call meets the fault; the provider then behaves. Normal priority:
-    wait for a report, resubmit under a new linkid only if none comes."""
+def test_provider_faults_with_real_workers(api, simulator, workers, runtime, fault):
+    """Each message's first call meets the fault; the provider then behaves. Normal priority
+    waits for a report: one confirms what the provider took; with none the chunk is never sent
+    again (the provider may have it), it ends unconfirmed and counted."""
     body, times = PROVIDER_FAULTS[fault]
     sim_admin(simulator, "fault", endpoint="post_send_md5", times=3 * times, **body)
     workers.env["SMSGW_AMBIGUOUS_WAIT_SECONDS"] = "6"  # the pullers bring the reports well before
@@ -122,7 +123,11 @@ def test_provider_faults_with_real_workers(api, simulator, workers, fault):
     mids = [send(api, {"to": [f"1370013{i:04d}"], "text": f"f{i}"}) for i in range(3)]
     all_final(api, mids)
     assert all(status(api, m)["status"] in SENT for m in mids)
-    exactly(simulator, 3)
+    took = body.get("accept", False)
+    exactly(simulator, 3 if took else 0)
+    chunks = [c for m in mids for c in chunks_of(runtime.conn, m)]
+    assert [c.unconfirmed for c in chunks] == [0 if took else 1] * 3
+    assert sorted(sent_or_unconfirmed(runtime.conn, simulator, mids)) == [f"1370013{i:04d}" for i in range(3)]
 
 
 def test_provider_refuses_connections_until_it_is_back(api, settings_env, redis_conn, tmp_path):
@@ -186,9 +191,10 @@ def test_workers_sigkilled_again_and_again_between_chunks_lose_nothing(api, simu
         victim = workers.start(f"k{round_ + 1}")
     all_final(api, [mid], timeout=120)
     assert status(api, mid)["status"] in SENT
-    mobiles = [m for s in sim_submissions(simulator) for m in s["mobiles"]]
     exactly(simulator, len(sim_submissions(simulator)))  # no linkid twice
-    assert set(mobiles) == {f"1330013{i:04d}" for i in range(40)}
+    # Each mobile reached the provider once, or is in a chunk a kill left unconfirmed (counted).
+    mobiles = sent_or_unconfirmed(runtime.conn, simulator, [mid])
+    assert sorted(mobiles) == [f"1330013{i:04d}" for i in range(40)]
 
 
 def test_a_flood_of_unknown_malformed_and_replayed_pushes_is_bounded_and_counted(api, runtime):

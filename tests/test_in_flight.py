@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import AUTH, sim_admin, sim_submissions, wait_for
+from tests.conftest import AUTH, chunks_of, sent_or_unconfirmed, sim_admin, sim_submissions, wait_for
 from workers.settings import settings_from_env
-from workers.storage.schema import Chunk, Message
+from workers.storage.schema import Message
 
 pytestmark = pytest.mark.slow
 MOBILES = [f"1350000{i:04d}" for i in range(80)]
@@ -67,19 +67,14 @@ def test_a_worker_killed_with_calls_in_flight_loses_nothing_and_sends_no_linkid_
     subs = sim_submissions(simulator)
     linkids = Counter(s["linkid"] for s in subs)
     assert max(linkids.values()) == 1  # no linkid reached the provider twice
-    got = Counter(m for s in subs for m in s["mobiles"])
+    got = Counter(sent_or_unconfirmed(redis_conn, simulator, [mid]))
     assert set(got) == set(MOBILES) and max(got.values()) == 1  # nothing lost; bulk never twice
-    assert all(c.possible_duplicates == 0 for c in _chunks(redis_conn, mid))
-    assert sum(c.state == "submitted" for c in _chunks(redis_conn, mid)) == 8
-
-
-def _chunks(conn, mid: str) -> list[Chunk]:
-    seq = int(conn.hget(f"sg:m:{mid}", Message.field_of("chunk_seq")) or 0)
-    return [c for c in (Chunk.load(conn, mid, n) for n in range(seq)) if c is not None]
+    assert all(c.possible_duplicates == 0 for c in chunks_of(redis_conn, mid))
+    assert sum(c.state == "submitted" for c in chunks_of(redis_conn, mid)) == 8
 
 
 def _submitting(conn, mid: str) -> int:
-    return sum(c.state == "submitting" for c in _chunks(conn, mid))
+    return sum(c.state == "submitting" for c in chunks_of(conn, mid))
 
 
 def _final(conn, mid: str) -> int:

@@ -109,6 +109,7 @@ def test_the_rules_cover_what_operators_page_on():
         "SmsgwBalanceLow",
         "SmsgwQueueStale",
         "SmsgwSendsFailing",
+        "SmsgwUnconfirmedChunks",
         "SmsgwReportLag",
         "SmsgwCallbacksDropped",
         "SmsgwNoLiveWorker",

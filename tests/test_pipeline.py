@@ -64,30 +64,32 @@ def test_replace_separators_opt_in(api, runtime, simulator):
     assert sim_submissions(simulator)[0]["texts"] == ["x，y；z!"]
 
 
-def test_http_errors_never_resend_a_linkid(api, runtime, simulator):
-    """A 503 may hide an accepted submission: each waits for a report, none comes (the
-    simulator refused before processing), so each retry goes under a new linkid."""
+def test_an_http_error_without_a_report_is_never_sent_again(api, runtime, simulator):
+    """A 503 may hide an accepted submission: the chunk waits for a report, none comes (the
+    simulator refused before processing), and a normal chunk is still not sent again, under
+    any linkid: it ends submitted, unconfirmed and counted (only high may deliver twice)."""
     sim_admin(simulator, "fault", endpoint="post_send_md5", mode="http", status=503, times=2)
     mid = send(api, {"to": ["13800138000"], "text": "hi"})
     drain(runtime)
     view = status(api, mid)
     [chunk] = view["chunks"]
-    assert chunk["state"] == "submitted" and chunk["attempts"] == 3
-    assert [s["linkid"] for s in sim_submissions(simulator)] == [chunk["linkid"]]
+    assert chunk["state"] == "submitted" and chunk["attempts"] == 1 and chunk["unconfirmed"] is True
+    assert sim_submissions(simulator) == []
     events = [h["event"] for h in chunk["history"]]
-    assert events.count("no_report_resubmit_new_linkid") == 2 and "retry" not in events
-    assert len({h["linkid"] for h in chunk["history"] if "linkid" in h}) == 3
+    assert events[-2:] == ["awaiting_report", "no_report_not_resent"] and "retry" not in events
+    assert len({h["linkid"] for h in chunk["history"] if "linkid" in h}) == 1
+    assert runtime.conn.hget(schema.COUNTS, "unconfirmed") == b"1"
+    assert "smsgw_unconfirmed_chunks_total 1.0" in api.get("/metrics").get_data(as_text=True)
 
 
-def test_garbage_then_budget_exhausted_fails_with_last_error(api, runtime, simulator):
+def test_a_garbage_answer_is_not_resent_and_keeps_its_error(api, runtime, simulator):
     sim_admin(simulator, "fault", endpoint="post_send_md5", mode="garbage")
     mid = send(api, {"to": ["13800138000"], "text": "hi"})
     drain(runtime)
-    view = status(api, mid)
-    assert view["status"] == "failed"
-    [chunk] = view["chunks"]
-    assert chunk["state"] == "failed" and chunk["attempts"] == runtime.settings.retry_max_attempts
-    assert chunk["error"] == "UnknownAnswer" and "gave up" in chunk["reason"] and "no report" in chunk["reason"]
+    [chunk] = status(api, mid)["chunks"]
+    assert chunk["state"] == "submitted" and chunk["attempts"] == 1
+    assert chunk["error"] == "UnknownAnswer"
+    assert "no_report_not_resent" in [h["event"] for h in chunk["history"]]
     assert sim_submissions(simulator) == []
 
 

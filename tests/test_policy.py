@@ -131,16 +131,19 @@ def test_ambiguous_normal_waits_for_a_report_then_counts_it_accepted(api, short_
     assert "confirmed_by_report" in [h["event"] for h in chunk["history"]]
 
 
-def test_ambiguous_normal_without_report_resubmits_under_a_new_linkid(api, short_wait, simulator):
+def test_ambiguous_normal_without_report_is_never_sent_again(api, short_wait, simulator):
+    """The provider may have taken it and lost the report: a normal chunk is not resent under
+    any linkid. It ends submitted on its one linkid, which stays mapped so a late report counts."""
     runtime = short_wait
-    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="hang", seconds=3, accept=False, times=1)
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="hang", seconds=3, accept=True, times=1)
+    sim_admin(simulator, "config", report_delay=3600)  # its report comes too late
     mid = send(api, {"to": ["13800138000"], "text": "hi"})
     drain(runtime, timeout=30)
     [chunk] = view(api, mid)["chunks"]
     assert chunk["state"] == "submitted"
     events = [h["event"] for h in chunk["history"]]
-    assert "awaiting_report" in events and "no_report_resubmit_new_linkid" in events
-    [sub] = sim_submissions(simulator)
+    assert "awaiting_report" in events and "no_report_not_resent" in events
+    [sub] = sim_submissions(simulator)  # delivered once, never twice
     assert sub["linkid"] == chunk["linkid"]
     assert runtime.conn.get(schema.linkid_key(chunk["linkid"])) == carrier(runtime.conn, mid)
 
@@ -200,17 +203,18 @@ def test_accepted_then_failed_high_resubmits_under_a_new_linkid_and_counts_it(ap
 
 
 @pytest.mark.parametrize("outcome", ["502", "garbage"])
-def test_refused_then_failed_normal_resubmits_once_under_a_new_linkid(api, runtime, simulator, outcome):
-    """The provider did not take it (a proxy's 502): no report comes, so after the wait the
-    chunk goes under a new linkid; the provider sees one submission."""
+def test_refused_then_failed_normal_is_not_resent_and_is_counted(api, runtime, simulator, outcome):
+    """The provider did not take it (a proxy's 502), but smsgw cannot know that: no report
+    comes, and the chunk ends submitted unconfirmed on its first linkid, counted, never resent."""
     sim_admin(simulator, "fault", endpoint="post_send_md5", accept=False, times=1, **ACCEPT_THEN_FAIL[outcome])
     mid = send(api, {"to": ["13800138000"], "text": "hello"})
     drain(runtime, timeout=30)
     [chunk] = view(api, mid)["chunks"]
     events = [h["event"] for h in chunk["history"]]
-    assert "no_report_resubmit_new_linkid" in events
+    assert chunk["state"] == "submitted" and "no_report_not_resent" in events
     first = next(h["linkid"] for h in chunk["history"] if h["event"] == "planned")
-    assert linkids(simulator) == [chunk["linkid"]] and chunk["linkid"] != first
+    assert linkids(simulator) == [] and chunk["linkid"] == first
+    assert runtime.conn.hget(schema.COUNTS, "unconfirmed") == b"1"
 
 
 def test_connection_refused_retries_under_the_same_linkid(redis_server, redis_conn):

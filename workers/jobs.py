@@ -72,7 +72,7 @@ def send_chunks(mid: str, ns: list[int]) -> str:
 
 def check_unconfirmed(mid: str, n: int) -> str:
     rt = current()
-    return lifecycle.settle_unconfirmed(rt.conn, rt.settings, mid, n)
+    return lifecycle.settle_unconfirmed(rt.conn, mid, n)
 
 
 # -- sending -----------------------------------------------------------------------------------
@@ -472,7 +472,7 @@ def handle_ambiguous(rt: Runtime, chunk: Chunk, why: str) -> str:
     none); the old linkid stays mapped, so a report on either counts, and the possible double
     delivery is recorded on the chunk and counted (``smsgw_possible_duplicates_total``).
     Others: wait for a status report on the linkid; :func:`workers.lifecycle.settle_unconfirmed`
-    decides when the wait is over (a report: accepted; none: a new linkid)."""
+    decides when the wait is over (a report: accepted; none: never sent again, counted)."""
     conn, settings = rt.conn, rt.settings
     mid, n = chunk.mid, chunk.n
     if chunk.priority == "high":
@@ -522,5 +522,5 @@ def handle_ambiguous(rt: Runtime, chunk: Chunk, why: str) -> str:
     )
     if conn.exists(schema.report_seen_key(chunk.linkid)):
         # A report already came while the chunk sat in 'submitting'.
-        return lifecycle.settle_unconfirmed(conn, settings, mid, n)
+        return lifecycle.settle_unconfirmed(conn, mid, n)
     return "unconfirmed"

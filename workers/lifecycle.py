@@ -919,33 +919,38 @@ def latest_failures(conn: redis.Redis, limit: int) -> list[dict[str, Any]]:
 # -- the ambiguous path -----------------------------------------------------------------------
 
 
-def settle_unconfirmed(conn: redis.Redis, settings: Settings, mid: str, n: int) -> str:
-    """The wait for a report on an ambiguous linkid is over (or a report came): a report means
-    the provider accepted it; none means it did not, and the chunk goes again under a new
-    linkid (the old one stays mapped, so a late report on it still counts)."""
+def settle_unconfirmed(conn: redis.Redis, mid: str, n: int) -> str:
+    """The wait for a report on an ambiguous linkid is over (or a report came).
+
+    A report means the provider accepted it. None proves nothing: the provider may have taken
+    the chunk and lost or delayed its report, so a ``normal`` or ``bulk`` chunk is never sent
+    again (only ``high`` may deliver twice, and counts it). It ends ``submitted`` on its linkid
+    unconfirmed, is counted (``smsgw_unconfirmed_chunks_total``), and its recipients become
+    ``unknown`` when the report window closes, unless a late report on the linkid says more."""
     chunk = Chunk.load(conn, mid, n)
     if chunk is None or chunk.state != UNCONFIRMED:
         return chunk.state if chunk is not None else "missing"
-    old = chunk.linkid
-    if conn.exists(schema.report_seen_key(old)):
-        mark_submitted(conn, mid, n, from_states={UNCONFIRMED}, linkid=old, event="confirmed_by_report")
+    linkid = chunk.linkid
+    if conn.exists(schema.report_seen_key(linkid)):
+        mark_submitted(conn, mid, n, from_states={UNCONFIRMED}, linkid=linkid, event="confirmed_by_report")
         return "submitted"
-    if chunk.attempts >= settings.retry_max_attempts:
-        reason = f"gave up after {chunk.attempts} attempts: no report on any of its linkids"
-        return fail(conn, settings, chunk, reason, {})
-    fresh = new_linkid(mid)
-    ttl = schema.ttl_of(conn, schema.chunk_key(mid, n), settings.retention_seconds)
-    if enqueue_next(
+
+    def count(pipe: Pipeline, _: Chunk) -> None:
+        pipe.hincrby(schema.COUNTS, "unconfirmed", 1)
+
+    if mark_submitted(
         conn,
-        settings,
         mid,
         n,
         from_states={UNCONFIRMED},
-        updates={"linkid": fresh},
-        event="no_report_resubmit_new_linkid",
-        old_linkid=old,
-        linkid=fresh,
-        extra=lambda pipe: pipe.set(schema.linkid_key(fresh), f"{mid}:{n}", ex=ttl),
+        linkid=linkid,
+        event="no_report_not_resent",
+        updates={"unconfirmed": 1},
+        then=count,
     ):
-        return "resubmitted"
+        log.warning(
+            "no report on an ambiguous submission: not resent, it may or may not have gone out",
+            extra={"message_id": mid, "chunk": n, "linkid": linkid},
+        )
+        return "unconfirmed"
     return "raced"

@@ -199,7 +199,7 @@ def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | N
         _, (state, submitted, items, mids, account) = pipe.execute()
     if state == lifecycle.UNCONFIRMED.encode():
         # A report proves the ambiguous submission was accepted.
-        lifecycle.settle_unconfirmed(conn, rt.settings, mid, n)
+        lifecycle.settle_unconfirmed(conn, mid, n)
     chunk = Chunk(items=(items or b"").decode(), mids=(mids or b"").decode())
     members = chunk.members
     at, size, name = float(submitted or 0), len(chunk.mobiles), (account or b"").decode()

@@ -758,6 +758,7 @@ class Chunk(Record):
     submitted_at: float = _h("sub", 0.0)
     split_from: int = _h("from", -1)
     possible_duplicates: int = _h("pdup", 0)  # high: resubmitted after an ambiguous outcome
+    unconfirmed: int = _h("unc", 0)  # normal/bulk: an ambiguous call no report confirmed, not resent
     redact: int = _h("rd", 0)  # its message's texts go once every chunk is final (2: every member's)
     valid_until: float = _h("vu", 0.0)  # never submitted after this (0: no limit); a batch's: its earliest member's
     api_key: str = _h("key")  # the key that sent its message (for the day's usage counters)
