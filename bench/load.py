@@ -236,7 +236,8 @@ class Run:
     accept_rps: float
     p50_ms: float
     p99_ms: float
-    to_provider_rps: float
+    to_provider_rps: float  # by when each request reached the provider
+    answered_rps: float  # by when the provider answered it (the simulator's latency later)
     e2e_p50_s: float
     e2e_p99_s: float
     calls: int
@@ -262,7 +263,12 @@ def burst(
     s: Stack, port: int, bodies: list[tuple[str, dict[str, object]]], timeout: float = 600, keep: bool = False
 ) -> Run:
     """POST every body, then wait until the simulator holds every mobile; one row of figures.
-    ``keep``: leave the simulator's earlier submissions (a campaign under way)."""
+    ``keep``: leave the simulator's earlier submissions (a campaign under way).
+
+    A code reaches the provider when its request arrives there (the simulator's ``received``),
+    not when the provider answers it 100 ms later: that latency is the provider's, and on a
+    short burst its fixed tail would make a faster door look like a slower pipeline. The
+    rate by the answers is kept beside it."""
     if not keep:
         s.reset()
     posted = drive(port, bodies)
@@ -273,7 +279,7 @@ def burst(
     deadline = time.monotonic() + timeout
     while True:
         subs = s.submissions()
-        seen = {m: float(sub["at"]) for sub in subs for m in sub["mobiles"]}
+        seen = {m: float(sub["received"]) for sub in subs for m in sub["mobiles"]}
         if wanted <= seen.keys():
             break
         if time.monotonic() > deadline:
@@ -287,6 +293,7 @@ def burst(
         p50_ms=pct([p.seconds for p in posted], 0.5) * 1000,
         p99_ms=pct([p.seconds for p in posted], 0.99) * 1000,
         to_provider_rps=len(posted) / (max(seen[m] for m in wanted) - first),
+        answered_rps=len(posted) / (max(float(sub["at"]) for sub in subs if wanted & set(sub["mobiles"])) - first),
         e2e_p50_s=pct(e2e, 0.5),
         e2e_p99_s=pct(e2e, 0.99),
         calls=len(subs),
@@ -397,7 +404,7 @@ def door(
     assert all(p.status == ok for p in posted), {p.status for p in posted}
     first, last = min(p.started for p in posted), max(p.started + p.seconds for p in posted)
     latencies = [p.seconds for p in posted]
-    return Run(len(posted) / (last - first), pct(latencies, 0.5) * 1000, pct(latencies, 0.99) * 1000, 0, 0, 0, 0)
+    return Run(len(posted) / (last - first), pct(latencies, 0.5) * 1000, pct(latencies, 0.99) * 1000, 0, 0, 0, 0, 0)
 
 
 def accept_only(s: Stack, start: str, bodies: list[tuple[str, dict[str, object]]], api: int = 1) -> Run:
@@ -543,7 +550,8 @@ def main() -> None:
             f"{template.to_provider_rps:.0f}",
             f"{plain.to_provider_rps:.1f}",
             f"{template.to_provider_rps / plain.to_provider_rps:.0f}x plain (>= 15x); "
-            f"{template.to_provider_rps / template.accept_rps:.2f}x own accept (>= 0.9x)",
+            f"{template.to_provider_rps / template.accept_rps:.2f}x own accept (>= 0.9x; "
+            f"{template.answered_rps / template.accept_rps:.2f}x by the provider's answers)",
         ),
         (
             "OTP template burst: POST → provider p50 / p99, s",
@@ -557,7 +565,8 @@ def main() -> None:
             f"{texts.to_provider_rps:.0f}",
             f"{plain.to_provider_rps:.1f}",
             f"{texts.to_provider_rps / plain.to_provider_rps:.0f}x plain (>= 15x); "
-            f"{texts.to_provider_rps / texts.accept_rps:.2f}x own accept (>= 0.9x)",
+            f"{texts.to_provider_rps / texts.accept_rps:.2f}x own accept (>= 0.9x; "
+            f"{texts.answered_rps / texts.accept_rps:.2f}x by the provider's answers)",
         ),
         (
             "OTP plain texts: POST → provider p50 / p99, s",

@@ -90,7 +90,8 @@ class Submission:
     mobiles: list[str]
     texts: list[str]
     dtime: str
-    at: float
+    at: float  # when the provider took it: after any latency it was told to add
+    received: float = 0.0  # when the request reached the provider, before that latency
 
 
 @dataclass
@@ -212,6 +213,7 @@ def create_simulator_app(state: SimState) -> Flask:
 
     @app.route(f"{API_PREFIX}/<name>/", methods=["GET", "POST"])
     def api(name: str) -> Response:
+        request.environ["sim.received"] = time.time()
         with state.lock:
             state.calls[name] += 1
         fault = take_fault(name)
@@ -288,7 +290,8 @@ def create_simulator_app(state: SimState) -> Flask:
             if state.balance < len(mobiles):
                 return code(2)
             state.balance -= len(mobiles)
-            state.submissions.append(Submission(name, linkid, mobiles, texts, dtime, time.time()))
+            received = request.environ.get("sim.received", 0.0)
+            state.submissions.append(Submission(name, linkid, mobiles, texts, dtime, time.time(), received))
             state.linkids[linkid] += 1
             ready = time.time() + state.report_delay
             # Once per submission (per recipient it was a third of this call's CPU), and the time the

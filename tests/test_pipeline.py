@@ -163,3 +163,12 @@ def test_requeued_job_of_a_submitted_chunk_sends_nothing(api, runtime, simulator
     runtime.queue("normal").enqueue_job(job)  # what an operator's requeue does
     drain(runtime)
     assert len(sim_submissions(simulator)) == 1
+
+
+def test_the_simulator_says_when_a_call_arrived_and_when_it_was_taken(api, runtime, simulator):
+    """The benchmarks time 'reaches the provider' by arrival: the latency is the provider's."""
+    sim_admin(simulator, "fault", endpoint="post_send_md5", mode="latency", seconds=0.3, times=1)
+    send(api, {"to": ["13800138000"], "text": "hi"})
+    drain(runtime)
+    [sub] = sim_submissions(simulator)
+    assert 0.3 <= sub["at"] - sub["received"] < 1.0
