@@ -144,7 +144,8 @@ def accept(
     try:
         if pool is not None:
             # One script, one round trip: the fence and the cap are checked inside it.
-            if (size := int(scripts.ACCEPT(conn, **arguments))) == CAPPED:
+            # Sent with the process's other accepts of the moment (workers.storage.batched).
+            if (size := int(rt.batched(scripts.ACCEPT)(conn, **arguments))) == CAPPED:
                 raise Capped(mid)
             if size < 0:
                 raise redis.WatchError("the accept's fence was set first")

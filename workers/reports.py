@@ -66,7 +66,7 @@ def receive(rt: Runtime, items: list[dict[str, str]], ttl: int = schema.PUSH_SEE
     for item in items:
         entry = json.dumps({"src": "push", **item}, ensure_ascii=False)
         new += int(
-            scripts.RECEIVE_PUSH(
+            rt.batched(scripts.RECEIVE_PUSH)(
                 # 64 bits of the identity: a marker lives an hour, too short for a collision to matter.
                 conn,
                 seen=schema.push_seen_key(item_id(item)[:16]),

@@ -44,6 +44,13 @@ class Script:
             return client.eval(self.source, len(keys), *keys, *args)
         return self._script(keys=keys, args=args, client=client)
 
+    def queue(self, pipe: redis.client.Pipeline, **named: Any) -> None:
+        """Queue a call by EVALSHA alone, with no SCRIPT EXISTS before the pipeline: its answer
+        is a ``NoScriptError`` when the server does not hold the script yet (a restart, a new
+        server), and the caller runs that call again through the script, which loads it."""
+        keys, args = _ordered(self.keys, named), _ordered(self.args, named)
+        pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+
     def batch(self, pipe: redis.client.Pipeline, **named: Any) -> None:
         """Queue a call by EVALSHA in a pipeline of many calls: redis-py checks SCRIPT EXISTS
         once a pipeline, which hundreds of calls share (a pipeline of one would pay it: use the
