@@ -60,6 +60,20 @@ def redis_conn(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every request sent to Redis from here on (a pipeline is one)."""
+    sent: list[Any] = []
+    real = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> Any:
+        sent.append(command)
+        return real(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    return sent
+
+
+@pytest.fixture
 def simulator() -> Iterator[SimulatorServer]:
     server = SimulatorServer(SimState(uid="test", password="s3cret+%pass")).start()
     yield server

@@ -74,20 +74,6 @@ def racing(conn, mid: str, at: int = 1) -> redis.Redis:
     return Racing(connection_pool=conn.connection_pool)
 
 
-@pytest.fixture
-def round_trips(monkeypatch):
-    """Every request sent to Redis from here on (a pipeline is one)."""
-    sent = []
-    real = redis.connection.AbstractConnection.send_packed_command
-
-    def counted(self, command, check_health=True):
-        sent.append(command)
-        return real(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
-    return sent
-
-
 def message_bytes(conn) -> int:
     keys = [k for family in MESSAGE_FAMILIES for k in conn.scan_iter(match=f"sg:{family}:*")]
     return sum(conn.memory_usage(k, samples=0) or 0 for k in [*keys, schema.FOLD])

@@ -328,3 +328,32 @@ def test_a_push_marker_is_short_and_lives_a_day_not_the_retention(runtime):
     [key] = [k for k in redis_conn.scan_iter(match="sg:pu:*")]
     assert len(key) == len("sg:pu:") + 16 and 0 < redis_conn.ttl(key) <= schema.PUSH_SEEN_TTL == 3600
     assert redis_conn.llen(schema.INBOX) == 1 and redis_conn.hget(schema.COUNTS, "push_replayed") == b"1"
+
+
+def test_a_batch_of_reports_takes_a_few_round_trips_not_a_few_each(api, runtime, simulator, round_trips, monkeypatch):
+    """What each report names is looked up for the whole batch, and the chunks it completes
+    leave their waits together: eleven reports take a few round trips, not a few each (counts
+    written once a second, as deployed)."""
+    from tests.conftest import sim_submissions
+    from workers.tally import Tally
+
+    monkeypatch.setattr(runtime, "tally", Tally(runtime.conn, 3600))
+
+    mids = [send(api, {"to": [f"1380000{i:04d}"], "text": f"订单 {i} 已发货"}) for i in range(12)]
+    drain(runtime)
+    subs = sim_submissions(simulator)
+    assert len(subs) == 12  # each its own submission and linkid
+
+    def pushed(sub):
+        return {"kind": "rpt", "mobile": sub["mobiles"][0], "linkid": sub["linkid"], "status": "DELIVRD", "time": ""}
+
+    reports.receive(runtime, [pushed(subs[0])])
+    assert reports.ingest(runtime) == 1  # the scripts are loaded
+    reports.receive(runtime, [pushed(sub) for sub in subs[1:]])
+    round_trips.clear()
+    assert reports.ingest(runtime) == 11
+    # The inbox's read and trim, the linkids, the chunks, the merges (with redis-py's SCRIPT
+    # EXISTS) and the waits left: three round trips a report before.
+    assert len(round_trips) <= 7
+    runtime.tally.flush()
+    assert all(view(api, mid)["status"] == "delivered" for mid in mids)

@@ -18,10 +18,12 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from workers import archive, guardrails, lifecycle, routes
 from workers import provider as p
@@ -96,30 +98,31 @@ def ingest(rt: Runtime, batch: int = BATCH) -> int:
     # round trip costs Redis more than the merge itself (issue 24). In order, so two reports of
     # one recipient merge as they would one by one.
     pending: list[_Pending] = []
+    items: list[dict[str, str]] = []
     for raw in raw_entries:
         entry = json.loads(raw)
-        if entry["src"] == "pull":
-            items = []
-            for line in entry["raw"].splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    item = _parse_line(entry["kind"], line)
-                except p.ParseError as e:
-                    _dead(conn, line, e.reason, entry)
-                    continue
-                item["account"] = entry["account"]
-                items.append(item)
-        else:
-            items = [entry]
-        for item in items:
-            if item.get("kind") == "mo":
-                applied += _apply_reply(rt, item)
-            elif (ready := _prepare_report(rt, item, cache)) is not None:
-                pending.append(ready)
-            if len(pending) >= MERGE_BATCH:
-                applied += _merge_pending(rt, pending)
-                pending = []
+        if entry["src"] != "pull":
+            items.append(entry)
+            continue
+        for line in entry["raw"].splitlines():
+            if not line.strip():
+                continue
+            try:
+                item = _parse_line(entry["kind"], line)
+            except p.ParseError as e:
+                _dead(conn, line, e.reason, entry)
+                continue
+            item["account"] = entry["account"]
+            items.append(item)
+    _look_up(rt, (item.get("linkid", "") for item in items if item.get("kind") != "mo"), cache)
+    for item in items:
+        if item.get("kind") == "mo":
+            applied += _apply_reply(rt, item)
+        elif (ready := _prepare_report(rt, item, cache)) is not None:
+            pending.append(ready)
+        if len(pending) >= MERGE_BATCH:
+            applied += _merge_pending(rt, pending)
+            pending = []
     applied += _merge_pending(rt, pending)
     if raw_entries:
         conn.ltrim(INBOX, len(raw_entries), -1)
@@ -180,31 +183,49 @@ def chunk_of(conn: redis.Redis, linkid: str, ref: str | None = None) -> tuple[st
 
 
 def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | None:
-    if linkid in cache:
-        return cache[linkid]
+    if linkid not in cache:
+        _look_up(rt, [linkid], cache)
+    return cache[linkid]
+
+
+_SENT_FIELDS = tuple(Chunk.field_of(f) for f in ("state", "submitted_at", "items", "mids", "account"))
+
+
+def _look_up(rt: Runtime, linkids: Iterable[str], cache: dict[str, _Sent | None]) -> None:
+    """What each linkid names, into ``cache``, in two round trips for the whole batch, where
+    each linkid took two of its own (a round trip costs Redis more than the reads).
+    Marks each live one reported, and settles a chunk that waited for this report."""
     conn = rt.conn
-    ref = linkid_ref(conn, linkid)
-    found = chunk_of(conn, linkid, ref) if ref is not None else None
-    if found is None:
+    todo = [linkid for linkid in dict.fromkeys(linkids) if linkid not in cache]
+    if not todo:
+        return
+    named = [linkid for linkid in todo if linkid]  # a report with no linkid names nothing
+    refs = dict(zip(named, conn.mget([schema.linkid_key(linkid) for linkid in named]), strict=True)) if named else {}
+    live: list[tuple[str, tuple[str, int]]] = []
+    for linkid in todo:
+        ref = refs[linkid].decode() if refs.get(linkid) else None
+        found = chunk_of(conn, linkid, ref) if ref is not None else None
+        if found is not None:
+            live.append((linkid, found))
+            continue
         # A folded lone message keeps no record of its linkid: the linkid names it.
-        lone = ref is None and archive.is_folded(conn, linkid_owner(linkid))
+        lone = ref is None and bool(linkid) and archive.is_folded(conn, linkid_owner(linkid))
         folded = lone or (ref is not None and archive.members(ref) is not None)
         cache[linkid] = _Sent("", 0, 0.0, {}, folded=True) if folded else None
-        return cache[linkid]
-    mid, n = found
+    if not live:
+        return
     with conn.pipeline(transaction=False) as pipe:
-        pipe.set(schema.report_seen_key(linkid), 1, ex=rt.settings.retention_seconds)
-        fields = ("state", "submitted_at", "items", "mids", "account")
-        pipe.hmget(schema.chunk_key(mid, n), *(Chunk.field_of(f) for f in fields))
-        _, (state, submitted, items, mids, account) = pipe.execute()
-    if state == lifecycle.UNCONFIRMED.encode():
-        # A report proves the ambiguous submission was accepted.
-        lifecycle.settle_unconfirmed(conn, mid, n)
-    chunk = Chunk(items=(items or b"").decode(), mids=(mids or b"").decode())
-    members = chunk.members
-    at, size, name = float(submitted or 0), len(chunk.mobiles), (account or b"").decode()
-    cache[linkid] = _Sent(mid, n, at, members, name, size)
-    return cache[linkid]
+        for linkid, (mid, n) in live:
+            pipe.set(schema.report_seen_key(linkid), 1, ex=rt.settings.retention_seconds)
+            pipe.hmget(schema.chunk_key(mid, n), *_SENT_FIELDS)
+        rows = pipe.execute()[1::2]
+    for (linkid, (mid, n)), (state, submitted, items, mids, account) in zip(live, rows, strict=True):
+        if state == lifecycle.UNCONFIRMED.encode():
+            # A report proves the ambiguous submission was accepted.
+            lifecycle.settle_unconfirmed(conn, mid, n)
+        chunk = Chunk(items=(items or b"").decode(), mids=(mids or b"").decode())
+        at, size, name = float(submitted or 0), len(chunk.mobiles), (account or b"").decode()
+        cache[linkid] = _Sent(mid, n, at, chunk.members, name, size)
 
 
 def apply_item(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | None] | None = None) -> int:
@@ -272,13 +293,15 @@ def _merge_pending(rt: Runtime, pending: list[_Pending]) -> int:
             for ready in pending:
                 scripts.MERGE_REPORT.batch(pipe, **ready.merge_args(rt))
             outs = pipe.execute()
-    for ready, out in zip(pending, outs, strict=True):
-        merged = _merged(rt, out, ready.report, submitted=ready.sent.submitted, is_report=True, usage=True)
-        _after_merge(rt, ready, merged.result, merged.callback)
+    with rt.conn.pipeline(transaction=False) as done:
+        for ready, out in zip(pending, outs, strict=True):
+            merged = _merged(rt, out, ready.report, submitted=ready.sent.submitted, is_report=True, usage=True)
+            _after_merge(rt, done, ready, merged.result, merged.callback)
+        done.execute()  # the chunks whose reports are all in, in one round trip
     return len(pending)
 
 
-def _after_merge(rt: Runtime, ready: _Pending, changed: int, callback: bool) -> None:
+def _after_merge(rt: Runtime, done: Pipeline, ready: _Pending, changed: int, callback: bool) -> None:
     conn, sent, ts = rt.conn, ready.sent, ready.ts
     if changed and sent.account in rt.settings.failover_accounts and sent.submitted:
         routes.count_report(conn, rt.settings, sent.account, ts - sent.submitted, time.time())
@@ -286,10 +309,8 @@ def _after_merge(rt: Runtime, ready: _Pending, changed: int, callback: bool) -> 
         # Every recipient has reported: nothing is left to wait for. The chunk leaves the report
         # wait now, not at the window's end (72 h): the pullers go back to their interval, and
         # a one-recipient message no longer holds a wait entry for three days.
-        with conn.pipeline(transaction=False) as pipe:
-            pipe.zrem(schema.awaiting_key(sent.account), schema.chunk_ref(sent.mid, sent.n))
-            archive.schedule(pipe, sent.mid, sent.n, time.time() + archive.AFTER)
-            pipe.execute()
+        done.zrem(schema.awaiting_key(sent.account), schema.chunk_ref(sent.mid, sent.n))
+        archive.schedule(done, sent.mid, sent.n, time.time() + archive.AFTER)
     if changed and callback:
         queue_event(
             rt,
