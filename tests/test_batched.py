@@ -10,7 +10,7 @@ from typing import Any
 import redis
 
 from workers.storage import scripts
-from workers.storage.batched import Batched
+from workers.storage.batched import Batched, _Call
 
 PUSHES = 200
 
@@ -106,3 +106,22 @@ def test_a_process_s_concurrent_codes_share_their_accepts_round_trips(app):
     assert together(40, post) == [202] * 40
     with app.app_context():
         assert 0 < runtime().batched(scripts.ACCEPT).batches < 40
+
+
+def test_a_caller_that_stops_waiting_passes_its_turn_on(redis_conn):
+    """A waiting caller killed (a greenlet's kill, a timeout) just as the turn came to it must
+    not leave the callers behind it waiting for ever."""
+    batched = Batched(scripts.RECEIVE_PUSH)
+    gone = _Call({})
+    batched._waiting.append(gone)
+    batched._busy = True  # a batch is under way; `gone` waits for its turn
+    answers: list[Any] = []
+    behind = threading.Thread(target=lambda: answers.append(push(batched, redis_conn, 7)), daemon=True)
+    behind.start()
+    while len(batched._waiting) < 2:
+        threading.Event().wait(0.01)
+    batched._pass_turn()  # the batch is done: the turn goes to `gone`, first in line
+    assert gone.lead
+    batched._abandon(gone)  # what its wait's exception does
+    behind.join(5)
+    assert answers == [1] and not batched._busy and not batched._waiting

@@ -30,7 +30,7 @@ _UNSET: Any = object()
 MAX_BATCH = 64
 
 
-@dataclass
+@dataclass(eq=False)  # one caller is itself only: two calls with the same arguments are two
 class _Call:
     named: dict[str, Any]
     done: threading.Event = field(default_factory=threading.Event)
@@ -59,7 +59,11 @@ class Batched:
             self._waiting.append(call)
             lead, self._busy = not self._busy, True
         if not lead:
-            call.done.wait()
+            try:
+                call.done.wait()
+            except BaseException:  # killed while waiting (a greenlet's kill, a timeout)
+                self._abandon(call)
+                raise
             lead = call.lead
         if lead:
             # The turn is this caller's: it is first in line, so its call is in the batch.
@@ -80,12 +84,28 @@ class Batched:
                 if call.result is _UNSET and call.error is None:  # interrupted (a timeout's kill)
                     call.error = redis.ConnectionError("interrupted before Redis answered")
                 call.done.set()
-            with self._lock:
-                following = self._waiting[0] if self._waiting else None
-                self._busy = following is not None
+            self._pass_turn()
+
+    def _pass_turn(self) -> None:
+        """The next waiting caller sends next; with none waiting, the next to come sends."""
+        with self._lock:
+            following = self._waiting[0] if self._waiting else None
+            self._busy = following is not None
             if following is not None:
                 following.lead = True
-                following.done.set()
+        if following is not None:
+            following.done.set()
+
+    def _abandon(self, call: _Call) -> None:
+        """A caller that stops waiting leaves the line; if the turn had just been passed to it,
+        it passes it on, so the callers behind it are never left waiting for a dead one."""
+        with self._lock:
+            queued = call in self._waiting
+            if queued:
+                self._waiting.remove(call)
+            had_turn = queued and call.lead
+        if had_turn:
+            self._pass_turn()
 
     def _answer(self, conn: redis.Redis, batch: list[_Call]) -> None:
         self.batches += 1
