@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from workers.storage import scripts
 from workers.storage.batched import Batched, _Call
@@ -87,7 +89,7 @@ def test_an_error_reaches_its_own_caller_only(redis_conn):
 
 def test_a_connection_error_fails_every_call_of_its_batch_and_the_next_caller_goes_on(redis_conn):
     batched = Batched(scripts.RECEIVE_PUSH)
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    dead = redis.Redis(unix_socket_path="/nonexistent/redis.sock", retry=Retry(NoBackoff(), 0))
     answers = together(10, lambda i: push(batched, dead, i))
     assert all(isinstance(a, redis.ConnectionError) for a in answers)
     assert push(batched, redis_conn, 1) == 1  # nothing was left holding the turn
