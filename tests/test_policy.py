@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import AUTH, carrier, drain, sim_admin, sim_submissions
-from workers import accounts, lifecycle, maintenance
+from workers import accounts, lifecycle, maintenance, reports
 from workers import provider as p
 from workers.policy import POLICY, Action, backoff, classify
 from workers.storage import schema
@@ -144,8 +144,17 @@ def test_ambiguous_normal_without_report_is_never_sent_again(api, short_wait, si
     events = [h["event"] for h in chunk["history"]]
     assert "awaiting_report" in events and "no_report_not_resent" in events
     [sub] = sim_submissions(simulator)  # delivered once, never twice
-    assert sub["linkid"] == chunk["linkid"]
+    assert sub["linkid"] == chunk["linkid"] and chunk["unconfirmed"] is True
     assert runtime.conn.get(schema.linkid_key(chunk["linkid"])) == carrier(runtime.conn, mid)
+
+    # Its report comes late after all: the linkid still names it, and it is unconfirmed no more.
+    report = {"kind": "rpt", "mobile": "13800138000", "linkid": sub["linkid"], "status": "DELIVRD", "time": ""}
+    reports.receive(runtime, [report])
+    reports.ingest(runtime)
+    later = view(api, mid)
+    assert later["status"] == "delivered" and later["chunks"][0]["unconfirmed"] is False
+    assert "confirmed_by_late_report" in [h["event"] for h in later["chunks"][0]["history"]]
+    assert runtime.conn.hget(schema.COUNTS, "unconfirmed") == b"1"  # the wait did end without one
 
 
 def test_rate_limit_is_shared_through_redis(runtime):

@@ -954,3 +954,13 @@ def settle_unconfirmed(conn: redis.Redis, mid: str, n: int) -> str:
         )
         return "unconfirmed"
     return "raced"
+
+
+def confirm_late(conn: redis.Redis, mid: str, n: int, linkid: str) -> None:
+    """A report came on a chunk that had ended its wait unconfirmed: the provider did take it.
+    The chunk no longer says unconfirmed (the count of chunks that ended so stays: it counts
+    waits that ended without a report)."""
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hdel(schema.chunk_key(mid, n), Chunk.field_of("unconfirmed"))
+        append_history(pipe, mid, n, "confirmed_by_late_report", linkid=linkid)
+        pipe.execute()

@@ -188,7 +188,7 @@ def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | N
     return cache[linkid]
 
 
-_SENT_FIELDS = tuple(Chunk.field_of(f) for f in ("state", "submitted_at", "items", "mids", "account"))
+_SENT_FIELDS = tuple(Chunk.field_of(f) for f in ("state", "submitted_at", "items", "mids", "account", "unconfirmed"))
 
 
 def _look_up(rt: Runtime, linkids: Iterable[str], cache: dict[str, _Sent | None]) -> None:
@@ -219,10 +219,12 @@ def _look_up(rt: Runtime, linkids: Iterable[str], cache: dict[str, _Sent | None]
             pipe.set(schema.report_seen_key(linkid), 1, ex=rt.settings.retention_seconds)
             pipe.hmget(schema.chunk_key(mid, n), *_SENT_FIELDS)
         rows = pipe.execute()[1::2]
-    for (linkid, (mid, n)), (state, submitted, items, mids, account) in zip(live, rows, strict=True):
+    for (linkid, (mid, n)), (state, submitted, items, mids, account, unconfirmed) in zip(live, rows, strict=True):
         if state == lifecycle.UNCONFIRMED.encode():
             # A report proves the ambiguous submission was accepted.
             lifecycle.settle_unconfirmed(conn, mid, n)
+        elif unconfirmed == b"1":
+            lifecycle.confirm_late(conn, mid, n, linkid)
         chunk = Chunk(items=(items or b"").decode(), mids=(mids or b"").decode())
         at, size, name = float(submitted or 0), len(chunk.mobiles), (account or b"").decode()
         cache[linkid] = _Sent(mid, n, at, chunk.members, name, size)
