@@ -62,8 +62,16 @@ def test_a_lone_call_goes_at_once_as_one_script_call(redis_conn):
 
 def test_a_batch_of_at_most_max_batch(redis_conn):
     batched = Batched(scripts.RECEIVE_PUSH, max_batch=4)
-    together(40, lambda i: push(batched, redis_conn, i))
-    assert batched.batches >= 10 and redis_conn.llen("inbox") == 40
+    sizes: list[int] = []
+    answer = batched._answer
+
+    def counted(conn: redis.Redis, batch: list[_Call]) -> None:
+        sizes.append(len(batch))
+        answer(conn, batch)
+
+    batched._answer = counted  # type: ignore[method-assign]
+    assert together(40, lambda i: push(batched, redis_conn, i)) == [1] * 40
+    assert max(sizes) <= 4 and sum(sizes) == 40 and redis_conn.llen("inbox") == 40
 
 
 def test_a_script_the_server_lost_is_loaded_again(redis_conn):

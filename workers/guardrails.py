@@ -93,7 +93,7 @@ def caps_for(
         return None
     now = time.time() if now is None else now
     return Caps(
-        keys=[schema.cap_key(cap_scope(account, test), priority, mobile) for mobile in mobiles],
+        keys=cap_keys(account, priority, mobiles, test),
         now=int(now),
         at=int(max(now, at or now)),
         tag=cap_tag(ref),
@@ -109,6 +109,10 @@ def optout_scope(settings: Settings, account: str) -> str:
 def cap_scope(account: str, test: bool) -> str:
     """Whose caps a send counts against: a test key's have a scope of their own."""
     return f"{account}~test" if test else account
+
+
+def cap_keys(account: str, priority: str, mobiles: list[str], test: bool) -> list[str]:
+    return [schema.cap_key(cap_scope(account, test), priority, mobile) for mobile in mobiles]
 
 
 def check(
@@ -133,12 +137,12 @@ def check(
         listed = conn.hmget(schema.suppression_key(optout_scope(settings, account)), mobiles)
         out += [Suppressed(i, mobiles[i], OPTED_OUT) for i, hit in enumerate(listed) if hit is not None]
         live = [i for i, hit in enumerate(listed) if hit is None]
-    capped = None
-    if caps:
-        live_mobiles = [mobiles[i] for i in live]
-        capped = caps_for(
-            settings, account=account, priority=priority, mobiles=live_mobiles, ref=ref, at=at, test=test, now=now
-        )
+    live_mobiles = [mobiles[i] for i in live]
+    capped = (
+        caps_for(settings, account=account, priority=priority, mobiles=live_mobiles, ref=ref, at=at, test=test, now=now)
+        if caps
+        else None
+    )
     if capped is not None:
         over = capped.run(conn)
         out += [Suppressed(i, mobiles[i], FREQUENCY_CAP) for i, hit in zip(live, over, strict=True) if hit]
@@ -150,8 +154,7 @@ def give_back(
 ) -> None:
     """Undo :func:`check`'s records for a request refused after it (nothing of it is sent)."""
     if mobiles:
-        keys = [schema.cap_key(cap_scope(account, test), priority, mobile) for mobile in mobiles]
-        scripts.UNCAP(conn, caps=keys, tag=cap_tag(ref))
+        scripts.UNCAP(conn, caps=cap_keys(account, priority, mobiles, test), tag=cap_tag(ref))
 
 
 def cap_tag(ref: str) -> str:

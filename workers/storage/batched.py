@@ -51,7 +51,7 @@ class Batched:
         self._lock = threading.Lock()
         self._waiting: list[_Call] = []
         self._busy = False
-        self.batches = 0  # pipelines sent (tests and benchmarks read it)
+        self.batches = 0  # round trips sent (the tests read it)
 
     def __call__(self, conn: redis.Redis, **named: Any) -> Any:
         call = _Call(named)
