@@ -116,14 +116,14 @@ def test_accept_checks_a_cap_first_and_stores_nothing_over_it(redis_conn):
     cap = {"cap_now": 1000, "cap_at": 1000, "cap_longest": 60, "cap_windows": [1, 60]}
     args = accept_args(pool="pool", pool_entry="m|13800138000", cap="c1", cap_tag="ab1", **cap)
     assert scripts.ACCEPT(redis_conn, **args) == 1
-    assert redis_conn.get("c1") == b"ab11000" and redis_conn.exists("m")
+    assert redis_conn.get("c1") == f"~ab1{b36(1000)}".encode() and redis_conn.exists("m")
     again = accept_args(message="m2", pool="pool", pool_entry="m2|13800138000", cap="c1", cap_tag="ab2", **cap)
     assert scripts.ACCEPT(redis_conn, **again) == messages.CAPPED
-    assert redis_conn.get("c1") == b"ab11000"  # not recorded
+    assert redis_conn.get("c1") == f"~ab1{b36(1000)}".encode()  # not recorded
     assert not redis_conn.exists("m2") and redis_conn.zcard("pool") == 1 and redis_conn.xlen("idx") == 1
     redis_conn.delete("m")
     redis_conn.set("m", "other")  # a second run of the first: finds it, records nothing again
-    assert scripts.ACCEPT(redis_conn, **args) == 0 and redis_conn.get("c1") == b"ab11000"
+    assert scripts.ACCEPT(redis_conn, **args) == 0 and redis_conn.get("c1") == f"~ab1{b36(1000)}".encode()
 
 
 def test_accept_dates_the_index_by_redis(redis_conn):
@@ -193,35 +193,67 @@ def test_claim_pool_returns_a_lone_send_as_itself_and_drops_an_empty_pool(redis_
 # -- CAPS --------------------------------------------------------------------------------------
 
 
+def b36(n: int) -> str:
+    """Seconds as the caps store them."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if not n:
+            return out
+
+
 def test_caps_record_a_send_and_refuse_within_a_window_either_side(redis_conn):
     caps = {"longest": 60, "windows": [1, 60]}
     assert scripts.CAPS(redis_conn, caps=["c1", "c2"], now=1000, at=1300, tag="ab1", **caps) == [0, 0]
-    assert redis_conn.get("c1") == b"ab11300" and 355 <= redis_conn.ttl("c1") <= 360
+    assert redis_conn.get("c1") == f"~ab1{b36(1300)}".encode() and 355 <= redis_conn.ttl("c1") <= 360
     assert scripts.CAPS(redis_conn, caps=["c1"], now=1001, at=1250, tag="ab2", **caps) == [1]  # 50 s before
     assert scripts.CAPS(redis_conn, caps=["c1"], now=1002, at=1002, tag="ab3", **caps) == [0]  # 298 s before
-    assert redis_conn.get("c1") == b"ab11300,ab31002" and redis_conn.ttl("c1") >= 355  # the latest send's
+    assert redis_conn.get("c1") == f"~ab1{b36(1300)},ab3{b36(1002)}".encode()
+    assert redis_conn.ttl("c1") >= 355  # the latest send's
+
+
+def test_a_mobiles_one_send_fits_redis_s_smallest_string_allocation(redis_conn):
+    """Seconds in base 36: a code's cap costs 104 bytes a mobile for its day, where decimal
+    seconds took 120 (the value crossed from Redis's 32-byte allocation to its 48)."""
+    now = 1_796_516_120
+    key = "sg:cap:default:high:13800138000"
+    scripts.CAPS(redis_conn, caps=[key], now=now, at=now, tag="ab1", longest=86400, windows=[1, 60])
+    assert redis_conn.get(key) == f"~ab1{b36(now)}".encode()
+    assert redis_conn.memory_usage(key, samples=0) <= 104
+
+
+def test_caps_read_an_older_smsgws_decimal_seconds_and_write_them_in_base_36(redis_conn):
+    redis_conn.set("c1", "ab11790,ab21300")  # an older smsgw's: no '~', seconds in decimal
+    caps = {"longest": 600, "windows": [2, 60]}
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1800, at=1800, tag="ab3", **caps) == [0]
+    assert redis_conn.get("c1") == f"~ab1{b36(1790)},ab2{b36(1300)},ab3{b36(1800)}".encode()
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1801, at=1801, tag="ab4", **caps) == [1]  # 1790, 1800
 
 
 def test_caps_forget_what_is_older_than_the_longest_window(redis_conn):
-    redis_conn.set("c1", "old100,new990")
-    assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, tag="r", longest=60, windows=[2, 60]) == [0]
-    assert redis_conn.get("c1") == b"new990,r1000"
+    redis_conn.set("c1", f"~old{b36(100)},new{b36(990)}")
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, tag="r__", longest=60, windows=[2, 60]) == [0]
+    assert redis_conn.get("c1") == f"~new{b36(990)},r__{b36(1000)}".encode()
 
 
 def test_caps_read_an_older_sorted_set_and_replace_it(redis_conn):
     redis_conn.zadd("c1", {"19a0000000012345678901a": 990, "19a0000000012345678901b": 10})
-    assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, tag="r", longest=60, windows=[1, 60]) == [1]
-    assert scripts.CAPS(redis_conn, caps=["c1"], now=1100, at=1100, tag="r", longest=60, windows=[1, 60]) == [0]
-    assert redis_conn.get("c1") == b"r1100"
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, tag="r__", longest=60, windows=[1, 60]) == [1]
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1100, at=1100, tag="r__", longest=60, windows=[1, 60]) == [0]
+    assert redis_conn.get("c1") == f"~r__{b36(1100)}".encode()
 
 
 def test_uncap_gives_one_send_back_by_its_tag(redis_conn):
-    redis_conn.set("c1", "ab11300,ab21400,ab11500", ex=100)
-    redis_conn.set("c2", "ab11300")
+    redis_conn.set("c1", f"~ab1{b36(1300)},ab2{b36(1400)},ab1{b36(1500)}", ex=100)
+    redis_conn.set("c2", f"~ab1{b36(1300)}")
     redis_conn.zadd("c3", {"x": 1})  # an older smsgw's: left as it is
-    scripts.UNCAP(redis_conn, caps=["c1", "c2", "c3", "c4"], tag="ab1")
-    assert redis_conn.get("c1") == b"ab21400,ab11500" and 0 < redis_conn.ttl("c1") <= 100
+    redis_conn.set("c5", "ab11300,ab21400")  # an older smsgw's string: decimal seconds
+    scripts.UNCAP(redis_conn, caps=["c1", "c2", "c3", "c4", "c5"], tag="ab1")
+    assert redis_conn.get("c1") == f"~ab2{b36(1400)},ab1{b36(1500)}".encode() and 0 < redis_conn.ttl("c1") <= 100
     assert not redis_conn.exists("c2") and redis_conn.zcard("c3") == 1
+    assert redis_conn.get("c5") == f"~ab2{b36(1400)}".encode()
 
 
 # -- LEASE -------------------------------------------------------------------------------------
