@@ -2,7 +2,7 @@
 
 Thin on purpose: validate, store durably, answer. Matching reports to messages happens in a
 worker (``workers.reports.ingest``). The provider pushes once and never retries, so the item is
-in Redis before the 200 goes out; a replayed item is acknowledged and not stored twice.
+in Redis before the 200 goes out; a replayed item is acknowledged, and ingest skips it.
 
 Fields come as a query string or a form body, in GB2312 or UTF-8; Werkzeug would decode them
 as UTF-8 whatever they are, so the raw bytes are parsed here.

@@ -1,5 +1,5 @@
-"""workers.storage.batched: concurrent calls of one script share round trips, and each caller
-gets its own answer or its own error, against our real Redis."""
+"""workers.storage.batched: concurrent calls of one op (a script, or plain commands) share round
+trips, and each caller gets its own answer or its own error, against our real Redis."""
 
 from __future__ import annotations
 
@@ -11,10 +11,24 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from workers.storage import scripts
+from workers import reports
+from workers.storage import schema, scripts
 from workers.storage.batched import Batched, _Call
 
 PUSHES = 200
+
+#: A script to batch: stores an entry once.
+ONCE = scripts.Script(
+    keys="seen inbox",
+    args="ttl entry",
+    source="""
+if redis.call('SET', KEYS[1], 1, 'NX', 'EX', tonumber(ARGV[1])) then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+""",
+)
 
 
 def together(n: int, call: Callable[[int], Any]) -> list[Any]:
@@ -41,7 +55,7 @@ def push(batched: Batched, conn: redis.Redis, i: int) -> Any:
 
 
 def test_concurrent_calls_share_round_trips_and_each_gets_its_own_answer(redis_conn):
-    batched = Batched(scripts.RECEIVE_PUSH)
+    batched = Batched(ONCE)
     answers = together(PUSHES, lambda i: push(batched, redis_conn, i))
     # Two pushes of each item: one stored it (1), the other found it stored (0), whatever the order.
     for i in range(PUSHES // 2):
@@ -51,8 +65,24 @@ def test_concurrent_calls_share_round_trips_and_each_gets_its_own_answer(redis_c
     assert not batched._busy and not batched._waiting  # the turn ended with the last batch
 
 
+def test_plain_commands_batch_too_and_each_call_answers_with_its_last(redis_conn):
+    """The push receiver's op: an entry and its marker, two commands a call; a call's answer is
+    its marker's, whatever batch it went in."""
+    batched = Batched(reports.STORE_PUSH)
+
+    def store(i: int) -> Any:
+        key = f"seen:{i % (PUSHES // 2)}"
+        return batched(redis_conn, seen=key, nonce=f"n{i}", ttl=60, entry=f"e{i}")
+
+    answers = together(PUSHES, store)
+    for i in range(PUSHES // 2):  # one of each pair set the marker, the other found it set
+        assert sorted([bool(answers[i]), bool(answers[i + PUSHES // 2])]) == [False, True]
+    assert redis_conn.llen(schema.INBOX) == PUSHES  # both stored: ingest skips the replay
+    assert batched.batches < PUSHES / 2
+
+
 def test_a_lone_call_goes_at_once_as_one_script_call(redis_conn):
-    batched = Batched(scripts.RECEIVE_PUSH)
+    batched = Batched(ONCE)
     redis_conn.config_resetstat()
     assert push(batched, redis_conn, 1) == 1
     assert push(batched, redis_conn, 1) == 0
@@ -61,7 +91,7 @@ def test_a_lone_call_goes_at_once_as_one_script_call(redis_conn):
 
 
 def test_a_batch_of_at_most_max_batch(redis_conn):
-    batched = Batched(scripts.RECEIVE_PUSH, max_batch=4)
+    batched = Batched(ONCE, max_batch=4)
     sizes: list[int] = []
     answer = batched._answer
 
@@ -75,7 +105,7 @@ def test_a_batch_of_at_most_max_batch(redis_conn):
 
 
 def test_a_script_the_server_lost_is_loaded_again(redis_conn):
-    batched = Batched(scripts.RECEIVE_PUSH)
+    batched = Batched(ONCE)
     push(batched, redis_conn, 0)
     redis_conn.script_flush()  # a restarted server
     answers = together(20, lambda i: push(batched, redis_conn, i + 1))
@@ -83,7 +113,7 @@ def test_a_script_the_server_lost_is_loaded_again(redis_conn):
 
 
 def test_an_error_reaches_its_own_caller_only(redis_conn):
-    batched = Batched(scripts.RECEIVE_PUSH)
+    batched = Batched(ONCE)
     redis_conn.set("not-a-list", "x")
 
     def call(i: int) -> Any:
@@ -96,7 +126,7 @@ def test_an_error_reaches_its_own_caller_only(redis_conn):
 
 
 def test_a_connection_error_fails_every_call_of_its_batch_and_the_next_caller_goes_on(redis_conn):
-    batched = Batched(scripts.RECEIVE_PUSH)
+    batched = Batched(ONCE)
     dead = redis.Redis(unix_socket_path="/nonexistent/redis.sock", retry=Retry(NoBackoff(), 0))
     answers = together(10, lambda i: push(batched, dead, i))
     assert all(isinstance(a, redis.ConnectionError) for a in answers)
@@ -121,7 +151,7 @@ def test_a_process_s_concurrent_codes_share_their_accepts_round_trips(app):
 def test_a_caller_that_stops_waiting_passes_its_turn_on(redis_conn):
     """A waiting caller killed (a greenlet's kill, a timeout) just as the turn came to it must
     not leave the callers behind it waiting for ever."""
-    batched = Batched(scripts.RECEIVE_PUSH)
+    batched = Batched(ONCE)
     gone = _Call({})
     batched._waiting.append(gone)
     batched._busy = True  # a batch is under way; `gone` waits for its turn

@@ -14,6 +14,7 @@ from devkit.simulator import _share
 from tests.conftest import AUTH, Receiver, carrier, drain, sim_admin
 from workers import pullers, reports
 from workers.storage import schema
+from workers.storage.schema import Chunk
 
 PUSH = "/callbacks/provider/push-secret-123"
 
@@ -211,9 +212,11 @@ def test_push_endpoint_secret_malformed_and_replay(api, runtime):
     assert wrong.status_code == 404 and "secret" not in wrong.get_data(as_text=True)
     bad = api.get(f"{PUSH}?Class=rpt&Mobile=")
     assert bad.status_code == 400 and bad.mimetype == "application/problem+json"
-    assert push(api, item).status_code == 200
-    assert push(api, item).status_code == 200
-    assert runtime.conn.llen(reports.INBOX) == 1
+    assert push(api, item).get_data(as_text=True) == "ok"
+    assert push(api, item).get_data(as_text=True) == "ok (already stored)"
+    reports.ingest(runtime)  # the replay was stored too, and is skipped here
+    runtime.tally.flush()
+    assert runtime.conn.hget(schema.COUNTS, "orphan_reports") == b"1"  # L1 is no linkid of ours
 
 
 def test_callback_retried_until_accepted_gets_each_event_once(api, runtime, simulator, receiver):
@@ -324,10 +327,10 @@ def test_a_push_marker_is_short_and_lives_a_day_not_the_retention(runtime):
     item = {"kind": "rpt", "linkid": "L1", "mobile": "13800138000", "status": "DELIVRD", "time": "2030-01-01 10:00:00"}
     redis_conn = runtime.conn
     assert reports.receive(runtime, [item]) == 1
-    assert reports.receive(runtime, [item]) == 0  # a replay: acknowledged, not stored
+    assert reports.receive(runtime, [item]) == 0  # a replay: acknowledged and counted
     [key] = [k for k in redis_conn.scan_iter(match="sg:pu:*")]
     assert len(key) == len("sg:pu:") + 16 and 0 < redis_conn.ttl(key) <= schema.PUSH_SEEN_TTL == 3600
-    assert redis_conn.llen(schema.INBOX) == 1 and redis_conn.hget(schema.COUNTS, "push_replayed") == b"1"
+    assert redis_conn.hget(schema.COUNTS, "push_replayed") == b"1"
 
 
 def test_a_batch_of_reports_takes_a_few_round_trips_not_a_few_each(api, runtime, simulator, round_trips, monkeypatch):
@@ -357,3 +360,47 @@ def test_a_batch_of_reports_takes_a_few_round_trips_not_a_few_each(api, runtime,
     assert len(round_trips) <= 7
     runtime.tally.flush()
     assert all(view(api, mid)["status"] == "delivered" for mid in mids)
+
+
+def test_ingest_applies_a_pushed_report_once_skips_its_replay_and_applies_it_again_after_a_crash(
+    api, runtime, simulator
+):
+    """The receiver stores a replay too (two plain commands, no script): ingest skips it by its
+    marker, which holds the first one's nonce. A batch read again after a crash is applied again
+    (it changes nothing), not taken for replays; a push stored twice by redis-py's retry (one
+    nonce) is applied once."""
+    mid = send(api, {"to": ["13800138000"], "text": "订单已发货"})
+    drain(runtime)
+    linkid = view(api, mid)["chunks"][0]["linkid"]
+    item = {"kind": "rpt", "linkid": linkid, "mobile": "13800138000", "status": "DELIVRD", "time": ""}
+    conn = runtime.conn
+
+    def reports_counted() -> int:
+        runtime.tally.flush()
+        return int(conn.hget(schema.COUNTS, "reports") or 0)
+
+    assert reports.receive(runtime, [item]) == 1 and reports.receive(runtime, [item]) == 0
+    first, replay = conn.lrange(schema.INBOX, 0, -1)
+    assert reports.ingest(runtime) == 2 and reports_counted() == 1  # the replay skipped
+    assert view(api, mid)["status"] == "delivered"
+    conn.rpush(schema.INBOX, first, replay)  # the same batch again: its trim never happened
+    assert reports.ingest(runtime) == 2 and reports_counted() == 2  # applied (again), not a replay
+    conn.rpush(schema.INBOX, first, first)  # one push stored twice, one nonce
+    assert reports.ingest(runtime) == 2 and reports_counted() == 3
+    assert b"nonce" not in b"".join(conn.lrange(schema.ORPHANS, 0, -1))
+
+
+def test_a_report_marks_its_linkid_reported_only_while_its_chunk_is_not_final(api, runtime, simulator):
+    """The marker is for an ambiguous call that waits for a report; a chunk submitted on a clear
+    answer never waits, so its reports write none."""
+    mid = send(api, {"to": ["13800138000"], "text": "订单已发货"})
+    drain(runtime)
+    linkid = view(api, mid)["chunks"][0]["linkid"]
+    item = {"kind": "rpt", "linkid": linkid, "mobile": "13800138000", "status": "DELIVRD", "time": ""}
+    reports.receive(runtime, [item])
+    reports.ingest(runtime)
+    assert not runtime.conn.exists(schema.report_seen_key(linkid))
+    runtime.conn.hset(schema.chunk_key(mid, 0), Chunk.field_of("state"), "submitting")  # its call under way
+    reports.receive(runtime, [{**item, "time": "2030-01-01 10:00:00"}])
+    reports.ingest(runtime)
+    assert runtime.conn.exists(schema.report_seen_key(linkid))

@@ -22,8 +22,7 @@ from workers.provider import ProviderClient
 from workers.queues import QUEUE_NAMES
 from workers.settings import Settings, parse_sentinel_url, settings_from_env
 from workers.storage import schema
-from workers.storage.batched import Batched
-from workers.storage.scripts import Script
+from workers.storage.batched import Batched, Op
 from workers.tally import Tally
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ class Runtime:
     tally: Tally = field(init=False)
     #: API key → the day this process last dated its index (``gateway.messages.accept``).
     dated: dict[str, str] = field(default_factory=dict)
-    _batched: dict[Script, Batched] = field(default_factory=dict)
+    _batched: dict[Op, Batched] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.tally = Tally(self.conn, self.settings.count_flush_seconds)
@@ -52,12 +51,12 @@ class Runtime:
             self._clients[account] = ProviderClient.for_account(self.settings.accounts[account])
         return self._clients[account]
 
-    def batched(self, script: Script) -> Batched:
-        """``script``'s calls from this process's concurrent requests, sent to Redis together
+    def batched(self, op: Op) -> Batched:
+        """``op``'s calls from this process's concurrent requests, sent to Redis together
         (:mod:`workers.storage.batched`)."""
-        if script not in self._batched:
-            self._batched[script] = Batched(script)
-        return self._batched[script]
+        if op not in self._batched:
+            self._batched[op] = Batched(op)
+        return self._batched[op]
 
     def queue(self, priority: str) -> Queue:
         if priority not in self._queues:

@@ -8,26 +8,37 @@ connection. :class:`Batched` lets them share: the first caller sends at once, al
 arrive while its round trip is under way wait for it, then go as one pipeline. Nobody waits for a
 timer, so a lone request costs what it did, and a busy process sends one batch a round trip.
 
-What each caller gets back is its own script's answer, or the exception its own call would have
-raised (a connection error fails every call of its batch, as it would have failed each alone).
-The scripts batched so must be safe to run twice (redis-py retries a batch after a timeout, as it
-retries a single call): ``ACCEPT`` is fenced, ``RECEIVE_PUSH`` marks what it stored.
+What is batched is an :class:`Op`: a script (``ACCEPT``), or a few plain commands
+(``workers.reports.STORE_PUSH``). What each caller gets back is its own call's answer (an op's
+last command's), or the exception its own call would have raised (a connection error fails every
+call of its batch, as it would have failed each alone). The ops batched so must be safe to run
+twice (redis-py retries a batch after a timeout, as it retries a single call): ``ACCEPT`` is
+fenced, and ingest skips a pushed item stored twice.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import redis
-
-from workers.storage.scripts import Script
+from redis.client import Pipeline
 
 _UNSET: Any = object()
 
 #: At most this many calls in one pipeline: a longer one holds Redis's single thread longer.
 MAX_BATCH = 64
+
+
+class Op(Protocol):
+    """What :class:`Batched` sends: a call alone (``op(conn, **named)``), or queued into a
+    pipeline with others (``op.queue(pipe, **named)``, any number of commands, the last one's
+    answer being the call's). :class:`workers.storage.scripts.Script` is one."""
+
+    def __call__(self, conn: redis.Redis, /, *args: Any, **named: Any) -> Any: ...
+
+    def queue(self, pipe: Pipeline, /, *args: Any, **named: Any) -> None: ...
 
 
 @dataclass(eq=False)  # one caller is itself only: two calls with the same arguments are two
@@ -40,13 +51,13 @@ class _Call:
 
 
 class Batched:
-    """``Batched(scripts.ACCEPT)(conn, **named)``: the script's answer, as ``ACCEPT(conn, **named)``
+    """``Batched(scripts.ACCEPT)(conn, **named)``: the op's answer, as ``ACCEPT(conn, **named)``
     would give it, sent with whatever else this process is sending at the same moment.
 
     Threads and gevent's greenlets alike (gunicorn's gevent worker patches ``threading``)."""
 
-    def __init__(self, script: Script, max_batch: int = MAX_BATCH) -> None:
-        self.script = script
+    def __init__(self, op: Op, max_batch: int = MAX_BATCH) -> None:
+        self.op = op
         self.max_batch = max_batch
         self._lock = threading.Lock()
         self._waiting: list[_Call] = []
@@ -111,19 +122,23 @@ class Batched:
         self.batches += 1
         try:
             if len(batch) == 1:  # a pipeline of one would check SCRIPT EXISTS first
-                batch[0].result = self.script(conn, **batch[0].named)
+                batch[0].result = self.op(conn, **batch[0].named)
                 return
+            ends: list[int] = []  # where each call's commands end in the pipeline
             with conn.pipeline(transaction=False) as pipe:
                 for call in batch:
-                    self.script.queue(pipe, **call.named)
+                    self.op.queue(pipe, **call.named)
+                    ends.append(len(pipe))
                 outs = pipe.execute(raise_on_error=False)
-            for call, out in zip(batch, outs, strict=True):
-                if isinstance(out, redis.exceptions.NoScriptError):
-                    out = self.script(conn, **call.named)  # loads it; the rest of the batch ran
-                if isinstance(out, Exception):
-                    call.error = out
+            for call, start, end in zip(batch, [0, *ends[:-1]], ends, strict=True):
+                own = outs[start:end]
+                if any(isinstance(out, redis.exceptions.NoScriptError) for out in own):
+                    own = [self.op(conn, **call.named)]  # a script (one command): loads it
+                failed = [out for out in own if isinstance(out, Exception)]
+                if failed:
+                    call.error = failed[0]
                 else:
-                    call.result = out
+                    call.result = own[-1]
         except Exception as e:  # each caller raises what its call met
             for call in batch:
                 if call.result is _UNSET:

@@ -11,7 +11,7 @@ functions below and against a live Redis after a full run)::
     sg:ce:<mid>:<n>            history_key       list  chunk n's history, one JSON line per step
     sg:r:<mid>:<n>             recipients_key    hash  mobile -> "state|code|time" once reported
     sg:lk:<linkid>             linkid_key        str   "<mid>:<n>": ties reports and replies to a chunk
-    sg:rl:<linkid>             report_seen_key   str   some report came for this linkid: it was accepted
+    sg:rl:<linkid>             report_seen_key   str   some report came for this linkid while its chunk was not final
     sg:acct:<account>          account_key       hash  account state (:class:`AccountState`)
     sg:held:<account>          held_key          zset  chunk refs parked on a held account, by hold time
     sg:await:<account>         awaiting_key      zset  chunk refs submitted, awaiting reports, by submit time
@@ -41,7 +41,7 @@ functions below and against a live Redis after a full run)::
     sg:inbox                   INBOX             list  raw pushed and pulled items, not yet applied
     sg:dead                    DEAD              list  pulled lines that could not be parsed
     sg:orphans                 ORPHANS           list  reports for linkids smsgw does not know
-    sg:pu:<item>               push_seen_key     str   a pushed item already stored (replays), kept an hour
+    sg:pu:<item>               push_seen_key     str   a pushed item's first nonce (replays are skipped), an hour
     sg:seen:<item>             reply_seen_key    str   a reply already applied
     sg:reply:<rid>             reply_key         hash  one reply (:class:`Reply`)
     sg:replies                 REPLIES           zset  every reply id, by receive time
@@ -223,7 +223,7 @@ def push_seen_key(item: str) -> str:
     return f"sg:pu:{item}"
 
 
-#: How long a pushed item is remembered, so a replay is acknowledged and not stored twice. The
+#: How long a pushed item is remembered, so a replay is acknowledged and not applied twice. The
 #: provider does not retry a push (docs/provider.md: a push lost is lost), so a replay is a
 #: network's or a proxy's, seconds after the first; one later than this is stored and applied
 #: again, which changes nothing (a report merges once, a reply is applied once, a folded message

@@ -74,18 +74,29 @@ def _ordered(names: Sequence[str], named: Mapping[str, Any]) -> list[Any]:
 #: A Lua function both the caps' script and the accept's use (a one-recipient send checks its
 #: cap inside its accept: one round trip, not two).
 _CAP_CHECK = """
--- Per-mobile frequency caps (workers.guardrails). A mobile's sends are one string,
--- "~<tag><second>,<tag><second>…" (`tag`: 3 characters of the request's id, for give_back; the
--- second in base 36, 6 characters), which lives as long as its latest send matters. One send
--- keeps the string within Redis's 32-byte allocation: 104 bytes a mobile for the day a code's
--- mobile is kept, where seconds in decimal took 120 and a sorted set 152. A value without the
--- leading '~' is an older smsgw's, its seconds in decimal: read, and written back in base 36.
--- Drops the sends older than the longest window, counts those within each window either side
--- of `at` (when this one goes), and records this one when no window is full. `windows` are
--- (count, seconds) pairs. Returns 1 when over a cap (nothing recorded), 0 when recorded.
+-- Per-mobile frequency caps (workers.guardrails). A mobile's sends are one string that lives as
+-- long as its latest send matters (`tag`: 3 characters of the request's id, for give_back):
+--   one send, its tag in hex (a message id's last 3 digits): "-<second * 4096 + tag>", an
+--     integer, which Redis keeps in its object header with no string at all: 88 bytes a mobile
+--     for the day a code's mobile is kept;
+--   otherwise "~<tag><second>,<tag><second>…", the second in base 36 (6 characters).
+-- Decimal seconds as text took 120 bytes a mobile and a sorted set 152. Not the string's length
+-- alone: a value a script writes reuses the Lua engine's cached argument object, whose
+-- allocation is the longest argument seen at its position, so a short string costs as much
+-- as a 30-character one. An integer is stored apart from it. A value with neither leading '-'
+-- nor '~' is an older release's (decimal seconds): read, and written back in the new form.
+-- cap_check drops the sends older than the longest window, counts those within each window
+-- either side of `at` (when this one goes), and records this one when no window is full.
+-- `windows` are (count, seconds) pairs. Returns 1 when over a cap (nothing recorded), 0 when
+-- recorded.
 local function cap_sends(raw)
-  local base, sends = 10, {}
-  if string.sub(raw, 1, 1) == '~' then base, raw = 36, string.sub(raw, 2) end
+  local lead, base, sends = string.sub(raw, 1, 1), 10, {}
+  if lead == '-' then
+    local n = -tonumber(raw)
+    local tag = n % 4096
+    return {{string.format('%03x', tag), (n - tag) / 4096}}
+  end
+  if lead == '~' then base, raw = 36, string.sub(raw, 2) end
   for entry in string.gmatch(raw, '[^,]+') do
     local t = tonumber(string.sub(entry, 4), base)
     if t then sends[#sends + 1] = {string.sub(entry, 1, 3), t} end
@@ -93,6 +104,9 @@ local function cap_sends(raw)
   return sends
 end
 local function cap_value(sends)
+  if #sends == 1 and string.match(sends[1][1], '^[0-9a-f][0-9a-f][0-9a-f]$') then
+    return string.format('%.0f', -(math.floor(sends[1][2]) * 4096 + tonumber(sends[1][1], 16)))
+  end
   local digits, parts = '0123456789abcdefghijklmnopqrstuvwxyz', {}
   for i, send in ipairs(sends) do
     local n, s = math.floor(send[2]), ''
@@ -404,21 +418,6 @@ for i = 3, #KEYS do
   redis.call('EXPIRE', KEYS[i], ttl)
 end
 return 1
-""",
-)
-
-RECEIVE_PUSH = Script(
-    keys="seen inbox",
-    args="ttl entry",
-    source="""
--- Store a pushed item in the inbox once: the marker and the entry in one step, so a crash
--- between the two can never leave an item marked seen and not stored.
--- Returns 1 when stored, 0 for a replay.
-if redis.call('SET', KEYS[1], 1, 'NX', 'EX', tonumber(ARGV[1])) then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
 """,
 )
 
