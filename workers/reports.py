@@ -101,7 +101,7 @@ def receive(rt: Runtime, items: list[dict[str, str]], ttl: int = schema.PUSH_SEE
 
 def _replays(entries: list[dict[str, Any]], holders: list[bytes | None]) -> set[int]:
     """Which pushed entries are replays, by position, from their markers' values (``holders``,
-    in the order of :func:`_markers`): each whose marker holds another nonce. An entry whose
+    in the order of :func:`_marked`): each whose marker holds another nonce. An entry whose
     marker holds none (stored before its marker, or older than the marker's hour) is applied;
     one stored twice with one nonce (redis-py's retry of a push) is applied once a batch."""
     replays, taken = set(), set()
@@ -242,7 +242,8 @@ def _look_up(
 ) -> list[bytes | None]:
     """What each linkid names, into ``cache``, in two round trips for the whole batch, where
     each linkid took two of its own (a round trip costs Redis more than the reads).
-    Marks each live one reported, and settles a chunk that waited for this report.
+    Marks each live one reported while its chunk is not final, and settles a chunk that waited
+    for this report.
     Returns the values of the keys ``also`` names, read in the same ``MGET``."""
     conn, also = rt.conn, also or []
     todo = [linkid for linkid in dict.fromkeys(linkids) if linkid not in cache]
