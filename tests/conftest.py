@@ -214,6 +214,29 @@ def _scheduled(rt: Runtime) -> int:
     return sum(ScheduledJobRegistry(q, connection=rt.conn).count for q in WORKER_QUEUES)
 
 
+def stored_values(conn: redis.Redis, pattern: str = "*") -> bytes:
+    """Every value under the matching keys, read by type: what a secret must not be found in.
+    Not DUMP, which compresses a value (LZF) when it can, so a code could hide in it, and a
+    test that looks for one finds it or not by chance."""
+    out = b""
+    for key in conn.scan_iter(match=pattern):
+        kind = conn.type(key)
+        if kind == b"hash":
+            out += b"|".join(k + b"=" + v for k, v in conn.hgetall(key).items())
+        elif kind == b"list":
+            out += b"|".join(conn.lrange(key, 0, -1))
+        elif kind == b"string":
+            out += conn.get(key) or b""
+        elif kind == b"zset":
+            out += b"|".join(conn.zrange(key, 0, -1))
+        elif kind == b"set":
+            out += b"|".join(sorted(conn.smembers(key)))
+        elif kind == b"stream":
+            out += repr(conn.xrange(key)).encode()
+        out += b"\n"
+    return out
+
+
 def chunks_of(conn: redis.Redis, mid: str) -> list[schema.Chunk]:
     seq = int(conn.hget(schema.message_key(mid), schema.Message.field_of("chunk_seq")) or 0)
     return [c for c in (schema.Chunk.load(conn, mid, n) for n in range(seq)) if c is not None]

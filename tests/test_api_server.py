@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.conftest import AUTH, sim_submissions, wait_for
+from tests.conftest import AUTH, sim_submissions, stored_values, wait_for
 from tests.test_metrics import free_port
 
 pytestmark = pytest.mark.slow
@@ -180,7 +180,7 @@ def test_a_verification_through_real_processes_leaves_no_code_in_redis_its_aof_o
     aof = b"".join(p.read_bytes() for p in redis_server.dir.rglob("*.aof*") if p.is_file())
     assert b"sg:v:" in aof  # the AOF is the one this Redis writes
     logs = api_log.read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("verify-1.log"))
-    dump = b"".join(redis_conn.dump(k) or b"" for k in redis_conn.scan_iter())
+    dump = stored_values(redis_conn)
     for secret in (
         code.encode(),
         hashlib.sha256(text.encode()).hexdigest().encode(),

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from gateway import create_app
-from tests.conftest import AUTH, drain, sim_admin, sim_submissions, waiting
+from tests.conftest import AUTH, drain, sim_admin, sim_submissions, stored_values, waiting
 from workers.mobiles import normalise
 from workers.settings import settings_from_env
 from workers.text import billable_parts
@@ -371,22 +371,6 @@ def test_a_test_key_goes_through_everything_but_the_provider(settings_env, runti
 # -- codes are not kept ------------------------------------------------------------------------
 
 
-def stored(conn, pattern: str) -> bytes:
-    """Every value under the matching keys, read by type (DUMP may compress)."""
-    out = b""
-    for key in conn.scan_iter(match=pattern):
-        kind = conn.type(key)
-        if kind == b"hash":
-            out += b"|".join(k + b"=" + v for k, v in conn.hgetall(key).items())
-        elif kind == b"list":
-            out += b"|".join(conn.lrange(key, 0, -1))
-        elif kind == b"string":
-            out += conn.get(key) or b""
-        elif kind == b"zset":
-            out += b"|".join(conn.zrange(key, 0, -1))
-    return out
-
-
 def test_a_high_code_is_dropped_from_redis_once_sent(api, runtime, simulator):
     r = api.post(
         "/v1/messages", json={"to": ["13800138000"], "text": "验证码 482913", "priority": "high"}, headers=AUTH
@@ -395,7 +379,7 @@ def test_a_high_code_is_dropped_from_redis_once_sent(api, runtime, simulator):
     drain(runtime)
     view = api.get(f"/v1/messages/{mid}", headers=AUTH).get_json()
     assert view["text"] == "[redacted]" and view["text_length"] == 10 and "text_sha256" not in view
-    dump = b"".join(repr(runtime.conn.dump(k)).encode() for k in runtime.conn.scan_iter(match=f"sg:*{mid}*"))
+    dump = stored_values(runtime.conn, f"sg:*{mid}*")
     assert b"482913" not in dump and "验证码".encode() not in dump
     assert hashlib.sha256("验证码 482913".encode()).digest() not in dump  # no digest to reverse either
     assert sim_submissions(simulator)[0]["texts"] == ["验证码 482913"]  # it was sent first
@@ -407,7 +391,7 @@ def test_a_high_text_never_sent_is_redacted_too(api, runtime, simulator):
     from datetime import UTC, datetime, timedelta
 
     def stored(mid: str) -> bytes:
-        return b"".join(repr(runtime.conn.dump(k)).encode() for k in runtime.conn.scan_iter(match=f"sg:*{mid}*"))
+        return stored_values(runtime.conn, f"sg:*{mid}*")
 
     first = {"to": ["13800138000"], "text": "验证码 482913", "priority": "high"}
     assert api.post("/v1/messages", json=first, headers=AUTH).status_code == 202
@@ -438,7 +422,7 @@ def test_redact_drops_template_variables_and_normal_texts_stay(api, runtime, sim
     mid = api.post("/v1/messages", json=body, headers=AUTH).get_json()["id"]
     plain = api.post("/v1/messages", json={"to": ["13900139000"], "text": "发货通知"}, headers=AUTH).get_json()["id"]
     drain(runtime)
-    dump = stored(runtime.conn, f"sg:*{mid}*")
+    dump = stored_values(runtime.conn, f"sg:*{mid}*")
     assert b"13800138000" in dump and b"771122" not in dump
     assert api.get(f"/v1/messages/{plain}", headers=AUTH).get_json()["text"] == "发货通知"
 
