@@ -116,14 +116,14 @@ def test_accept_checks_a_cap_first_and_stores_nothing_over_it(redis_conn):
     cap = {"cap_now": 1000, "cap_at": 1000, "cap_longest": 60, "cap_windows": [1, 60]}
     args = accept_args(pool="pool", pool_entry="m|13800138000", cap="c1", cap_tag="ab1", **cap)
     assert scripts.ACCEPT(redis_conn, **args) == 1
-    assert redis_conn.get("c1") == one("ab1", 1000) and redis_conn.exists("m")
+    assert redis_conn.get("c1") == b"ab11000" and redis_conn.exists("m")
     again = accept_args(message="m2", pool="pool", pool_entry="m2|13800138000", cap="c1", cap_tag="ab2", **cap)
     assert scripts.ACCEPT(redis_conn, **again) == messages.CAPPED
-    assert redis_conn.get("c1") == one("ab1", 1000)  # not recorded
+    assert redis_conn.get("c1") == b"ab11000"  # not recorded
     assert not redis_conn.exists("m2") and redis_conn.zcard("pool") == 1 and redis_conn.xlen("idx") == 1
     redis_conn.delete("m")
     redis_conn.set("m", "other")  # a second run of the first: finds it, records nothing again
-    assert scripts.ACCEPT(redis_conn, **args) == 0 and redis_conn.get("c1") == one("ab1", 1000)
+    assert scripts.ACCEPT(redis_conn, **args) == 0 and redis_conn.get("c1") == b"ab11000"
 
 
 def test_accept_dates_the_index_by_redis(redis_conn):
@@ -193,85 +193,50 @@ def test_claim_pool_returns_a_lone_send_as_itself_and_drops_an_empty_pool(redis_
 # -- CAPS --------------------------------------------------------------------------------------
 
 
-def b36(n: int) -> str:
-    """Seconds as the caps store them beside other sends."""
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-        if not n:
-            return out
-
-
-def one(tag: str, second: int) -> bytes:
-    """A mobile's one send, as the caps store it: an integer."""
-    return f"-{second * 4096 + int(tag, 16)}".encode()
-
-
 def test_caps_record_a_send_and_refuse_within_a_window_either_side(redis_conn):
     caps = {"longest": 60, "windows": [1, 60]}
     assert scripts.CAPS(redis_conn, caps=["c1", "c2"], now=1000, at=1300, tag="ab1", **caps) == [0, 0]
-    assert redis_conn.get("c1") == one("ab1", 1300) and 355 <= redis_conn.ttl("c1") <= 360
+    assert redis_conn.get("c1") == b"ab11300" and 355 <= redis_conn.ttl("c1") <= 360
     assert scripts.CAPS(redis_conn, caps=["c1"], now=1001, at=1250, tag="ab2", **caps) == [1]  # 50 s before
     assert scripts.CAPS(redis_conn, caps=["c1"], now=1002, at=1002, tag="ab3", **caps) == [0]  # 298 s before
-    assert redis_conn.get("c1") == f"~ab1{b36(1300)},ab3{b36(1002)}".encode()
-    assert redis_conn.ttl("c1") >= 355  # the latest send's
-
-
-def test_a_mobiles_one_send_is_an_integer_redis_keeps_in_its_object_header(redis_conn):
-    """A code's cap costs 88 bytes a mobile for its day, where seconds as text took 120: a short
-    string a script writes takes the allocation of the Lua engine's cached argument (the longest
-    seen at its position), and an integer has no string at all."""
-    now = 1_796_516_120
-    key = "sg:cap:default:high:13800138000"
-    long_arg = "x" * 40  # what other scripts leave in the engine's cache at the value's position
-    redis_conn.eval("redis.call('EXISTS', KEYS[1], ARGV[1])", 1, "k", long_arg)
-    scripts.CAPS(redis_conn, caps=[key], now=now, at=now, tag="ab1", longest=86400, windows=[1, 60])
-    assert redis_conn.get(key) == one("ab1", now) and redis_conn.object("encoding", key) == b"int"
-    assert redis_conn.memory_usage(key, samples=0) <= 88
-    # A tag that is not 3 hex digits (a padded one) cannot be packed: the text form.
-    scripts.CAPS(redis_conn, caps=["c2"], now=now, at=now, tag="_ab", longest=86400, windows=[1, 60])
-    assert redis_conn.get("c2") == f"~_ab{b36(now)}".encode()
-
-
-def test_caps_read_an_older_smsgws_decimal_seconds_and_write_them_anew(redis_conn):
-    redis_conn.set("c1", "ab11790,ab21300")  # an older smsgw's: seconds in decimal
-    caps = {"longest": 600, "windows": [2, 60]}
-    assert scripts.CAPS(redis_conn, caps=["c1"], now=1800, at=1800, tag="ab3", **caps) == [0]
-    assert redis_conn.get("c1") == f"~ab1{b36(1790)},ab2{b36(1300)},ab3{b36(1800)}".encode()
-    assert scripts.CAPS(redis_conn, caps=["c1"], now=1801, at=1801, tag="ab4", **caps) == [1]  # 1790, 1800
-    redis_conn.set("c2", "1231790")  # one send, all digits
-    assert scripts.CAPS(redis_conn, caps=["c2"], now=1800, at=1800, tag="ab3", **caps) == [0]
-    assert redis_conn.get("c2") == f"~123{b36(1790)},ab3{b36(1800)}".encode()
+    assert redis_conn.get("c1") == b"ab11300,ab31002" and redis_conn.ttl("c1") >= 355  # the latest send's
 
 
 def test_caps_forget_what_is_older_than_the_longest_window(redis_conn):
-    redis_conn.set("c1", f"~old{b36(100)},new{b36(990)}")
-    assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, tag="r__", longest=60, windows=[2, 60]) == [0]
-    assert redis_conn.get("c1") == f"~new{b36(990)},r__{b36(1000)}".encode()
-    redis_conn.set("c2", f"~abc{b36(100)},def{b36(990)}")
-    assert scripts.CAPS(redis_conn, caps=["c2"], now=1000, at=1000, tag="fff", longest=5, windows=[2, 60]) == [0]
-    assert redis_conn.get("c2") == one("fff", 1000)  # one send left: the integer
+    redis_conn.set("c1", "old100,new990")
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, tag="r", longest=60, windows=[2, 60]) == [0]
+    assert redis_conn.get("c1") == b"new990,r1000"
 
 
 def test_caps_read_an_older_sorted_set_and_replace_it(redis_conn):
     redis_conn.zadd("c1", {"19a0000000012345678901a": 990, "19a0000000012345678901b": 10})
-    assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, tag="r__", longest=60, windows=[1, 60]) == [1]
-    assert scripts.CAPS(redis_conn, caps=["c1"], now=1100, at=1100, tag="r__", longest=60, windows=[1, 60]) == [0]
-    assert redis_conn.get("c1") == f"~r__{b36(1100)}".encode()
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, tag="r", longest=60, windows=[1, 60]) == [1]
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1100, at=1100, tag="r", longest=60, windows=[1, 60]) == [0]
+    assert redis_conn.get("c1") == b"r1100"
 
 
 def test_uncap_gives_one_send_back_by_its_tag(redis_conn):
-    redis_conn.set("c1", f"~ab1{b36(1300)},ab2{b36(1400)},ab1{b36(1500)},ab3{b36(1600)}", ex=100)
-    redis_conn.set("c2", one("ab1", 1300))
+    redis_conn.set("c1", "ab11300,ab21400,ab11500", ex=100)
+    redis_conn.set("c2", "ab11300")
     redis_conn.zadd("c3", {"x": 1})  # an older smsgw's: left as it is
-    redis_conn.set("c5", "ab11300,ab21400")  # an older smsgw's string: decimal seconds
-    scripts.UNCAP(redis_conn, caps=["c1", "c2", "c3", "c4", "c5"], tag="ab1")
-    assert redis_conn.get("c1") == f"~ab2{b36(1400)},ab1{b36(1500)},ab3{b36(1600)}".encode()
-    assert 0 < redis_conn.ttl("c1") <= 100
+    scripts.UNCAP(redis_conn, caps=["c1", "c2", "c3", "c4"], tag="ab1")
+    assert redis_conn.get("c1") == b"ab21400,ab11500" and 0 < redis_conn.ttl("c1") <= 100
     assert not redis_conn.exists("c2") and redis_conn.zcard("c3") == 1
-    assert redis_conn.get("c5") == one("ab2", 1400)
+
+
+def test_a_mobiles_one_send_is_an_integer_redis_keeps_in_its_object_header(redis_conn):
+    """A code's cap costs 88 bytes a mobile for its day: its tag is digits, so one send is 13
+    digits, an integer to Redis. A hex tag made it text, which took the allocation of the Lua
+    engine's cached argument at the value's position (the longest seen there): 120 bytes."""
+    now = 1_796_516_120
+    key = "sg:cap:default:high:13800138000"
+    long_arg = "x" * 40  # what other scripts leave in the engine's cache at the value's position
+    redis_conn.eval("redis.call('EXISTS', KEYS[1], ARGV[1])", 1, "k", long_arg)
+    tag = guardrails.cap_tag("1a248b4893d3b1db1ee512a")
+    assert len(tag) == 3 and tag.isdigit() and tag[0] != "0"
+    scripts.CAPS(redis_conn, caps=[key], now=now, at=now, tag=tag, longest=86400, windows=[1, 60])
+    assert redis_conn.get(key) == f"{tag}{now}".encode() and redis_conn.object("encoding", key) == b"int"
+    assert redis_conn.memory_usage(key, samples=0) <= 88
 
 
 # -- LEASE -------------------------------------------------------------------------------------

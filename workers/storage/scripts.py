@@ -74,52 +74,18 @@ def _ordered(names: Sequence[str], named: Mapping[str, Any]) -> list[Any]:
 #: A Lua function both the caps' script and the accept's use (a one-recipient send checks its
 #: cap inside its accept: one round trip, not two).
 _CAP_CHECK = """
--- Per-mobile frequency caps (workers.guardrails). A mobile's sends are one string that lives as
--- long as its latest send matters (`tag`: 3 characters of the request's id, for give_back):
---   one send, its tag in hex (a message id's last 3 digits): "-<second * 4096 + tag>", an
---     integer, which Redis keeps in its object header with no string at all: 88 bytes a mobile
---     for the day a code's mobile is kept;
---   otherwise "~<tag><second>,<tag><second>…", the second in base 36 (6 characters).
--- Decimal seconds as text took 120 bytes a mobile and a sorted set 152. Not the string's length
--- alone: a value a script writes reuses the Lua engine's cached argument object, whose
--- allocation is the longest argument seen at its position, so a short string costs as much
--- as a 30-character one. An integer is stored apart from it. A value with neither leading '-'
--- nor '~' is an older release's (decimal seconds): read, and written back in the new form.
--- cap_check drops the sends older than the longest window, counts those within each window
--- either side of `at` (when this one goes), and records this one when no window is full.
--- `windows` are (count, seconds) pairs. Returns 1 when over a cap (nothing recorded), 0 when
--- recorded.
-local function cap_sends(raw)
-  local lead, base, sends = string.sub(raw, 1, 1), 10, {}
-  if lead == '-' then
-    local n = -tonumber(raw)
-    local tag = n % 4096
-    return {{string.format('%03x', tag), (n - tag) / 4096}}
-  end
-  if lead == '~' then base, raw = 36, string.sub(raw, 2) end
-  for entry in string.gmatch(raw, '[^,]+') do
-    local t = tonumber(string.sub(entry, 4), base)
-    if t then sends[#sends + 1] = {string.sub(entry, 1, 3), t} end
-  end
-  return sends
-end
-local function cap_value(sends)
-  if #sends == 1 and string.match(sends[1][1], '^[0-9a-f][0-9a-f][0-9a-f]$') then
-    return string.format('%.0f', -(math.floor(sends[1][2]) * 4096 + tonumber(sends[1][1], 16)))
-  end
-  local digits, parts = '0123456789abcdefghijklmnopqrstuvwxyz', {}
-  for i, send in ipairs(sends) do
-    local n, s = math.floor(send[2]), ''
-    repeat
-      local r = n % 36
-      s, n = string.sub(digits, r + 1, r + 1) .. s, (n - r) / 36
-    until n == 0
-    parts[i] = send[1] .. s
-  end
-  return '~' .. table.concat(parts, ',')
-end
+-- Per-mobile frequency caps (workers.guardrails). A mobile's sends are one string,
+-- "<tag><second>,<tag><second>…" (`tag`: 3 digits from the request's id, for give_back), which
+-- lives as long as its latest send matters. One send is 13 digits with no leading zero, which
+-- Redis keeps as an integer in its object header: 88 bytes for the day a code's mobile is kept,
+-- where a hex tag made it text (120: a short string a script writes takes the allocation of the
+-- Lua engine's cached argument at its position, as long as the longest seen) and a sorted set
+-- 152. Drops the sends older than the longest window, counts those
+-- within each window either side of `at` (when this one goes), and records this one when no
+-- window is full. `windows` are (count, seconds) pairs. Returns 1 when over a cap (nothing
+-- recorded), 0 when recorded.
 local function cap_check(key, now, at, tag, longest, windows)
-  local kept, last = {}, at
+  local kept, times, last = {}, {}, at
   local raw = redis.pcall('GET', key)
   if type(raw) == 'table' and raw.err then
     -- A sorted set an older smsgw wrote (send times as scores): read once; the SET replaces it.
@@ -127,22 +93,22 @@ local function cap_check(key, now, at, tag, longest, windows)
     for j = 2, #old, 2 do parts[#parts + 1] = '___' .. math.floor(tonumber(old[j])) end
     raw = table.concat(parts, ',')
   end
-  for _, send in ipairs(cap_sends(raw or '')) do
-    local t = send[2]
-    if t > now - longest then
-      kept[#kept + 1] = send
+  for entry in string.gmatch(raw or '', '[^,]+') do
+    local t = tonumber(string.sub(entry, 4))
+    if t and t > now - longest then
+      kept[#kept + 1], times[#times + 1] = entry, t
       if t > last then last = t end
     end
   end
   for w = 1, #windows, 2 do
     local count, window = 0, tonumber(windows[w + 1])
-    for _, send in ipairs(kept) do
-      if send[2] >= at - window and send[2] <= at + window then count = count + 1 end
+    for _, t in ipairs(times) do
+      if t >= at - window and t <= at + window then count = count + 1 end
     end
     if count >= tonumber(windows[w]) then return 1 end
   end
-  kept[#kept + 1] = {tag, at}
-  redis.call('SET', key, cap_value(kept), 'EX', math.ceil(last - now + longest))
+  kept[#kept + 1] = tag .. at
+  redis.call('SET', key, table.concat(kept, ','), 'EX', math.ceil(last - now + longest))
   return 0
 end
 """
@@ -318,20 +284,19 @@ return out
 UNCAP = Script(
     keys="caps*",
     args="tag",
-    source=_CAP_CHECK
-    + """
+    source="""
 -- Give one recorded send back (workers.guardrails.give_back): the first whose tag is `tag`, in
 -- each mobile's caps. Another request's send with the same tag counts the same.
 for _, key in ipairs(KEYS) do
   local kept, found, raw = {}, false, redis.pcall('GET', key)
   if type(raw) ~= 'string' then raw = '' end  -- none, or an older smsgw's sorted set: kept as it is
-  for _, send in ipairs(cap_sends(raw)) do
-    if not found and send[1] == ARGV[1] then found = true else kept[#kept + 1] = send end
+  for entry in string.gmatch(raw, '[^,]+') do
+    if not found and string.sub(entry, 1, 3) == ARGV[1] then found = true else kept[#kept + 1] = entry end
   end
   if found and #kept == 0 then
     redis.call('DEL', key)
   elseif found then
-    redis.call('SET', key, cap_value(kept), 'KEEPTTL')
+    redis.call('SET', key, table.concat(kept, ','), 'KEEPTTL')
   end
 end
 return 1
