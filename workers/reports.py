@@ -240,8 +240,9 @@ _SENT_FIELDS = tuple(Chunk.field_of(f) for f in ("state", "submitted_at", "items
 def _look_up(
     rt: Runtime, linkids: Iterable[str], cache: dict[str, _Sent | None], also: list[str] | None = None
 ) -> list[bytes | None]:
-    """What each linkid names, into ``cache``, in two round trips for the whole batch, where
-    each linkid took two of its own (a round trip costs Redis more than the reads).
+    """What each linkid names, into ``cache``, in two round trips for the whole batch (a third
+    when a chunk is not final), where each linkid took two of its own (a round trip costs Redis
+    more than the reads).
     Marks each live one reported while its chunk is not final, and settles a chunk that waited
     for this report.
     Returns the values of the keys ``also`` names, read in the same ``MGET``."""

@@ -80,10 +80,9 @@ _CAP_CHECK = """
 -- Redis keeps as an integer in its object header: 88 bytes for the day a code's mobile is kept,
 -- where a hex tag made it text (120: a short string a script writes takes the allocation of the
 -- Lua engine's cached argument at its position, as long as the longest seen) and a sorted set
--- 152. Drops the sends older than the longest window, counts those
--- within each window either side of `at` (when this one goes), and records this one when no
--- window is full. `windows` are (count, seconds) pairs. Returns 1 when over a cap (nothing
--- recorded), 0 when recorded.
+-- 152. Drops the sends older than the longest window, counts those within each window either
+-- side of `at` (when this one goes), and records this one when no window is full. `windows` are
+-- (count, seconds) pairs. Returns 1 when over a cap (nothing recorded), 0 when recorded.
 local function cap_check(key, now, at, tag, longest, windows)
   local kept, times, last = {}, {}, at
   local raw = redis.pcall('GET', key)
