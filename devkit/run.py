@@ -60,8 +60,11 @@ class RunError(Exception):
 
 
 def port_taken(port: int) -> bool:
-    """Whether something already listens on 127.0.0.1:``port`` (a bind would fail)."""
+    """Whether something already listens on 127.0.0.1:``port`` (a bind would fail). The probe
+    binds as gunicorn and the simulator do, with ``SO_REUSEADDR``: a port whose last connections
+    wait out TIME_WAIT (a ``make run`` stopped seconds ago) is free to them, so it is free here."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

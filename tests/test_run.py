@@ -108,3 +108,23 @@ def test_run_with_its_port_taken_fails_at_once_naming_the_port(tmp_path):
         other.server_close()
     assert out.returncode != 0 and time.monotonic() - started < 10
     assert f"port {taken}" in out.stderr and "API_PORT=" in out.stderr and "smsgw is running" not in out.stdout
+
+
+def test_a_port_a_stopped_run_left_in_time_wait_is_free_and_a_listening_one_is_not():
+    """``make run`` seconds after another stopped: the port's last connection waits out
+    TIME_WAIT, which gunicorn's bind (``SO_REUSEADDR``) ignores, so the check must too."""
+    import socket
+
+    from devkit.run import port_taken
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    assert port_taken(port)
+    served.close()  # the server's side closes first, as a stopped server's does: it is left in TIME_WAIT
+    client.close()
+    listener.close()
+    waiting = [c for c in psutil.net_connections("tcp4") if c.laddr and c.laddr.port == port]
+    assert [c.status for c in waiting] == [psutil.CONN_TIME_WAIT]
+    assert not port_taken(port)
