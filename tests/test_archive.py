@@ -272,6 +272,9 @@ def test_lone_messages_fold_sixteen_to_a_transaction_and_one_by_one_after_a_writ
     round_trips.clear()
     assert archive.fold_lone(conn, [(mid, 0) for mid in lone[: archive.GROUP]]) == [1] * archive.GROUP
     assert len(round_trips) == 4  # watch, read, the names' codes, the transaction: for all sixteen
+    # Their writes merged: one DEL, one ZREM, one count for the group, where each fold made its own.
+    transaction = b"".join(bytes(part) for part in round_trips[-1]).upper()
+    assert [transaction.count(f"\r\n{verb}\r\n".encode()) for verb in ("DEL", "ZREM", "HINCRBY")] == [1, 1, 1]
 
     # The write fails the group's transaction; each is then folded on its own (each with a read
     # that sees the write), so nothing folds a stale copy.
