@@ -57,13 +57,17 @@ def redis_sleeps(s: Stack) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches"))
 
 
-def ping_us(s: Stack, n: int = 3000) -> float:
-    """Redis's CPU for one PING that wakes it, from one client, one after another: this
-    machine's price of a round trip, measured in the same run. Machines of the same kind differ
-    by 2x in it, and a message's Redis CPU moves with it; the ratio travels better than the µs."""
+def ping_us(s: Stack, n: int = 3000, apart: float = 0.0) -> float:
+    """Redis's CPU for one PING that wakes it, from one client, one after another (``apart``:
+    seconds between them): this machine's price of a round trip, measured in the same run.
+    Machines of the same kind differ by 2x in it, and a message's Redis CPU moves with it; the
+    ratio travels better than the µs. A Redis woken after a pause pays more than one kept busy
+    (caches gone cold): pushed reports come that way, one a request."""
     cpu0 = redis_cpu(s)
     for _ in range(n):
         s.conn.ping()
+        if apart:
+            time.sleep(apart)
     return (redis_cpu(s) - cpu0) / n * 1e6
 
 
@@ -173,7 +177,7 @@ def singles(s: Stack) -> None:
         "SMSGW_MOBILE_CAPS_HIGH": DEFAULT_CAPS,
         "SMSGW_PULL_INTERVAL_SECONDS": "3600",
     }
-    ping = ping_us(s)
+    ping, paused = ping_us(s), ping_us(s, 1000, apart=0.001)
     port, procs = s.smsgw(workers=0, **env)
     for name in account:  # no pulls: every report comes by push, as measured
         s.conn.hset(schema.pull_schedule_key(name), mapping={"rpt": 1e12, "mo": 1e12})
@@ -201,7 +205,8 @@ def singles(s: Stack) -> None:
         f"{at_rest:.0f} bytes a message at rest (weighted by lifetime)"
     )
     print(
-        f"this machine's price of a round trip, same run: a PING that wakes Redis costs it {ping:.1f} us; "
+        f"this machine's price of a round trip, same run: a PING that wakes Redis costs it {ping:.1f} us "
+        f"({paused:.1f} us 1 ms after the last, as reports pushed one at a time wake it); "
         f"a message costs Redis what {cpu / ping:.1f} of them do"
     )
 
