@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 
 import redis
 import requests
@@ -217,16 +216,6 @@ def _reported_backlog(env: dict[str, str], rt: Runtime, sim: SimulatorServer, n:
             pass
 
 
-def _fold_all(url: str, ready: Any, go: Any) -> None:
-    conn = redis.Redis.from_url(url)
-    # Connected, its imports done and its claim script loaded before the clock starts (a claim
-    # of what was due a second before the epoch: nothing), as a running worker has them.
-    archive.fold_due(conn, -1.0, budget=1)
-    ready.release()
-    go.wait()
-    archive.fold_due(conn, time.time(), budget=600, page=50)
-
-
 def bench_fold_scaling(env: dict[str, str], rt: Runtime, sim: SimulatorServer) -> None:
     """Issue 24: folding shared by every worker, under claims. The same backlog folded by one
     process, then by two (as two workers would), alternated; the ratio is the scaling."""
@@ -248,7 +237,7 @@ def bench_fold_scaling(env: dict[str, str], rt: Runtime, sim: SimulatorServer) -
             # Timed from when every process is up and connected: a worker's start is not folding.
             ready, go = spawn.Semaphore(0), spawn.Event()
             url = env["SMSGW_REDIS_URL"]
-            workers = [spawn.Process(target=_fold_all, args=(url, ready, go)) for _ in range(procs)]
+            workers = [spawn.Process(target=load.fold_all, args=(url, ready, go)) for _ in range(procs)]
             for w in workers:
                 w.start()
             for _ in workers:

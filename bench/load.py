@@ -630,5 +630,17 @@ def main() -> None:
     print(f"written to {RESULTS}")
 
 
+def fold_all(url: str, ready: Any, go: Any) -> None:
+    """One folding worker of ``bench_fold_scaling``, in a process of its own (here, not in
+    ``bench.__main__``: a spawned process cannot import a package's ``__main__``)."""
+    conn = redis.Redis.from_url(url)
+    # Connected, its imports done and its claim script loaded before the clock starts (a claim
+    # of what was due a second before the epoch: nothing), as a running worker has them.
+    archive.fold_due(conn, -1.0, budget=1)
+    ready.release()
+    go.wait()
+    archive.fold_due(conn, time.time(), budget=600, page=50)
+
+
 if __name__ == "__main__":
     main()
