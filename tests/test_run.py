@@ -125,6 +125,10 @@ def test_a_port_a_stopped_run_left_in_time_wait_is_free_and_a_listening_one_is_n
     served.close()  # the server's side closes first, as a stopped server's does: it is left in TIME_WAIT
     client.close()
     listener.close()
-    waiting = [c for c in psutil.net_connections("tcp4") if c.laddr and c.laddr.port == port]
-    assert [c.status for c in waiting] == [psutil.CONN_TIME_WAIT]
+    deadline = time.monotonic() + 5
+    while (states := [c.status for c in psutil.net_connections("tcp4") if c.laddr and c.laddr.port == port]) != [
+        psutil.CONN_TIME_WAIT
+    ] and time.monotonic() < deadline:
+        time.sleep(0.05)  # the client's FIN takes the served side from FIN_WAIT2 to TIME_WAIT
+    assert states == [psutil.CONN_TIME_WAIT]
     assert not port_taken(port)
