@@ -215,11 +215,12 @@ def _scheduled(rt: Runtime) -> int:
 
 
 def stored_values(conn: redis.Redis, pattern: str = "*") -> bytes:
-    """Every value under the matching keys, read by type: what a secret must not be found in.
-    Not DUMP, which compresses a value (LZF) when it can, so a code could hide in it, and a
-    test that looks for one finds it or not by chance."""
+    """Every key's name and value under the pattern, values read by type: what a secret must
+    not be found in (a name is written too). Not DUMP, which compresses a value (LZF) when it
+    can, so a code could hide in it, and a test that looks for one finds it or not by chance."""
     out = b""
     for key in conn.scan_iter(match=pattern):
+        out += key + b" "
         kind = conn.type(key)
         if kind == b"hash":
             out += b"|".join(k + b"=" + v for k, v in conn.hgetall(key).items())
