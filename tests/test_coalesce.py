@@ -364,6 +364,10 @@ def test_a_worker_killed_mid_call_on_a_batch_loses_nothing_and_repeats_no_linkid
         return bool(chunks) and chunks[0]["state"] == "submitting"
 
     wait_for(submitting, what="the batch's call to start")
+    # Killed mid-call: once the call has reached the provider (it answers 3 s later). The chunk
+    # reads submitting just before the call leaves, and a kill in between is another case (the
+    # call never made: sent again under a new linkid once the report window ends).
+    wait_for(lambda: sim_admin(simulator, "config")["calls"].get("post_send_md5", 0) >= 1, what="the call to arrive")
     workers.kill(victim)
     workers.start("rescuer")
     wait_for(
