@@ -630,9 +630,11 @@ def main() -> None:
     print(f"written to {RESULTS}")
 
 
-def fold_all(url: str, ready: Any, go: Any) -> None:
+def fold_all(url: str, ready: Any, go: Any, done: Any) -> None:
     """One folding worker of ``bench_fold_scaling``, in a process of its own (here, not in
-    ``bench.__main__``: a spawned process cannot import a package's ``__main__``)."""
+    ``bench.__main__``: a spawned process cannot import a package's ``__main__``). Puts the
+    moment it found nothing left to fold on ``done`` (``perf_counter``: the machine's
+    monotonic clock, the same in every process)."""
     conn = redis.Redis.from_url(url)
     # Connected, its imports done and its claim script loaded before the clock starts (a claim
     # of what was due a second before the epoch: nothing), as a running worker has them.
@@ -640,6 +642,7 @@ def fold_all(url: str, ready: Any, go: Any) -> None:
     ready.release()
     go.wait()
     archive.fold_due(conn, time.time(), budget=600, page=50)
+    done.put(time.perf_counter())
 
 
 if __name__ == "__main__":
