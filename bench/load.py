@@ -343,13 +343,20 @@ def redis_bytes_per_recipient(s: Stack, recipients: int, label: str = "", weight
     archive.fold_due(s.conn, float("inf"), budget=600)
     retention = 7 * 86400
     families: dict[str, float] = {}
-    for key in s.conn.scan_iter(match=schema.PREFIX + "*", count=1000):
-        family = key.decode().split(":")[1]
-        size = s.conn.memory_usage(key, samples=0) or 0
-        if weighted:
-            ttl = s.conn.ttl(key)
-            size *= min(1.0, ttl / retention) if ttl > 0 else 1.0
-        families[family] = families.get(family, 0) + size
+    # A page of keys a round trip: a round trip a key took 46 s at 200,000 messages (4.6 s so),
+    # growing with what is stored, and the soak's deciles grew by it.
+    cursor = None
+    while cursor != 0:
+        cursor, keys = s.conn.scan(cursor or 0, match=schema.PREFIX + "*", count=1000)
+        with s.conn.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.memory_usage(key, samples=0)
+                pipe.ttl(key)
+            answers = pipe.execute()
+        for key, size, ttl in zip(keys, answers[::2], answers[1::2], strict=True):
+            share = min(1.0, ttl / retention) if weighted and ttl > 0 else 1.0
+            family = key.decode().split(":")[1]
+            families[family] = families.get(family, 0) + (size or 0) * share
     if label:
         top = sorted(families.items(), key=lambda kv: -kv[1])[:6]
         print(
