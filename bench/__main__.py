@@ -248,7 +248,7 @@ def bench_fold_scaling(env: dict[str, str], rt: Runtime, sim: SimulatorServer) -
                 pipe.execute()
             # Timed from when every process is up and connected until the last one has nothing
             # left to fold, as it says: a worker's start is not folding, nor is a process's exit
-            # (its interpreter's teardown, 30 to 80 ms, a tenth of a run).
+            # (its teardown, 60 to 80 ms here, a tenth of a run).
             ready, go, done = spawn.Semaphore(0), spawn.Event(), spawn.Queue()
             url = env["SMSGW_REDIS_URL"]
             workers = [spawn.Process(target=load.fold_all, args=(url, ready, go, done)) for _ in range(procs)]
