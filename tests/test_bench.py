@@ -21,7 +21,7 @@ def _due_backlog(api, runtime, n: int) -> list[str]:
     drain(runtime)
     pull_all(runtime)
     conn = runtime.conn
-    conn.zadd(schema.FOLD, {ref: 0 for ref in conn.zrange(schema.FOLD, 0, -1)})
+    conn.zadd(schema.FOLD, dict.fromkeys(conn.zrange(schema.FOLD, 0, -1), 0))
     return mids
 
 
