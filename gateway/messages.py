@@ -123,6 +123,7 @@ def accept(
         "idempotency": idempotency[0] if idempotency else "",
         "pool": pool[0] if pool else "",
         "pools": schema.POOLS,
+        "woken": schema.POOLS_NEW,
         "ttl": ttl,
         "index_min_ms": int((now - settings.retention_seconds) * 1000),  # the index forgets what expired
         # Renewed on the key's first request of a day (and by a scheduled message), so it

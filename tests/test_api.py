@@ -233,16 +233,20 @@ def test_accepting_one_recipient_is_one_script(app, api, redis_conn):
     tally.every = 3600  # as in production, written later: here, by the flush below
     assert post(api, {"to": ["13700137000"], "text": "warm"}).status_code == 202  # loads the script
     calls = commands(redis_conn, api, {"to": ["13800138000"], "text": "hi"})
+    # A new pool: its token for a waiting coalescer (workers.coalesce.wait_for_a_pool) too.
+    assert calls.pop("lpush") == 1 and calls.pop("ltrim") == 1
     assert calls.pop("hmget") == 1 and calls.pop("evalsha") == 1
     assert "watch" not in calls and "multi" not in calls
     assert set(calls) <= {"hset", "expire", "zadd", "xadd", "exists", "zcard"}, calls
     assert calls.get("expire", 0) == 1, calls  # the message's own
     assert sum(calls.values()) <= 7, calls
+    joined = commands(redis_conn, api, {"to": ["13800138001"], "text": "hi"})  # the same pool
+    assert "lpush" not in joined and sum(joined.values()) <= 8, joined
     tally.flush()
-    assert redis_conn.hget(schema.COUNTS, "accepted_single") == b"2"
+    assert redis_conn.hget(schema.COUNTS, "accepted_single") == b"3"
     day = schema.usage_day(time.time())
-    assert redis_conn.hget(schema.usage_key("tester", day), "single") == b"2"
-    assert redis_conn.hget(schema.account_usage_key("default", day), "single") == b"2"
+    assert redis_conn.hget(schema.usage_key("tester", day), "single") == b"3"
+    assert redis_conn.hget(schema.account_usage_key("default", day), "single") == b"3"
 
 
 # -- the door: bounded, clear, before anything is queued ---------------------------------------

@@ -269,6 +269,35 @@ def test_a_full_pool_leaves_at_once_and_a_partial_one_waits_its_window(settings_
     assert coalesce.flush_due(worker, now=pool[1]) == 1
 
 
+def test_an_idle_coalescer_waits_for_a_pool_and_a_new_one_wakes_it_at_once(
+    settings_env, runtime, simulator, monkeypatch
+):
+    """With no pool at all a coalescer blocks on the accept's token instead of looking at the
+    pools every 50 ms (an idle fleet's largest share of Redis's work); the pool an accept makes
+    wakes it at once, not at the end of its wait (made long here, so only the token can)."""
+    monkeypatch.setattr(coalesce, "WAIT_NEW", 30.0)
+    env = {**settings_env, "SMSGW_COALESCE_MS_HIGH": "100", "SMSGW_REDIS_SOCKET_TIMEOUT": "120"}
+    api = create_app(settings_from_env(env)).test_client()
+    worker = Runtime.from_settings(settings_from_env(env))
+    thread, stop = coalesce.start(worker)
+    try:
+        time.sleep(0.3)  # its first look: nothing there
+        runtime.conn.config_resetstat()
+        time.sleep(2.0)
+        calls = sum(int(v["calls"]) for v in runtime.conn.info("commandstats").values())
+        assert calls <= 2, runtime.conn.info("commandstats")  # waiting, not looking (80 when it polled)
+        t0 = time.monotonic()
+        send(api, {"to": ["13800138000"], "text": "您的验证码是123456", "priority": "high"})
+        assert runtime.conn.zcard(schema.POOLS) == 1
+        wait_for(lambda: runtime.conn.zcard(schema.POOLS) == 0, timeout=10, what="the claim")
+        assert time.monotonic() - t0 < 2.0  # its window and a claim
+    finally:
+        stop.set()
+        runtime.conn.lpush(schema.POOLS_NEW, 1)  # what a new pool does: the wait ends, and the loop
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
 def test_the_window_is_the_accepting_processes_not_the_claiming_ones(settings_env, runtime, simulator):
     """A worker configured with another window must not re-date sends it leaves in a pool: each
     entry carries the time its own API process gave it."""

@@ -54,6 +54,7 @@ def accept_args(**over):
         "idempotency": "",
         "pool": "",
         "pools": "pools",
+        "woken": "woken",
         "ttl": 100,
         "index_min_ms": 0,
         "index_ttl": 100,
@@ -110,6 +111,13 @@ def test_accept_joins_a_pool_and_a_full_pool_is_due_at_once(redis_conn):
         assert scripts.ACCEPT(redis_conn, **args) == i + 1
         due = redis_conn.zscore("pools", "pool")
         assert due == (0 if i == 2 else 5.0)
+        assert redis_conn.lrange("woken", 0, -1) == [b"1"]  # the new pool's token, and only one
+    redis_conn.delete("woken")
+    assert scripts.ACCEPT(redis_conn, **accept_args(message="m3", pool="pool", pool_entry="m3|13800138003")) == 4
+    assert not redis_conn.exists("woken")  # a pool that was there already wakes no one
+    for i in range(3):  # new pools, one token however many
+        assert scripts.ACCEPT(redis_conn, **accept_args(message=f"n{i}", pool=f"p{i}", pool_entry=f"n{i}|1")) == 1
+    assert redis_conn.lrange("woken", 0, -1) == [b"1"]
 
 
 def test_accept_checks_a_cap_first_and_stores_nothing_over_it(redis_conn):

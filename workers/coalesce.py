@@ -58,8 +58,12 @@ from workers.text import expansion_problem
 
 log = logging.getLogger("smsgw.coalesce")
 
-#: How long a coalescer sleeps at most when no pool is due (the windows are far longer).
+#: How long a coalescer sleeps at most when a pool waits but is not due (the windows are far longer).
 IDLE = 0.05
+#: How long a coalescer that found no pool at all waits on ``schema.POOLS_NEW`` at most (the
+#: accept that makes a pool wakes it at once): a look a second, not twenty, from an idle fleet.
+#: The bound catches what no token announces (a pool an older release made) and a stop.
+WAIT_NEW = 1.0
 #: Candidates the claim looks at per batch size (it skips repeated mobiles and cancelled sends).
 SCAN_FACTOR = 3
 
@@ -177,15 +181,27 @@ def next_due(conn: redis.Redis) -> float | None:
     return float(first[0][1]) if first else None
 
 
+def wait_for_a_pool(rt: Runtime) -> None:
+    """Block until an accept makes a pool (its token on ``schema.POOLS_NEW``) or
+    :data:`WAIT_NEW` passes; within the connection's socket timeout, so the wait is not taken
+    for a dead server."""
+    timeout = rt.settings.redis_socket_timeout
+    rt.conn.blpop([schema.POOLS_NEW], timeout=min(WAIT_NEW, timeout / 2) if timeout else WAIT_NEW)
+
+
 def loop(rt: Runtime, stop: threading.Event) -> None:
-    """Sleep until the next pool is due (at most :data:`IDLE`), flush, repeat; a Redis error is
-    logged and waited out."""
+    """Sleep until the next pool is due (at most :data:`IDLE`), flush, repeat; with no pool at
+    all, wait for one to be made (:func:`wait_for_a_pool`). A Redis error is logged and waited
+    out."""
     while not stop.is_set():
         try:
             made = flush_due(rt)
             due = next_due(rt.conn)
-            wait = IDLE if due is None else min(IDLE, max(0.0, due - time.time()))
-            if not made and due is not None and due <= time.time():
+            if due is None:
+                wait_for_a_pool(rt)
+                continue
+            wait = min(IDLE, max(0.0, due - time.time()))
+            if not made and due <= time.time():
                 wait = IDLE / 5  # due but paced out: look again soon, not in a busy loop
         except redis.RedisError as e:
             log.warning("coalescer: %s; retrying", type(e).__name__)

@@ -51,6 +51,7 @@ functions below and against a live Redis after a full run)::
     sg:cbdue                   CALLBACKS_DUE     zset  messages with callback events, by when due (or a claim's end)
     sg:pool:<acct>:<pr>:<what> pool_key          zset  sends waiting to share a submission ("<mid>|<item>")
     sg:pools                   POOLS             zset  pool keys by when their oldest send must leave
+    sg:pools:new               POOLS_NEW         list  one token: a pool was made, for a coalescer waiting on it
     sg:f:<bucket>              folded_key        hash  one-recipient messages at rest, folded (:meth:`Message.fold`)
     sg:names                   NAMES             hash  API key and account names as folded records' codes
     sg:fold                    FOLD              zset  submission refs to fold at rest, by when (``workers.archive``)
@@ -317,6 +318,7 @@ INBOX = "sg:inbox"
 DEAD = "sg:dead"
 ORPHANS = "sg:orphans"
 POOLS = "sg:pools"
+POOLS_NEW = "sg:pools:new"
 FOLD = "sg:fold"
 REPLIES = "sg:replies"
 

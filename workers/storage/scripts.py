@@ -113,7 +113,7 @@ end
 """
 
 ACCEPT = Script(
-    keys="fence message index idempotency pool pools cap",
+    keys="fence message index idempotency pool pools cap woken",
     args=(
         "ttl index_min_ms index_ttl idem_value idem_ttl pool_entry pool_size pool_due fields id_ms date_index id_random"
         " cap_now cap_at cap_tag cap_longest cap_windows*"
@@ -134,7 +134,7 @@ local idempotency, pool, pools = KEYS[4], KEYS[5], KEYS[6]
 local ttl, index_min_ms, index_ttl = ARGV[1], ARGV[2], ARGV[3]
 local idem_value, idem_ttl, pool_entry, pool_size = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 local pool_due, fields_json, id_ms, date_index, id_random = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-local cap = KEYS[7]
+local cap, woken = KEYS[7], KEYS[8]
 if redis.call('EXISTS', fence, message) > 0 then
   if redis.call('EXISTS', fence) == 1 then return -1 end
   return 0
@@ -169,8 +169,11 @@ if size == pool_size then
   redis.call('ZADD', pools, 0, pool)
 elseif size == 1 then
   -- A new pool. One that holds more is in `pools` already: a claim that leaves entries behind
-  -- re-dates it there, and only an emptied pool leaves.
+  -- re-dates it there, and only an emptied pool leaves. A coalescer that found no pool at all
+  -- waits on `woken` (BLPOP), not polling: one token wakes one, which takes it from there.
   redis.call('ZADD', pools, 'NX', pool_due, pool)
+  redis.call('LPUSH', woken, 1)
+  redis.call('LTRIM', woken, 0, 0)
 end
 return size
 """,
