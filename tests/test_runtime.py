@@ -54,3 +54,16 @@ def test_resume_with_explicit_settings_and_no_environment(no_smsgw_env, redis_se
     assert answer.get_json()["resumed_chunks"] == 1
     assert api.get(f"/v1/messages/{mid}", headers=auth).get_json()["chunks"][0]["state"] == "pending"
     assert sum(q.count for q in queues) == 1
+
+
+def test_freezing_the_startup_heap_takes_what_is_alive_out_of_the_collectors_walk():
+    import gc
+
+    from workers.runtime import freeze_startup_heap
+
+    try:
+        frozen = freeze_startup_heap()
+        assert frozen == gc.get_freeze_count() > 10_000  # the test process's modules, at least
+        assert gc.get_count()[0] < 100  # collected first: the young generation starts empty
+    finally:
+        gc.unfreeze()

@@ -29,6 +29,7 @@ from workers.runtime import (
     check_compact_hashes,
     check_durability,
     connect,
+    freeze_startup_heap,
     install,
     takes_writes,
 )
@@ -67,6 +68,7 @@ def run_worker(
     check_durability(runtime.conn, settings.redis_durability)
     check_compact_hashes(runtime.conn)
     install(runtime)  # before RQ forks: every work horse inherits it
+    freeze_startup_heap()  # a full collection walks only what came after (workers.runtime)
     notifications.adopt_legacy(runtime.conn)
     thread, stop = maintenance.start(runtime)
     coalescer, stop_coalescing = coalesce.start(runtime)
