@@ -29,9 +29,9 @@ def test_a_report_value_round_trips(state, code, at):
 
 def test_the_report_lua_writes_is_the_one_python_reads(redis_conn):
     redis_conn.hset("m", "st", "sending")
-    args = {"recipients": "r", "message": "m", "ttl": 100, "all": 0, "owner": ["st"]}
+    args = {"pairs": ["r", "m"], "ttl": 100, "owner": "st", "reports": ["1", "U", "MK|01", "77", 0]}
     marks = {"unknown": ReportState.UNKNOWN, "delivered": ReportState.DELIVERED}
-    scripts.MERGE_REPORT(redis_conn, **args, **marks, mobile="1", state="U", code="MK|01", at="77")
+    scripts.MERGE_REPORTS(redis_conn, **args, **marks)
     assert ReportValue.decode(redis_conn.hget("r", "1")) == ReportValue(ReportState.UNDELIVERED, "MK|01", "77")
 
 

@@ -29,7 +29,7 @@ def test_redis_call_is_written_in_one_production_module():
 
 def test_every_script_is_tested_here():
     source = Path(__file__).read_text()
-    assert set(scripts.ALL) == {"ACCEPT", "CLAIM_POOL", "CAPS", "UNCAP", "LEASE", "MERGE_REPORT", "STORE_REPLY",
+    assert set(scripts.ALL) == {"ACCEPT", "CLAIM_POOL", "CAPS", "UNCAP", "LEASE", "MERGE_REPORTS", "STORE_REPLY",
                                 "CLAIM_DUE", "SETTLE_CALLBACKS", "SWITCH_ROUTE",
                                 "SETTLE_VERIFICATION"}  # fmt: skip
     for name in scripts.ALL:
@@ -258,24 +258,25 @@ def test_lease_is_taken_renewed_by_its_holder_and_refused_to_others(redis_conn):
     assert redis_conn.pttl("l") > 1000
 
 
-# -- MERGE_REPORT ------------------------------------------------------------------------------
+# -- MERGE_REPORTS -----------------------------------------------------------------------------
 
 
-def merge(redis_conn, state, at, code="DELIVRD", **over):
-    args = {
-        "recipients": "r",
-        "message": "m",
-        "mobile": "13800138000",
-        "state": state,
-        "code": code,
-        "at": str(at),
-        "ttl": 100,
-        "all": 2,
-        "unknown": ReportState.UNKNOWN,
-        "delivered": ReportState.DELIVERED,
-        "owner": ["st", "cb", "k"],
-    }
-    return scripts.MERGE_REPORT(redis_conn, **{**args, **over})
+def merge_all(redis_conn, reports, owner="st,cb,k"):
+    """``reports``: (recipients, message, mobile, state, code, at, all) each."""
+    return scripts.MERGE_REPORTS(
+        redis_conn,
+        pairs=[key for r in reports for key in r[:2]],
+        ttl=100,
+        unknown=ReportState.UNKNOWN,
+        delivered=ReportState.DELIVERED,
+        owner=owner,
+        reports=[v for r in reports for v in r[2:]],
+    )
+
+
+def merge(redis_conn, state, at, code="DELIVRD", mobile="13800138000", all=2):
+    [out] = merge_all(redis_conn, [("r", "m", mobile, state, code, str(at), all)])
+    return out
 
 
 def test_merge_report_counts_a_new_final_state_once_and_returns_its_owner(redis_conn):
@@ -304,6 +305,33 @@ def test_merge_report_says_when_the_chunks_last_recipient_reported(redis_conn):
 def test_merge_report_changes_nothing_for_a_message_gone(redis_conn):
     assert merge(redis_conn, "D", 100) == [0, 0]
     assert not redis_conn.exists("r")
+
+
+def test_merge_reports_in_one_call_merge_in_order_as_one_call_each(redis_conn):
+    """A call's own cost was more than a merge's: many reports ride one call, and two of one
+    recipient in it end as they would one call each (the later wins, counted once)."""
+    redis_conn.hset("m", "st", "sending")
+    redis_conn.hset("m2", "st", "sending")
+    outs = merge_all(
+        redis_conn,
+        [
+            ("r", "m", "13800138000", "U", "UNDELIV", "100", 2),
+            ("r", "gone", "13800138001", "D", "DELIVRD", "100", 2),  # its message is gone
+            ("r", "m", "13800138000", "D", "DELIVRD", "120", 2),  # later: replaces the first
+            ("r2", "m2", "13900139000", "D", "DELIVRD", "100", 1),  # another chunk, its only one
+            ("r", "m", "13800138000", "U", "UNDELIV", "110", 2),  # older: ignored
+        ],
+    )
+    assert outs == [
+        [1, 1, b"sending", b"", b""],
+        [0, 0],
+        [1, 0, b"sending", b"", b""],
+        [2, 1, b"sending", b"", b""],
+        [0, 0],
+    ]
+    assert redis_conn.hgetall("r") == {b"13800138000": b"D|DELIVRD|120"} and 0 < redis_conn.ttl("r") <= 100
+    assert redis_conn.hgetall("m") == {b"st": b"sending", b"r_U": b"0", b"r_D": b"1"}
+    assert redis_conn.hget("m2", "r_D") == b"1"
 
 
 # -- STORE_REPLY -------------------------------------------------------------------------------
@@ -385,7 +413,7 @@ def test_a_script_runs_inside_a_pipeline_by_eval_with_the_batch(redis_conn):
 def test_states_reach_lua_from_their_enums(redis_conn):
     assert ChunkState.SUBMITTED == "submitted" and MessageState.SENDING == "sending"
     assert "'accepted'" not in scripts.CLAIM_POOL.source and "'sending'" not in scripts.CLAIM_POOL.source
-    assert "'X'" not in scripts.MERGE_REPORT.source and "'D'" not in scripts.MERGE_REPORT.source
+    assert "'X'" not in scripts.MERGE_REPORTS.source and "'D'" not in scripts.MERGE_REPORTS.source
 
 
 def test_claim_pool_gives_the_batch_its_earliest_members_validity(redis_conn):

@@ -54,6 +54,9 @@ DEAD_MAX = 10_000
 ORPHANS_MAX = 100_000
 BATCH = 500
 MERGE_BATCH = 500  # reports merged in one pipeline
+#: Reports merged in one script call (``scripts.MERGE_REPORTS``): a script holds Redis while it
+#: runs, and a hundred merges take it about a millisecond.
+MERGE_GROUP = 100
 
 
 def item_id(item: dict[str, str]) -> str:
@@ -198,7 +201,7 @@ def _dead(conn: redis.Redis, line: str, reason: str, entry: dict[str, Any]) -> N
 class _Sent:
     """What a report needs to know of the chunk its linkid names; looked up once per batch.
     A message's chunk has one owner; a batch's chunk one per mobile (``workers.coalesce``), whose
-    own fields (callback, key, account) the merge reads where it writes (``scripts.MERGE_REPORT``)."""
+    own fields (callback, key, account) the merge reads where it writes (``scripts.MERGE_REPORTS``)."""
 
     mid: str
     n: int
@@ -313,9 +316,10 @@ class _Pending:
     def report(self) -> ReportValue:
         return ReportValue(self.state, self.item.get("status", ""), f"{self.ts:.0f}")
 
-    def merge_args(self, rt: Runtime) -> dict[str, Any]:
+    @property
+    def merging(self) -> _Merging:
         recipients = recipients_key(self.sent.mid, self.sent.n)
-        return _merge_args(rt, recipients, self.owner, self.item.get("mobile", ""), self.report, self.sent.recipients)
+        return _Merging(recipients, self.owner, self.item.get("mobile", ""), self.report, self.sent.recipients)
 
 
 def _apply_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | None]) -> int:
@@ -348,15 +352,9 @@ def _prepare_report(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | 
 
 
 def _merge_pending(rt: Runtime, pending: list[_Pending]) -> int:
-    """Merge reports in one pipeline (``scripts.MERGE_REPORT``), then count each and do what
-    it calls for, in order. Returns how many were applied."""
-    if len(pending) == 1:  # a call: a pipeline would check SCRIPT EXISTS first
-        outs = [scripts.MERGE_REPORT(rt.conn, **pending[0].merge_args(rt))]
-    else:
-        with rt.conn.pipeline(transaction=False) as pipe:
-            for ready in pending:
-                scripts.MERGE_REPORT.batch(pipe, **ready.merge_args(rt))
-            outs = pipe.execute()
+    """Merge reports (:func:`_merge_all`), then count each and do what it calls for, in order.
+    Returns how many were applied."""
+    outs = _merge_all(rt, [ready.merging for ready in pending])
     with rt.conn.pipeline(transaction=False) as done:
         for ready, out in zip(pending, outs, strict=True):
             merged = _merged(rt, out, ready.report, submitted=ready.sent.submitted, is_report=True, usage=True)
@@ -462,7 +460,7 @@ def _replied_to(conn: redis.Redis, linkid: str, mobile: str) -> tuple[str, Messa
 
 @dataclass(frozen=True)
 class Merged:
-    """What merging a report did (``scripts.MERGE_REPORT``): ``result`` 2 when it was the
+    """What merging a report did (``scripts.MERGE_REPORTS``): ``result`` 2 when it was the
     chunk's last report, 1 a new final state, 0 nothing changed; the message's callback."""
 
     result: int
@@ -484,27 +482,47 @@ def merge(
     all: int,
     usage: bool = True,
 ) -> Merged:
-    """Merge one recipient's report (``scripts.MERGE_REPORT``) and count it (``workers.tally``):
+    """Merge one recipient's report (:func:`_merge_all`) and count it (``workers.tally``):
     the fleet's reports by state and lag, and, with ``usage`` (not for the end of the report
     window), this minute's chart and the day's usage of the message's key and account."""
-    out = scripts.MERGE_REPORT(rt.conn, **_merge_args(rt, recipients, mid, mobile, report, all))
+    [out] = _merge_all(rt, [_Merging(recipients, mid, mobile, report, all)])
     return _merged(rt, out, report, submitted=submitted, is_report=is_report, usage=usage)
 
 
-def _merge_args(rt: Runtime, recipients: str, mid: str, mobile: str, report: ReportValue, all: int) -> dict[str, Any]:
-    return {
-        "recipients": recipients,
-        "message": schema.message_key(mid),
-        "mobile": mobile,
-        "state": report.state,
-        "code": report.code,
-        "at": report.at,
-        "ttl": rt.settings.retention_seconds,
-        "all": all,
-        "unknown": ReportState.UNKNOWN,
-        "delivered": ReportState.DELIVERED,
-        "owner": _OWNER_FIELDS,
-    }
+@dataclass(frozen=True)
+class _Merging:
+    """One report to merge: into the recipients hash of its chunk, counted on message ``mid``;
+    ``all``, the chunk's recipients (0: do not check)."""
+
+    recipients: str
+    mid: str
+    mobile: str
+    report: ReportValue
+    all: int
+
+
+def _merge_all(rt: Runtime, merging: list[_Merging]) -> list[Any]:
+    """Merge reports in order (``scripts.MERGE_REPORTS``), :data:`MERGE_GROUP` a script call,
+    the calls in one pipeline; returns each report's answer."""
+    calls = []
+    for i in range(0, len(merging), MERGE_GROUP):
+        group = merging[i : i + MERGE_GROUP]
+        calls.append(
+            {
+                "pairs": [key for m in group for key in (m.recipients, schema.message_key(m.mid))],
+                "ttl": rt.settings.retention_seconds,
+                "unknown": ReportState.UNKNOWN,
+                "delivered": ReportState.DELIVERED,
+                "owner": ",".join(_OWNER_FIELDS),
+                "reports": [v for m in group for v in (m.mobile, m.report.state, m.report.code, m.report.at, m.all)],
+            }
+        )
+    if len(calls) == 1:  # a call: a pipeline would check SCRIPT EXISTS first
+        return list(scripts.MERGE_REPORTS(rt.conn, **calls[0]))
+    with rt.conn.pipeline(transaction=False) as pipe:
+        for named in calls:
+            scripts.MERGE_REPORTS.batch(pipe, **named)
+        return [out for answer in pipe.execute() for out in answer]
 
 
 def _merged(rt: Runtime, out: Any, report: ReportValue, *, submitted: float, is_report: bool, usage: bool) -> Merged:

@@ -5,7 +5,7 @@ Keys are built in :mod:`workers.storage.schema`; what some values hold is packed
 at scale, and each packing is read and written here only:
 
 - a recipient's report in ``recipients_key``: ``"<state letter>|<operator code>|<epoch s>"``
-  (:class:`ReportValue`; ``workers.storage.scripts.MERGE_REPORT`` writes the same form);
+  (:class:`ReportValue`; ``workers.storage.scripts.MERGE_REPORTS`` writes the same form);
 - a recipient item on a message or chunk: a mobile, or a 点点通 group ``"mobile,v0,v1"``
   (``workers.text.ddt_group`` builds one, ``workers.text.mobile_of`` reads its mobile);
 - a watch ref: ``"m:<mid>"`` or ``"c:<mid>:<n>"`` (``schema.message_ref``, ``chunk_ref``,

@@ -317,53 +317,66 @@ return 0
 """,
 )
 
-MERGE_REPORT = Script(
-    keys="recipients message",
-    args="mobile state code at ttl all unknown delivered owner*",
+MERGE_REPORTS = Script(
+    keys="pairs*",
+    args="ttl unknown delivered owner reports*",
     source="""
--- Merge one report (or the end of the report window: state `unknown`) into a chunk's recipient
--- hash as "state|code|time", keeping the latest, with `delivered` winning a tie, and never
--- letting `unknown` replace a real report. Counts the message's recipients by state
--- (`r_<state>`); the fleet's counts and the day's usage are added up by the caller
--- (workers.tally) from what this returns.
--- `all`: the chunk's recipients ('' or 0: do not check). `owner`: the message's fields to return.
--- Returns {result, first, owner fields...}: result 2 when this was the chunk's last report, 1
--- when the recipient reached a new final state, 0 otherwise (the message gone included); first 1
--- when it is the recipient's first final state.
-local recipients, message = KEYS[1], KEYS[2]
-local mobile, state, code, at, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local all, unknown, delivered = tonumber(ARGV[6]), ARGV[7], ARGV[8]
--- The message is gone (expired, or folded while this report was on its way): nothing to merge.
-local owner = redis.call('HMGET', message, unpack(ARGV, 9))
-if not owner[1] then return {0, 0} end
-for i = 1, #owner do owner[i] = owner[i] or '' end
-local cur = redis.call('HGET', recipients, mobile)
-local value = state .. '|' .. code .. '|' .. at
-if cur then
-  local st, _, ts = string.match(cur, '^(%a)|(.*)|([%d.]+)$')
-  if state == unknown then return {0, 0} end
-  if st ~= unknown then
-    local t_old, t_new = tonumber(ts), tonumber(at)
-    if t_old > t_new then return {0, 0} end
-    if t_old == t_new and (st == delivered or st == state) then return {0, 0} end
+-- Merge reports, in order (two of one recipient merge as they would one call each), each (or
+-- the end of the report window: state `unknown`) into its chunk's recipient hash as
+-- "state|code|time", keeping the latest, with `delivered` winning a tie, and never letting
+-- `unknown` replace a real report. Counts the message's recipients by state (`r_<state>`); the
+-- fleet's counts and the day's usage are added up by the caller (workers.tally) from what this
+-- returns. One call for many reports: a call's own cost (its arguments, its reply, its
+-- propagation) was more than a report's merge (issue 24).
+-- `pairs`: (recipients, message) a report; `reports`: (mobile, state, code, at, all) a report,
+-- `all` the chunk's recipients (0: do not check); `owner`: the message's fields to return,
+-- comma-separated.
+-- Returns, a report: {result, first, owner fields...}: result 2 when this was the chunk's last
+-- report, 1 when the recipient reached a new final state, 0 otherwise (the message gone
+-- included, with no owner fields); first 1 when it is the recipient's first final state.
+local ttl, unknown, delivered = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local fields = {}
+for name in string.gmatch(ARGV[4], '[^,]+') do fields[#fields + 1] = name end
+local function merge(recipients, message, mobile, state, code, at, all)
+  -- The message is gone (expired, or folded while this report was on its way): nothing to merge.
+  local owner = redis.call('HMGET', message, unpack(fields))
+  if not owner[1] then return {0, 0} end
+  for i = 1, #owner do owner[i] = owner[i] or '' end
+  local cur = redis.call('HGET', recipients, mobile)
+  local value = state .. '|' .. code .. '|' .. at
+  if cur then
+    local st, _, ts = string.match(cur, '^(%a)|(.*)|([%d.]+)$')
+    if state == unknown then return {0, 0} end
+    if st ~= unknown then
+      local t_old, t_new = tonumber(ts), tonumber(at)
+      if t_old > t_new then return {0, 0} end
+      if t_old == t_new and (st == delivered or st == state) then return {0, 0} end
+    end
+    if st == state then
+      redis.call('HSET', recipients, mobile, value)
+      return {0, 0}
+    end
+    redis.call('HINCRBY', message, 'r_' .. st, -1)
   end
-  if st == state then
-    redis.call('HSET', recipients, mobile, value)
-    return {0, 0}
+  local result = 1
+  if redis.call('HSET', recipients, mobile, value) == 1 then
+    local reported = redis.call('HLEN', recipients)
+    if reported == 1 then  -- made now: its lifetime (its message's), once
+      local left = redis.call('TTL', message)
+      redis.call('EXPIRE', recipients, left > 0 and left or ttl)
+    end
+    if all > 0 and reported >= all then result = 2 end
   end
-  redis.call('HINCRBY', message, 'r_' .. st, -1)
+  redis.call('HINCRBY', message, 'r_' .. state, 1)
+  return {result, cur and 0 or 1, unpack(owner)}
 end
-local result = 1
-if redis.call('HSET', recipients, mobile, value) == 1 then
-  local reported = redis.call('HLEN', recipients)
-  if reported == 1 then  -- made now: its lifetime (its message's), once
-    local left = redis.call('TTL', message)
-    redis.call('EXPIRE', recipients, left > 0 and left or ttl)
-  end
-  if all and all > 0 and reported >= all then result = 2 end
+local out = {}
+for i = 1, #KEYS / 2 do
+  local a = 4 + (i - 1) * 5
+  out[i] = merge(KEYS[2 * i - 1], KEYS[2 * i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+    tonumber(ARGV[a + 5]) or 0)
 end
-redis.call('HINCRBY', message, 'r_' .. state, 1)
-return {result, cur and 0 or 1, unpack(owner)}
+return out
 """,
 )
 
