@@ -57,13 +57,18 @@ def test_resume_with_explicit_settings_and_no_environment(no_smsgw_env, redis_se
 
 
 def test_freezing_the_startup_heap_takes_what_is_alive_out_of_the_collectors_walk():
-    import gc
+    """In a process of its own, as a worker or gunicorn's hook calls it (here it would freeze the
+    test runner's heap, and collect what earlier tests left)."""
+    import subprocess
+    import sys
 
-    from workers.runtime import freeze_startup_heap
-
-    try:
-        frozen = freeze_startup_heap()
-        assert frozen == gc.get_freeze_count() > 10_000  # the test process's modules, at least
-        assert gc.get_count()[0] < 100  # collected first: the young generation starts empty
-    finally:
-        gc.unfreeze()
+    code = (
+        "import gc, workers.worker\n"
+        "from workers.runtime import freeze_startup_heap\n"
+        "n = freeze_startup_heap()\n"
+        "print(n, gc.get_freeze_count(), gc.get_count()[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    frozen, count, young = (int(v) for v in out.stdout.split())
+    assert frozen == count > 10_000  # a worker's modules, at least
+    assert young < 100  # collected first: the young generation starts empty
