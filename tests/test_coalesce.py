@@ -104,9 +104,9 @@ def test_reports_waiting_together_are_merged_in_one_script_call(api, runtime, si
     assert runtime.conn.hget(schema.COUNTS, "reports_delivered") == b"40"
 
 
-def test_more_reports_than_a_script_call_takes_go_in_several_calls_in_one_round_trip(runtime, monkeypatch):
+def test_more_reports_than_a_script_call_takes_go_in_several_calls_answered_in_order(runtime, monkeypatch):
     """Past :data:`reports.MERGE_GROUP` the merges split into calls (a script holds Redis while
-    it runs), sent in one pipeline, their answers in order."""
+    it runs), sent in one pipeline; the answers come back in order."""
     from workers.storage.codecs import ReportValue
 
     monkeypatch.setattr(reports, "MERGE_GROUP", 3)
@@ -307,6 +307,31 @@ def test_an_idle_coalescer_waits_for_a_pool_and_a_new_one_wakes_it_at_once(
         runtime.conn.lpush(schema.POOLS_NEW, 1)  # what a new pool does: the wait ends, and the loop
         thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_the_first_coalescer_woken_wakes_the_others_while_pools_wait(settings_env, runtime, simulator, monkeypatch):
+    """One token wakes one coalescer; finding pools, it passes the token on, so the whole quiet
+    fleet is looking within moments, not one coalescer alone until the others' waits end."""
+    monkeypatch.setattr(coalesce, "WAIT_NEW", 30.0)
+    env = {**settings_env, "SMSGW_COALESCE_MS_HIGH": "3000", "SMSGW_REDIS_SOCKET_TIMEOUT": "120"}
+    api = create_app(settings_from_env(env)).test_client()
+    started = [coalesce.start(Runtime.from_settings(settings_from_env(env))) for _ in range(3)]
+
+    def waiting() -> int:
+        return int(runtime.conn.info("clients")["blocked_clients"])
+
+    try:
+        wait_for(lambda: waiting() == 3, timeout=5, what="three coalescers waiting")
+        send(api, {"to": ["13800138000"], "text": "您的验证码是123456", "priority": "high"})
+        wait_for(lambda: waiting() == 0, timeout=2, what="every coalescer looking")  # the pool waits 3 s
+    finally:
+        for _, stop in started:
+            stop.set()
+        for _ in started:
+            runtime.conn.lpush(schema.POOLS_NEW, 1)
+        for thread, _ in started:
+            thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread, _ in started)
 
 
 def test_the_window_is_the_accepting_processes_not_the_claiming_ones(settings_env, runtime, simulator):

@@ -181,25 +181,39 @@ def next_due(conn: redis.Redis) -> float | None:
     return float(first[0][1]) if first else None
 
 
-def wait_for_a_pool(rt: Runtime) -> None:
-    """Block until an accept makes a pool (its token on ``schema.POOLS_NEW``) or
+def wait_for_a_pool(rt: Runtime) -> bool:
+    """Block until an accept makes a pool (its token on ``schema.POOLS_NEW``: True) or
     :data:`WAIT_NEW` passes; within the connection's socket timeout, so the wait is not taken
     for a dead server."""
     timeout = rt.settings.redis_socket_timeout
-    rt.conn.blpop([schema.POOLS_NEW], timeout=min(WAIT_NEW, timeout / 2) if timeout else WAIT_NEW)
+    return rt.conn.blpop([schema.POOLS_NEW], timeout=min(WAIT_NEW, timeout / 2) if timeout else WAIT_NEW) is not None
+
+
+def wake_another(conn: redis.Redis) -> None:
+    """Pass the token on, as ``ACCEPT`` leaves it: one token wakes one coalescer, and one woken
+    while pools wait wakes the next, so a quiet fleet is all looking within moments of the first
+    code, not one coalescer alone until the others' waits end."""
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.lpush(schema.POOLS_NEW, 1)
+        pipe.ltrim(schema.POOLS_NEW, 0, 0)
+        pipe.execute()
 
 
 def loop(rt: Runtime, stop: threading.Event) -> None:
     """Sleep until the next pool is due (at most :data:`IDLE`), flush, repeat; with no pool at
     all, wait for one to be made (:func:`wait_for_a_pool`). A Redis error is logged and waited
     out."""
+    woken = False
     while not stop.is_set():
         try:
             made = flush_due(rt)
             due = next_due(rt.conn)
             if due is None:
-                wait_for_a_pool(rt)
+                woken = wait_for_a_pool(rt)
                 continue
+            if woken:  # pools wait: a peer still waiting joins in
+                wake_another(rt.conn)
+                woken = False
             wait = min(IDLE, max(0.0, due - time.time()))
             if not made and due <= time.time():
                 wait = IDLE / 5  # due but paced out: look again soon, not in a busy loop
