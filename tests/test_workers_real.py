@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import redis
@@ -57,6 +58,9 @@ def test_two_workers_share_a_10000_recipient_request(api, workers, simulator):
     assert sim_admin(simulator, "config")["repeated_linkids"] == {}, seen
     assert not [h for c in seen for h in c if "ambiguous" in h[0] or "resubmit" in h[0]], seen
     assert sum(len(s["mobiles"]) for s in subs) == 10_000 and len(subs) == 10, ([s["linkid"] for s in subs], seen)
+    for name in ("w1", "w2"):  # each froze its startup heap before its loop (workers.worker.run_worker)
+        text = Path(workers.logdir, f"{name}.log").read_text()
+        assert int(text.split("startup heap frozen: ")[1].split()[0]) > 10_000, text[-2000:]
 
 
 def test_worker_killed_mid_call_loses_nothing_and_repeats_no_linkid(api, workers, simulator, runtime, settings_env):

@@ -68,7 +68,8 @@ def run_worker(
     check_durability(runtime.conn, settings.redis_durability)
     check_compact_hashes(runtime.conn)
     install(runtime)  # before RQ forks: every work horse inherits it
-    freeze_startup_heap()  # a full collection walks only what came after (workers.runtime)
+    # A full collection walks only what comes after (workers.runtime.freeze_startup_heap).
+    log.info("startup heap frozen: %d objects the garbage collector no longer walks", freeze_startup_heap())
     notifications.adopt_legacy(runtime.conn)
     thread, stop = maintenance.start(runtime)
     coalescer, stop_coalescing = coalesce.start(runtime)
