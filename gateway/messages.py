@@ -175,10 +175,22 @@ def accept(
         durable = replicated(conn, settings)
     except redis.RedisError:
         raise OutcomeUnknown(mid) from None  # stored on a master that stopped answering
-    if not durable and lifecycle.cancel_unplanned(conn, mid):
+    if not durable and lifecycle.cancel_unplanned(conn, mid, idempotency[0] if idempotency else ""):
         # Not on SMSGW_REDIS_REPLICA_ACKS replicas in time: a failover now could lose it, so it
         # is withdrawn before any worker took it, and the client is told to retry. If a worker
         # already planned it, it is on its way and the 202 stands.
+        #
+        # "Nothing was accepted" is true only once the withdrawal is where the accept may be: a
+        # replica that got the accept but not the cancel, promoted, sends the message. So the
+        # cancel waits for every replica connected now; without them, the outcome is unknown.
+        # The cancel also dropped the idempotency record, so a retry with the same key either
+        # accepts anew (the cancel held) or replays the 202 (the replica with the accept won).
+        try:
+            withdrawn = replicated(conn, settings, every=True)
+        except redis.RedisError:
+            withdrawn = False
+        if not withdrawn:
+            raise OutcomeUnknown(mid)
         raise NotAccepted(mid)
     _count_accepted(rt, now, day, key_name, msg)
     return body
@@ -229,7 +241,8 @@ class Capped(Exception):
 
 
 class OutcomeUnknown(Exception):
-    """Redis did not answer within ``SMSGW_ACCEPT_SETTLE_SECONDS``: the message may exist."""
+    """The message may exist: Redis did not answer within ``SMSGW_ACCEPT_SETTLE_SECONDS``, or
+    its withdrawal did not reach the replicas that may hold it."""
 
 
 def settle(conn: redis.Redis, mid: str, bound: float) -> bool:

@@ -829,8 +829,9 @@ def member_chunks(conn: redis.Redis, mid: str, via: str) -> list[Chunk]:
 _UNPLANNED_READ = ("state", "recipients", "redact", "text", "items")
 
 
-def cancel_unplanned(conn: redis.Redis, mid: str) -> bool:
-    """Withdraw a message no worker has planned yet (accept found it was not replicated)."""
+def cancel_unplanned(conn: redis.Redis, mid: str, idempotency: str = "") -> bool:
+    """Withdraw a message no worker has planned yet (accept found it was not replicated), and
+    its ``idempotency`` record in the same step, so no retry replays a 202 for it."""
     key = schema.message_key(mid)
     with conn.pipeline() as pipe:
         try:
@@ -844,6 +845,8 @@ def cancel_unplanned(conn: redis.Redis, mid: str) -> bool:
             pipe.multi()
             pipe.hset(key, mapping=Message.short(state=CANCELLED, cancelled=time.time()))
             pipe.zrem(schema.WATCH, schema.message_ref(mid))
+            if idempotency:
+                pipe.delete(idempotency)
             if to_redact not in ("", "0") and text:
                 redact(pipe, mid, text, items)
             pipe.execute()

@@ -110,7 +110,7 @@ class _SentinelConnection(SentinelManagedConnection):
         return super().read_response(disable_decoding, **kwargs)
 
 
-def replicated(conn: redis.Redis, settings: Settings, *, strict: bool = True) -> bool:
+def replicated(conn: redis.Redis, settings: Settings, *, strict: bool = True, every: bool = False) -> bool:
     """Whether what this process wrote so far reached ``SMSGW_REDIS_REPLICA_ACKS`` replicas.
 
     WAIT counts the writes of the connection it is sent on, and a pool hands out any of its
@@ -120,13 +120,18 @@ def replicated(conn: redis.Redis, settings: Settings, *, strict: bool = True) ->
     ``strict=False`` waits only for the replicas connected now: with none there is nothing a
     failover could promote, so there is nothing to lose to one (the send path uses this, so
     sending goes on while a replica is rebuilt; a 202 always waits for the full number).
+
+    ``every=True`` waits for every replica connected now, however many are wanted: what undoes
+    a write must reach each replica the write may have reached, or a failover to that one
+    brings the write back (``gateway.messages.accept``'s withdrawal).
     """
     wanted = settings.redis_replica_acks
     if wanted <= 0:
         return True
-    if not strict:
+    if every or not strict:
         role = conn.execute_command("ROLE")
-        wanted = min(wanted, len(role[2]) if role and role[0] in (b"master", "master") else wanted)
+        connected = len(role[2]) if role and role[0] in (b"master", "master") else wanted
+        wanted = connected if every else min(wanted, connected)
         if wanted == 0:
             return True
     with conn.pipeline(transaction=False) as pipe:
