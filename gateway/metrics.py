@@ -140,7 +140,6 @@ class RedisCollector(Collector):
             "reports_after_fold",
             "dead_lettered",
             "pushed",
-            "push_replayed",
             "push_malformed",
         ):
             items.add_metric([kind], counts.get(kind, 0))

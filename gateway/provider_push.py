@@ -2,7 +2,8 @@
 
 Thin on purpose: validate, store durably, answer. Matching reports to messages happens in a
 worker (``workers.reports.ingest``). The provider pushes once and never retries, so the item is
-in Redis before the 200 goes out; a replayed item is acknowledged, and ingest skips it.
+in Redis before the 200 goes out; a replayed item is stored again, and applying it again
+changes nothing (``workers.reports._StorePush``).
 
 Fields come as a query string or a form body, in GB2312 or UTF-8; Werkzeug would decode them
 as UTF-8 whatever they are, so the raw bytes are parsed here.
@@ -74,11 +75,11 @@ def provider_push(secret: str) -> Response:
         rt.conn.hincrby(COUNTS, "push_malformed", 1)
         raise Problem(400, "Malformed push", str(e)) from None
     try:
-        new = receive(rt, [item])
+        receive(rt, [item])
     except redis.RedisError as e:
         # Counted in this process (Redis is what failed): the provider does not push again, so
         # each refusal is a report the pullers must recover, or a recipient that ends unknown.
         current_app.extensions["smsgw_push_refused"].inc()
         log.warning("push refused: Redis %s", type(e).__name__)
         raise
-    return Response("ok" if new else "ok (already stored)", mimetype="text/plain")
+    return Response("ok", mimetype="text/plain")

@@ -213,10 +213,10 @@ def test_push_endpoint_secret_malformed_and_replay(api, runtime):
     bad = api.get(f"{PUSH}?Class=rpt&Mobile=")
     assert bad.status_code == 400 and bad.mimetype == "application/problem+json"
     assert push(api, item).get_data(as_text=True) == "ok"
-    assert push(api, item).get_data(as_text=True) == "ok (already stored)"
-    reports.ingest(runtime)  # the replay was stored too, and is skipped here
+    assert push(api, item).get_data(as_text=True) == "ok"  # a replay: stored again
+    reports.ingest(runtime)
     runtime.tally.flush()
-    assert runtime.conn.hget(schema.COUNTS, "orphan_reports") == b"1"  # L1 is no linkid of ours
+    assert runtime.conn.hget(schema.COUNTS, "orphan_reports") == b"2"  # L1 is no linkid of ours
 
 
 def test_callback_retried_until_accepted_gets_each_event_once(api, runtime, simulator, receiver):
@@ -321,17 +321,19 @@ def test_every_reply_index_drops_what_outlived_the_retention_and_expires(api, ru
         assert 0 < runtime.conn.ttl(key) <= runtime.settings.retention_seconds
 
 
-def test_a_push_marker_is_short_and_lives_an_hour_not_the_retention(runtime):
-    """A replay marker is ~90 bytes for an hour, not ~104 for the whole retention (issue 24): a
-    replay later than that is stored again and changes nothing (merged once, folded: ignored)."""
+def test_a_push_is_one_rpush_and_leaves_no_key_of_its_own(runtime):
+    """The receiver stores a push with one command and no marker (issue 24: a marker was a
+    ``SET NX`` and a key for an hour, a push)."""
     item = {"kind": "rpt", "linkid": "L1", "mobile": "13800138000", "status": "DELIVRD", "time": "2030-01-01 10:00:00"}
-    redis_conn = runtime.conn
+    conn = runtime.conn
+    keys = set(conn.keys())
+    conn.config_resetstat()
     assert reports.receive(runtime, [item]) == 1
-    assert reports.receive(runtime, [item]) == 0  # a replay: acknowledged and counted
-    [key] = [k for k in redis_conn.scan_iter(match="sg:pu:*")]
-    assert len(key) == len("sg:pu:") + 16 and 0 < redis_conn.ttl(key) <= schema.PUSH_SEEN_TTL == 3600
-    assert redis_conn.memory_usage(key, samples=0) <= 90  # the key, its nonce, its entry
-    assert redis_conn.hget(schema.COUNTS, "push_replayed") == b"1"
+    written = {k.removeprefix("cmdstat_"): v["calls"] for k, v in conn.info("commandstats").items()}
+    assert {k: v for k, v in written.items() if k not in ("multi", "exec", "hincrby", "config|resetstat")} == {
+        "rpush": 1
+    }, written
+    assert set(conn.keys()) - keys == {schema.INBOX.encode(), schema.COUNTS.encode()}  # and its count
 
 
 def test_a_batch_of_reports_takes_a_few_round_trips_not_a_few_each(api, runtime, simulator, round_trips, monkeypatch):
@@ -363,32 +365,26 @@ def test_a_batch_of_reports_takes_a_few_round_trips_not_a_few_each(api, runtime,
     assert all(view(api, mid)["status"] == "delivered" for mid in mids)
 
 
-def test_ingest_applies_a_pushed_report_once_skips_its_replay_and_applies_it_again_after_a_crash(
-    api, runtime, simulator
-):
-    """The receiver stores a replay too (two plain commands, no script): ingest skips it by its
-    marker, which holds the first one's nonce. A batch read again after a crash is applied again
-    (it changes nothing), not taken for replays; a push stored twice by redis-py's retry (one
-    nonce) is applied once."""
-    mid = send(api, {"to": ["13800138000"], "text": "订单已发货"})
+def test_a_replayed_push_is_applied_again_and_changes_nothing(api, runtime, simulator, receiver):
+    """A replay is stored and applied like its first (no marker skips it): the recipient's
+    state, the message's counts and its callback events are what one push made; it counts as a
+    report received. The same holds for a batch read again after a crash (its trim lost)."""
+    mid = send(api, {"to": ["13800138000"], "text": "订单已发货", "callback_url": receiver})
     drain(runtime)
     linkid = view(api, mid)["chunks"][0]["linkid"]
     item = {"kind": "rpt", "linkid": linkid, "mobile": "13800138000", "status": "DELIVRD", "time": ""}
     conn = runtime.conn
-
-    def reports_counted() -> int:
-        runtime.tally.flush()
-        return int(conn.hget(schema.COUNTS, "reports") or 0)
-
-    assert reports.receive(runtime, [item]) == 1 and reports.receive(runtime, [item]) == 0
-    first, replay = conn.lrange(schema.INBOX, 0, -1)
-    assert reports.ingest(runtime) == 2 and reports_counted() == 1  # the replay skipped
-    assert view(api, mid)["status"] == "delivered"
-    conn.rpush(schema.INBOX, first, replay)  # the same batch again: its trim never happened
-    assert reports.ingest(runtime) == 2 and reports_counted() == 2  # applied (again), not a replay
-    conn.rpush(schema.INBOX, first, first)  # one push stored twice, one nonce
-    assert reports.ingest(runtime) == 2 and reports_counted() == 3
-    assert b"nonce" not in b"".join(conn.lrange(schema.ORPHANS, 0, -1))
+    assert reports.receive(runtime, [item]) == 1 and reports.receive(runtime, [item]) == 1
+    batch = conn.lrange(schema.INBOX, 0, -1)
+    assert reports.ingest(runtime) == 2
+    conn.rpush(schema.INBOX, *batch)  # the same batch again: its trim never happened
+    assert reports.ingest(runtime) == 2
+    drain(runtime, timeout=30)
+    v = view(api, mid)
+    assert v["status"] == "delivered" and v["recipients"]["by_state"] == {"delivered": 1}
+    assert [e["state"] for _, body in Receiver.bodies for e in body["events"]] == ["delivered"]
+    runtime.tally.flush()
+    assert conn.hget(schema.COUNTS, "reports") == b"4" and conn.hget(schema.COUNTS, "pushed") == b"2"
 
 
 def test_a_report_marks_its_linkid_reported_only_while_its_chunk_is_not_final(api, runtime, simulator):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -66,59 +65,31 @@ def item_id(item: dict[str, str]) -> str:
 
 
 class _StorePush:
-    """A pushed item's inbox entry, then its marker (``SET NX``): two plain commands, where a
-    script made one step of them. A script call costs Redis more than a push's two commands
-    (a lone push, one round trip each: about 58 µs against 44 here), and the two need no step:
-    a crash between them leaves an entry with no marker, which ingest applies (a replay of it
-    would then be applied again, and changes nothing). A replay is stored too, with a nonce
-    the marker does not hold, and ingest skips it. Sent with the process's other pushes of the
-    moment (``workers.storage.batched``); its answer is the marker's: stored first or not."""
+    """A pushed item's inbox entry: one ``RPUSH``, sent with the process's other pushes of the
+    moment (``workers.storage.batched``). Nothing marks it as seen: a replay (the provider does
+    not retry a push, so a replay is a network's or a proxy's) is stored and applied again, and
+    applying changes nothing the first did not (a report merges by its time, a reply is stored
+    once by its identity, a folded message ignores both); only an orphan report is counted
+    twice. A marker a push cost Redis a ``SET NX`` with its expiry, about 4 µs of every push
+    and a key for an hour, to save work on replays that do not come (issue 24)."""
 
     def __call__(self, conn: redis.Redis, **named: Any) -> Any:
-        with conn.pipeline(transaction=False) as pipe:
-            self.queue(pipe, **named)
-            return pipe.execute()[-1]
+        return conn.rpush(INBOX, named["entry"])
 
-    def queue(self, pipe: Pipeline, *, seen: str, nonce: str, ttl: int, entry: str) -> None:
+    def queue(self, pipe: Pipeline, *, entry: str) -> None:
         pipe.rpush(INBOX, entry)
-        pipe.set(seen, nonce, nx=True, ex=ttl)
 
 
 STORE_PUSH = _StorePush()
 
 
-def receive(rt: Runtime, items: list[dict[str, str]], ttl: int = schema.PUSH_SEEN_TTL) -> int:
-    """Store pushed items in the inbox, each once (a replay within ``ttl`` is acknowledged,
-    counted, and skipped by ingest). Returns how many were new."""
-    new = 0
+def receive(rt: Runtime, items: list[dict[str, str]]) -> int:
+    """Store pushed items in the inbox, raw, before the push is answered. Returns how many."""
     for item in items:
-        # 64 bits of the identity: a marker lives an hour, too short for a collision to matter.
-        seen, nonce = item_id(item)[:16], secrets.token_hex(4)
-        entry = json.dumps({"src": "push", "seen": seen, "nonce": nonce, **item}, ensure_ascii=False)
-        stored = rt.batched(STORE_PUSH)(rt.conn, seen=schema.push_seen_key(seen), nonce=nonce, ttl=ttl, entry=entry)
-        new += bool(stored)
-    rt.tally.add(COUNTS, "pushed", new)
-    rt.tally.add(COUNTS, "push_replayed", len(items) - new)
-    return new
-
-
-def _replays(entries: list[dict[str, Any]], holders: list[bytes | None]) -> set[int]:
-    """Which pushed entries are replays, by position, from their markers' values (``holders``,
-    in the order of :func:`_marked`): each whose marker holds another nonce. An entry whose
-    marker holds none (stored before its marker, or older than the marker's hour) is applied;
-    one stored twice with one nonce (redis-py's retry of a push) is applied once a batch."""
-    replays, taken = set(), set()
-    for i, holder in zip(_marked(entries), holders, strict=True):
-        own = (entries[i]["seen"], entries[i]["nonce"])
-        if (holder is not None and holder.decode() != own[1]) or own in taken:
-            replays.add(i)
-        taken.add(own)
-    return replays
-
-
-def _marked(entries: list[dict[str, Any]]) -> list[int]:
-    """The pushed entries that carry a marker (an older release's stored each once, with none)."""
-    return [i for i, entry in enumerate(entries) if "nonce" in entry]
+        entry = json.dumps({"src": "push", **item}, ensure_ascii=False)
+        rt.batched(STORE_PUSH)(rt.conn, entry=entry)
+    rt.tally.add(COUNTS, "pushed", len(items))
+    return len(items)
 
 
 def store_pull(conn: redis.Redis, account: str, kind: str, raw: str) -> None:
@@ -137,14 +108,8 @@ def ingest(rt: Runtime, batch: int = BATCH) -> int:
     # round trip costs Redis more than the merge itself (issue 24). In order, so two reports of
     # one recipient merge as they would one by one.
     pending: list[_Pending] = []
-    entries = [json.loads(raw) for raw in raw_entries]
-    found = [_items_of(conn, entry) for entry in entries]
-    # The pushed entries' markers are read with the linkids, in one MGET. A replay's linkid is
-    # read for nothing; replays are few, and a round trip of their own would cost every batch.
-    markers = [schema.push_seen_key(entries[i]["seen"]) for i in _marked(entries)]
-    linkids = (item.get("linkid", "") for its in found for item in its if item.get("kind") != "mo")
-    replays = _replays(entries, _look_up(rt, linkids, cache, also=markers))
-    items = [item for i, its in enumerate(found) if i not in replays for item in its]
+    items = [item for raw in raw_entries for item in _items_of(conn, json.loads(raw))]
+    _look_up(rt, (item.get("linkid", "") for item in items if item.get("kind") != "mo"), cache)
     for item in items:
         if item.get("kind") == "mo":
             applied += _apply_reply(rt, item)
@@ -240,22 +205,16 @@ def _sent(rt: Runtime, linkid: str, cache: dict[str, _Sent | None]) -> _Sent | N
 _SENT_FIELDS = tuple(Chunk.field_of(f) for f in ("state", "submitted_at", "items", "mids", "account", "unconfirmed"))
 
 
-def _look_up(
-    rt: Runtime, linkids: Iterable[str], cache: dict[str, _Sent | None], also: list[str] | None = None
-) -> list[bytes | None]:
+def _look_up(rt: Runtime, linkids: Iterable[str], cache: dict[str, _Sent | None]) -> None:
     """What each linkid names, into ``cache``, in two round trips for the whole batch (a third
     when a chunk is not final), where each linkid took two of its own (a round trip costs Redis
     more than the reads).
     Marks each live one reported while its chunk is not final, and settles a chunk that waited
-    for this report.
-    Returns the values of the keys ``also`` names, read in the same ``MGET``."""
-    conn, also = rt.conn, also or []
+    for this report."""
+    conn = rt.conn
     todo = [linkid for linkid in dict.fromkeys(linkids) if linkid not in cache]
     named = [linkid for linkid in todo if linkid]  # a report with no linkid names nothing
-    read = conn.mget([*also, *(schema.linkid_key(linkid) for linkid in named)]) if named or also else []
-    refs = dict(zip(named, read[len(also) :], strict=True))
-    if not todo:
-        return read[: len(also)]
+    refs = dict(zip(named, conn.mget([schema.linkid_key(linkid) for linkid in named]) if named else [], strict=True))
     live: list[tuple[str, tuple[str, int]]] = []
     for linkid in todo:
         ref = refs[linkid].decode() if refs.get(linkid) else None
@@ -268,7 +227,7 @@ def _look_up(
         folded = lone or (ref is not None and archive.members(ref) is not None)
         cache[linkid] = _Sent("", 0, 0.0, {}, folded=True) if folded else None
     if not live:
-        return read[: len(also)]
+        return
     with conn.pipeline(transaction=False) as pipe:
         for _, (mid, n) in live:
             pipe.hmget(schema.chunk_key(mid, n), *_SENT_FIELDS)
@@ -292,7 +251,6 @@ def _look_up(
         chunk = Chunk(items=(items or b"").decode(), mids=(mids or b"").decode())
         at, size, name = float(submitted or 0), len(chunk.mobiles), (account or b"").decode()
         cache[linkid] = _Sent(mid, n, at, chunk.members, name, size)
-    return read[: len(also)]
 
 
 def apply_item(rt: Runtime, item: dict[str, str], cache: dict[str, _Sent | None] | None = None) -> int:

@@ -41,7 +41,6 @@ functions below and against a live Redis after a full run)::
     sg:inbox                   INBOX             list  raw pushed and pulled items, not yet applied
     sg:dead                    DEAD              list  pulled lines that could not be parsed
     sg:orphans                 ORPHANS           list  reports for linkids smsgw does not know
-    sg:pu:<item>               push_seen_key     str   a pushed item's first nonce (replays are skipped), an hour
     sg:seen:<item>             reply_seen_key    str   a reply already applied
     sg:reply:<rid>             reply_key         hash  one reply (:class:`Reply`)
     sg:replies                 REPLIES           zset  every reply id, by receive time
@@ -218,18 +217,6 @@ def suppression_key(scope: str) -> str:
 
 def cache_key(what: str, ident: str) -> str:
     return f"sg:cache:{what}:{ident}"
-
-
-def push_seen_key(item: str) -> str:
-    return f"sg:pu:{item}"
-
-
-#: How long a pushed item is remembered, so a replay is acknowledged and not applied twice. The
-#: provider does not retry a push (docs/provider.md: a push lost is lost), so a replay is a
-#: network's or a proxy's, seconds after the first; one later than this is stored and applied
-#: again, which changes nothing (a report merges once, a reply is applied once, a folded message
-#: ignores it). A marker kept for the whole retention cost a pushed message 104 bytes for 7 days.
-PUSH_SEEN_TTL = 3600
 
 
 def reply_seen_key(item: str) -> str:
