@@ -334,6 +334,28 @@ def test_merge_reports_in_one_call_merge_in_order_as_one_call_each(redis_conn):
     assert redis_conn.hget("m2", "r_D") == b"1"
 
 
+def test_merge_reports_read_and_write_each_recipients_hash_once_a_call(redis_conn):
+    """A batch chunk's reports arrive together: its recipients hash is read once and written
+    once a call, and each report costs two commands on its own message. The report that
+    completes the chunk says so, counting what the hash held before the call."""
+    mobiles = [f"139{i:08d}" for i in range(50)]
+    redis_conn.hset("r", mobiles[0], "D|DELIVRD|50")  # reported in an earlier call
+    for i in range(50):
+        redis_conn.hset(f"m{i}", "st", "sending")
+    redis_conn.config_resetstat()
+    outs = merge_all(redis_conn, [("r", f"m{i}", mobiles[i], "D", "DELIVRD", "100", 50) for i in range(1, 50)])
+    assert [out[0] for out in outs] == [1] * 48 + [2]
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in redis_conn.info("commandstats").items()}
+    assert {k: calls.get(k) for k in ("hmget", "hlen", "hset", "hincrby", "hget")} == {
+        "hmget": 49 + 1,  # each report's owner, and the hash once
+        "hlen": 1,
+        "hset": 1,
+        "hincrby": 49,
+        "hget": None,
+    }
+    assert len(redis_conn.hgetall("r")) == 50 and redis_conn.hget("r", mobiles[49]) == b"D|DELIVRD|100"
+
+
 # -- STORE_REPLY -------------------------------------------------------------------------------
 
 
