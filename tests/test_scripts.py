@@ -210,6 +210,19 @@ def test_caps_record_a_send_and_refuse_within_a_window_either_side(redis_conn):
     assert redis_conn.get("c1") == b"ab11300,ab31002" and redis_conn.ttl("c1") >= 355  # the latest send's
 
 
+def test_caps_record_a_first_send_in_one_command_and_leave_a_refused_one_as_it_was(redis_conn):
+    """Most codes go to a mobile with no send in its windows: that is one SET … GET. A send
+    over a cap writes back what was there, with its own lifetime."""
+    caps = {"longest": 60, "windows": [1, 60]}
+    redis_conn.config_resetstat()
+    assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, tag="ab1", **caps) == [0]
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in redis_conn.info("commandstats").items()}
+    assert (calls.get("set"), calls.get("get")) == (1, None), calls
+    redis_conn.set("c2", "ab1990,ab2700", ex=50)
+    assert scripts.CAPS(redis_conn, caps=["c2"], now=1000, at=1000, tag="ab3", **caps) == [1]
+    assert redis_conn.get("c2") == b"ab1990,ab2700" and 45 <= redis_conn.ttl("c2") <= 50
+
+
 def test_caps_forget_what_is_older_than_the_longest_window(redis_conn):
     redis_conn.set("c1", "old100,new990")
     assert scripts.CAPS(redis_conn, caps=["c1"], now=1000, at=1000, tag="r", longest=60, windows=[2, 60]) == [0]

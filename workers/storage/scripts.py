@@ -82,21 +82,28 @@ _CAP_CHECK = """
 -- Lua engine's cached argument at its position, as long as the longest seen) and a sorted set
 -- 152. Drops the sends older than the longest window, counts those within each window either
 -- side of `at` (when this one goes), and records this one when no window is full. `windows` are
--- (count, seconds) pairs. Returns 1 when over a cap (nothing recorded), 0 when recorded.
+-- (count, seconds) pairs. Returns 1 when over a cap (the record as it was), 0 when recorded.
 local function cap_check(key, now, at, tag, longest, windows)
-  local kept, times, last = {}, {}, at
-  local raw = redis.pcall('GET', key)
+  -- Recorded first, read in the same command (SET … GET): a mobile with no send in its windows
+  -- (most, for codes) is then one command, not a read and a write. Every cap allows at least
+  -- one send (workers.settings), so that first send is never over one.
+  local raw = redis.pcall('SET', key, tag .. at, 'EX', math.ceil(at - now + longest), 'GET')
+  if not raw then return 0 end
+  local kept, times, last, older = {}, {}, at, false
   if type(raw) == 'table' and raw.err then
-    -- A sorted set an older smsgw wrote (send times as scores): read once; the SET replaces it.
+    -- A sorted set an older smsgw wrote (send times as scores), left as it was by the failed
+    -- SET: read once; the SET below replaces it.
     local old, parts = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'), {}
     for j = 2, #old, 2 do parts[#parts + 1] = '___' .. math.floor(tonumber(old[j])) end
-    raw = table.concat(parts, ',')
+    raw, older = table.concat(parts, ','), true
   end
-  for entry in string.gmatch(raw or '', '[^,]+') do
+  local before = 0
+  for entry in string.gmatch(raw, '[^,]+') do
     local t = tonumber(string.sub(entry, 4))
     if t and t > now - longest then
       kept[#kept + 1], times[#times + 1] = entry, t
       if t > last then last = t end
+      if t > before then before = t end
     end
   end
   for w = 1, #windows, 2 do
@@ -104,7 +111,11 @@ local function cap_check(key, now, at, tag, longest, windows)
     for _, t in ipairs(times) do
       if t >= at - window and t <= at + window then count = count + 1 end
     end
-    if count >= tonumber(windows[w]) then return 1 end
+    if count >= tonumber(windows[w]) then
+      -- Over: what was recorded before goes back as it was, as long as its latest send matters.
+      if not older then redis.call('SET', key, raw, 'EX', math.ceil(before - now + longest)) end
+      return 1
+    end
   end
   kept[#kept + 1] = tag .. at
   redis.call('SET', key, table.concat(kept, ','), 'EX', math.ceil(last - now + longest))
