@@ -129,6 +129,7 @@ def _items_of(conn: redis.Redis, entry: dict[str, Any]) -> list[dict[str, str]]:
     """A pushed entry's item, or a pulled answer's, parsed line by line (a line that does not
     parse is dead-lettered)."""
     if entry["src"] != "pull":
+        # "seen" and "nonce": the replay marker of an older release, in an entry it stored
         return [{k: v for k, v in entry.items() if k not in ("seen", "nonce")}]
     items = []
     for line in entry["raw"].splitlines():
