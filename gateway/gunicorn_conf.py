@@ -58,7 +58,13 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
 
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
-    """A worker stopping (SIGTERM, recycled after max_requests) writes its pending counts."""
+    """A worker stopping (SIGTERM, recycled after max_requests) writes its pending counts, and
+    gives its startup heap back to the collector (``post_worker_init`` froze it): left frozen,
+    logging's handlers outlive gevent's thread module at the interpreter's teardown, and every
+    stop prints an ignored TypeError from ``logging._removeHandlerRef``."""
+    import gc
+
     from workers.tally import flush_all
 
     flush_all()
+    gc.unfreeze()

@@ -25,6 +25,13 @@ PUSH_SECRET = "push-secret-123"
 
 @pytest.fixture
 def server(settings_env, tmp_path) -> Iterator[tuple[str, object]]:
+    with running_api(settings_env, tmp_path) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running_api(settings_env, tmp_path) -> Iterator[tuple[str, object]]:
+    """``smsgw api`` with 2 processes; SIGTERM and its exit waited for on the way out."""
     port = free_port()
     log_path = tmp_path / "api.log"
     env = {
@@ -137,6 +144,17 @@ def test_each_api_process_freezes_its_startup_heap(server):
 
     wait_for(lambda: len(frozen()) >= 2, timeout=30, what="both processes' lines")
     assert all(int(line.split("frozen: ")[1].split()[0]) > 10_000 for line in frozen()), frozen()
+
+
+def test_api_processes_stop_without_a_traceback(settings_env, tmp_path):
+    """A frozen heap is thawed as a process stops (gunicorn's worker_exit): frozen, logging's
+    handlers outlived gevent's thread module at the interpreter's teardown, and each stop
+    printed "Exception ignored in: <function _removeHandlerRef …>" with a TypeError."""
+    with running_api(settings_env, tmp_path) as (_, log_path):
+        wait_for(lambda: log_path.read_text().count("startup heap frozen") >= 2, timeout=30, what="both processes")
+    text = log_path.read_text()
+    assert text.count("Worker exiting") == 2 and "Shutting down: Master" in text, text[-2000:]
+    assert "Exception ignored" not in text and "Traceback" not in text, text[-2000:]
 
 
 def test_a_frequency_cap_holds_across_two_api_processes_and_two_workers(server, workers, simulator):
