@@ -73,12 +73,14 @@ def test_master_sigkilled_while_messages_flow(cluster, simulator, tmp_path):
             # until it is a 202 (accepted, perhaps by the first request) or a plain 503 (nothing
             # was accepted). Only the latter is a refusal the test may hold the gateway to.
             headers = {**AUTH, "Idempotency-Key": f"flow-{mobile}"}
+            settled_by = time.monotonic() + 60
             while True:
                 r = api.post("/v1/messages", json={"to": [mobile], "text": f"m{i}"}, headers=headers)
                 title = r.get_json().get("title")
                 if r.status_code == 202 or (r.status_code, title) == (503, "Service Unavailable"):
                     break
                 assert (r.status_code, title) in {(503, "Outcome unknown"), (409, "Request in progress")}, r.get_json()
+                assert time.monotonic() < settled_by, f"{mobile}: no settled answer in 60 s"
                 unknown.append(mobile)
                 time.sleep(0.5)
             if r.status_code == 202:
