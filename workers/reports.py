@@ -83,13 +83,12 @@ class _StorePush:
 STORE_PUSH = _StorePush()
 
 
-def receive(rt: Runtime, items: list[dict[str, str]]) -> int:
-    """Store pushed items in the inbox, raw, before the push is answered. Returns how many."""
+def receive(rt: Runtime, items: list[dict[str, str]]) -> None:
+    """Store pushed items in the inbox, raw, before the push is answered."""
     for item in items:
         entry = json.dumps({"src": "push", **item}, ensure_ascii=False)
         rt.batched(STORE_PUSH)(rt.conn, entry=entry)
     rt.tally.add(COUNTS, "pushed", len(items))
-    return len(items)
 
 
 def store_pull(conn: redis.Redis, account: str, kind: str, raw: str) -> None:

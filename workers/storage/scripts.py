@@ -89,7 +89,7 @@ local function cap_check(key, now, at, tag, longest, windows)
   -- one send (workers.settings), so that first send is never over one.
   local raw = redis.pcall('SET', key, tag .. at, 'EX', math.ceil(at - now + longest), 'GET')
   if not raw then return 0 end
-  local kept, times, last, older = {}, {}, at, false
+  local kept, times, older = {}, {}, false
   if type(raw) == 'table' and raw.err then
     -- A sorted set an older smsgw wrote (send times as scores), left as it was by the failed
     -- SET: read once; the SET below replaces it.
@@ -97,12 +97,11 @@ local function cap_check(key, now, at, tag, longest, windows)
     for j = 2, #old, 2 do parts[#parts + 1] = '___' .. math.floor(tonumber(old[j])) end
     raw, older = table.concat(parts, ','), true
   end
-  local before = 0
+  local before = 0  -- the latest send recorded before this one
   for entry in string.gmatch(raw, '[^,]+') do
     local t = tonumber(string.sub(entry, 4))
     if t and t > now - longest then
       kept[#kept + 1], times[#times + 1] = entry, t
-      if t > last then last = t end
       if t > before then before = t end
     end
   end
@@ -118,7 +117,7 @@ local function cap_check(key, now, at, tag, longest, windows)
     end
   end
   kept[#kept + 1] = tag .. at
-  redis.call('SET', key, table.concat(kept, ','), 'EX', math.ceil(last - now + longest))
+  redis.call('SET', key, table.concat(kept, ','), 'EX', math.ceil(math.max(at, before) - now + longest))
   return 0
 end
 """
